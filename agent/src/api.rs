@@ -1,0 +1,209 @@
+//! The local API: newline-delimited JSON over a Unix socket (mode 0600, peer credentials
+//! checked). Protocol version 1.
+//!
+//! Request: one line, a JSON object `{"v":1,"cmd":"<command>", ...arguments}`.
+//! Response: one line `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`; a `follow`
+//! request then streams one JSON object per line until the client closes.
+
+use std::{path::Path, time::Duration};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::UnixStream,
+};
+
+/// Protocol version.
+pub const VERSION: u64 = 1;
+/// Largest request line accepted (a policy document is at most 16 MiB before JSON escaping).
+pub const MAX_REQUEST_BYTES: usize = 40 << 20;
+/// Time a client has to send its whole request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A request.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    Status,
+    Identities,
+    PolicyShow,
+    PolicyApply {
+        file: String,
+        source: String,
+    },
+    PolicyDiff {
+        file: String,
+        source: String,
+    },
+    PolicyHistory,
+    PolicyRollback {
+        generation: Option<u32>,
+    },
+    Flows {
+        #[serde(default)]
+        follow: bool,
+        #[serde(default)]
+        identity: Option<String>,
+        #[serde(default)]
+        verdict: Option<String>,
+    },
+    Alerts {
+        #[serde(default)]
+        follow: bool,
+    },
+    Grant {
+        identity: String,
+        to: String,
+        ttl_secs: u64,
+        task: String,
+    },
+    Revoke {
+        task: String,
+    },
+}
+
+/// Why a request line was rejected before it reached a handler.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum DecodeError {
+    #[error("request is not valid JSON: {0}")]
+    Json(String),
+    #[error("request must be a JSON object")]
+    NotObject,
+    #[error("request has no protocol version `v` (this daemon speaks v{VERSION})")]
+    NoVersion,
+    #[error("unsupported protocol version {0} (this daemon speaks v{VERSION})")]
+    Version(String),
+    #[error("unknown or malformed command: {0}")]
+    Command(String),
+}
+
+/// Decodes one request line.
+pub fn decode(line: &[u8]) -> Result<Request, DecodeError> {
+    let mut v: serde_json::Value =
+        serde_json::from_slice(line).map_err(|e| DecodeError::Json(e.to_string()))?;
+    let obj = v.as_object_mut().ok_or(DecodeError::NotObject)?;
+    match obj.remove("v") {
+        None => return Err(DecodeError::NoVersion),
+        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(VERSION) => {}
+        Some(other) => return Err(DecodeError::Version(other.to_string())),
+    }
+    serde_json::from_value(v).map_err(|e| DecodeError::Command(e.to_string()))
+}
+
+/// Encodes one request line.
+pub fn encode(req: &Request) -> Vec<u8> {
+    let mut v = serde_json::to_value(req).expect("serialisable");
+    v.as_object_mut()
+        .expect("object")
+        .insert("v".into(), VERSION.into());
+    let mut line = serde_json::to_vec(&v).expect("serialisable");
+    line.push(b'\n');
+    line
+}
+
+/// A response line.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the daemon at {path}: {source} (is `chokepoint daemon` running?)")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the daemon: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the daemon sent an unreadable response: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Daemon(String),
+}
+
+/// A connected client.
+pub struct Client {
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Client {
+    /// Connects to the daemon's socket.
+    pub async fn connect(path: &Path) -> Result<Self, ClientError> {
+        let s = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let (r, w) = s.into_split();
+        Ok(Self {
+            reader: BufReader::new(r),
+            writer: w,
+        })
+    }
+
+    /// Sends a request and returns the result (or the daemon's error).
+    pub async fn call(&mut self, req: &Request) -> Result<serde_json::Value, ClientError> {
+        self.writer.write_all(&encode(req)).await?;
+        let line = self
+            .next_line()
+            .await?
+            .ok_or_else(|| ClientError::Protocol("connection closed before a response".into()))?;
+        let resp: Response =
+            serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if resp.ok {
+            Ok(resp.result.unwrap_or(serde_json::Value::Null))
+        } else {
+            Err(ClientError::Daemon(
+                resp.error.unwrap_or_else(|| "unknown error".into()),
+            ))
+        }
+    }
+
+    /// Next streamed line (after a `follow` request).
+    pub async fn next_line(&mut self) -> Result<Option<String>, ClientError> {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some(line.trim_end().to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects() {
+        let r = Request::Revoke { task: "t1".into() };
+        assert_eq!(decode(encode(&r).trim_ascii_end()).unwrap(), r);
+        assert_eq!(decode(br#"{"cmd":"status"}"#), Err(DecodeError::NoVersion));
+        assert!(matches!(
+            decode(br#"{"v":2,"cmd":"status"}"#),
+            Err(DecodeError::Version(_))
+        ));
+        assert!(matches!(
+            decode(br#"{"v":1,"cmd":"explode"}"#),
+            Err(DecodeError::Command(_))
+        ));
+        assert!(matches!(
+            decode(br#"{"v":1,"cmd":"status","x":1}"#),
+            Err(DecodeError::Command(_))
+        ));
+        assert!(matches!(
+            decode(br#"{"v":1,"cmd":"sta"#),
+            Err(DecodeError::Json(_))
+        ));
+        assert_eq!(decode(b"[1]"), Err(DecodeError::NotObject));
+    }
+}

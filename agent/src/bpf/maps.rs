@@ -1,0 +1,297 @@
+//! Typed wrappers over the pinned maps. Raw key structs never leave this module.
+
+use std::net::IpAddr;
+
+use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
+use chokepoint_common::{
+    Config, GrantEntry, GrantVal, IdentKey, IdentVal, LPM_DATA_LEN, LpmKey, MAX_GRANT_ENTRIES,
+    RuleVal, STAT_LOST, STATS_LEN, reason, stat_index, verdict,
+};
+
+use crate::policy::{CompiledPolicy, parse::Cidr};
+
+/// Errors writing policy into the kernel.
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("map operation on {map} failed: {source}")]
+    Map {
+        map: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("identity `{identity}`: cgroup `{path}` cannot be resolved: {source}")]
+    Cgroup {
+        identity: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "grant for task `{task}` to {dest}: more than {MAX_GRANT_ENTRIES} grants at one destination prefix"
+    )]
+    GrantsFull { task: String, dest: String },
+}
+
+fn m(map: &'static str) -> impl FnOnce(MapError) -> MapsError {
+    move |source| MapsError::Map { map, source }
+}
+
+/// The policy maps the agent writes.
+pub struct PolicyMaps {
+    pub config: Array<MapData, Config>,
+    pub ident: HashMap<MapData, IdentKey, IdentVal>,
+    pub rules: LpmTrie<MapData, [u8; LPM_DATA_LEN], RuleVal>,
+    pub grants: LpmTrie<MapData, [u8; LPM_DATA_LEN], GrantVal>,
+}
+
+/// One cgroup an identity covers in a generation.
+#[derive(Clone, Debug)]
+pub struct IdentBinding {
+    pub cgroup_id: u64,
+    pub ident: u32,
+    pub mode: u8,
+}
+
+fn lpm(slot: u8, ident: u32, c: &Cidr) -> Key<[u8; LPM_DATA_LEN]> {
+    let k = LpmKey::new(slot, c.family(), ident, &c.bytes(), c.bits as u32);
+    Key::new(k.prefix_len, k.data)
+}
+
+impl PolicyMaps {
+    /// The configuration word.
+    pub fn config(&self) -> Result<Config, MapsError> {
+        self.config.get(&0, 0).map_err(m("CP_CONFIG"))
+    }
+
+    fn set_config(&mut self, c: Config) -> Result<(), MapsError> {
+        self.config.set(0, c, 0).map_err(m("CP_CONFIG"))
+    }
+
+    /// Removes every entry of `slot` from the identity and rules maps.
+    fn clear_slot(&mut self, slot: u32) -> Result<(), MapsError> {
+        let keys: Vec<IdentKey> = self
+            .ident
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.slot == slot)
+            .collect();
+        for k in keys {
+            match self.ident.remove(&k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(m("CP_IDENT")(e)),
+            }
+        }
+        let keys: Vec<Key<[u8; LPM_DATA_LEN]>> = self
+            .rules
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.data()[0] as u32 == slot)
+            .collect();
+        for k in keys {
+            match self.rules.remove(&k) {
+                Ok(()) | Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(m("CP_RULES")(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `policy` into the inactive slot, then switches to it in one word write. On any error
+    /// the inactive slot is cleared again and the active generation is untouched.
+    pub fn apply(
+        &mut self,
+        policy: &CompiledPolicy,
+        bindings: &[IdentBinding],
+        generation: u32,
+    ) -> Result<Config, MapsError> {
+        let cur = self.config()?;
+        let next = 1 - cur.slot();
+        self.clear_slot(next)?;
+        if let Err(e) = self.fill_slot(next, policy, bindings) {
+            let _ = self.clear_slot(next);
+            return Err(e);
+        }
+        let cfg = Config::new(next, generation, cur.epoch().wrapping_add(1).max(1));
+        self.set_config(cfg)?;
+        Ok(cfg)
+    }
+
+    fn fill_slot(
+        &mut self,
+        slot: u32,
+        policy: &CompiledPolicy,
+        bindings: &[IdentBinding],
+    ) -> Result<(), MapsError> {
+        for b in bindings {
+            let key = IdentKey {
+                cgroup_id: b.cgroup_id,
+                slot,
+                _pad: 0,
+            };
+            let val = IdentVal {
+                ident: b.ident,
+                mode: b.mode,
+                _pad: [0; 3],
+            };
+            self.ident.insert(key, val, 0).map_err(m("CP_IDENT"))?;
+        }
+        for id in &policy.identities {
+            for (cidr, entries) in &id.entries {
+                let mut v = RuleVal::default();
+                for (i, e) in entries.iter().enumerate() {
+                    v.entries[i] = *e;
+                }
+                self.rules
+                    .insert(&lpm(slot as u8, id.id, cidr), v, 0)
+                    .map_err(m("CP_RULES"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bumps the epoch (invalidates every cached verdict) keeping slot and generation.
+    pub fn bump_epoch(&mut self) -> Result<Config, MapsError> {
+        let cur = self.config()?;
+        let cfg = Config::new(
+            cur.slot(),
+            cur.generation(),
+            cur.epoch().wrapping_add(1).max(1),
+        );
+        self.set_config(cfg)?;
+        Ok(cfg)
+    }
+
+    /// Replaces the whole grant set with `grants` (ancestor prefixes merged into descendants, as
+    /// for rules), then bumps the epoch so live flows are re-judged on their next packet.
+    pub fn set_grants(&mut self, grants: &[GrantSpec]) -> Result<Config, MapsError> {
+        use std::collections::{BTreeMap, BTreeSet};
+        let mut raw: BTreeMap<(u32, Cidr), Vec<&GrantSpec>> = BTreeMap::new();
+        for g in grants {
+            raw.entry((g.ident, g.cidr)).or_default().push(g);
+        }
+        let lengths: BTreeSet<(u8, u8)> = raw.keys().map(|(_, c)| (c.family(), c.bits)).collect();
+        let mut wanted: BTreeMap<(u32, Cidr), GrantVal> = BTreeMap::new();
+        for ((ident, cidr), own) in &raw {
+            let mut all: Vec<&GrantSpec> = own.clone();
+            for &(fam, bits) in &lengths {
+                if fam == cidr.family() && bits < cidr.bits {
+                    if let Some(p) = raw.get(&(*ident, cidr.truncate(bits))) {
+                        all.extend(p.iter().copied());
+                    }
+                }
+            }
+            if all.len() > MAX_GRANT_ENTRIES {
+                let g = own[0];
+                return Err(MapsError::GrantsFull {
+                    task: g.task_name.clone(),
+                    dest: cidr.to_string(),
+                });
+            }
+            let mut v = GrantVal::default();
+            for (i, g) in all.iter().enumerate() {
+                v.entries[i] = GrantEntry {
+                    expires_ns: g.expires_boot_ns,
+                    task: g.task,
+                    port_lo: g.port_lo,
+                    port_hi: g.port_hi,
+                    proto: g.proto,
+                    _pad: [0; 3],
+                };
+            }
+            wanted.insert((*ident, *cidr), v);
+        }
+        let existing: Vec<Key<[u8; LPM_DATA_LEN]>> =
+            self.grants.keys().filter_map(Result::ok).collect();
+        for ((ident, cidr), v) in &wanted {
+            self.grants
+                .insert(&lpm(0, *ident, cidr), *v, 0)
+                .map_err(m("CP_GRANTS"))?;
+        }
+        let keep: BTreeSet<(u32, [u8; LPM_DATA_LEN])> = wanted
+            .keys()
+            .map(|(i, c)| {
+                let k = lpm(0, *i, c);
+                (k.prefix_len(), k.data())
+            })
+            .collect();
+        for k in existing {
+            if !keep.contains(&(k.prefix_len(), k.data())) {
+                match self.grants.remove(&k) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(m("CP_GRANTS")(e)),
+                }
+            }
+        }
+        self.bump_epoch()
+    }
+}
+
+/// A grant as the maps need it.
+#[derive(Clone, Debug)]
+pub struct GrantSpec {
+    pub ident: u32,
+    pub cidr: Cidr,
+    pub port_lo: u16,
+    pub port_hi: u16,
+    pub proto: u8,
+    pub task: u64,
+    pub task_name: String,
+    pub expires_boot_ns: u64,
+}
+
+/// Kernel-side counters.
+pub struct Stats {
+    pub map: PerCpuArray<MapData, u64>,
+}
+
+/// Summed counters.
+#[derive(Clone, Debug, Default)]
+pub struct StatsSnapshot {
+    /// (verdict, reason) → count.
+    pub decisions: Vec<((u8, u8), u64)>,
+    /// Ring buffer reserve failures.
+    pub lost: u64,
+}
+
+impl StatsSnapshot {
+    /// Total decisions that tried to emit a record.
+    pub fn emitted(&self) -> u64 {
+        self.decisions.iter().map(|(_, c)| c).sum()
+    }
+}
+
+impl Stats {
+    /// Sums the per-CPU counters.
+    pub fn snapshot(&self) -> Result<StatsSnapshot, MapsError> {
+        let mut s = StatsSnapshot::default();
+        for v in 1..verdict::COUNT {
+            for r in 0..reason::COUNT {
+                let idx = stat_index(v, r);
+                if idx >= STATS_LEN {
+                    continue;
+                }
+                let vals = self.map.get(&idx, 0).map_err(m("CP_STATS"))?;
+                let total: u64 = vals.iter().sum();
+                if total > 0 {
+                    s.decisions.push(((v, r), total));
+                }
+            }
+        }
+        s.lost = self
+            .map
+            .get(&STAT_LOST, 0)
+            .map_err(m("CP_STATS"))?
+            .iter()
+            .sum();
+        Ok(s)
+    }
+}
+
+/// The address in an event's 16 bytes.
+pub fn event_addr(family: u8, bytes: &[u8; 16]) -> IpAddr {
+    if family == 6 {
+        IpAddr::from(*bytes)
+    } else {
+        IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+    }
+}

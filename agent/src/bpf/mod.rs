@@ -1,0 +1,562 @@
+//! Loading, attaching, pinning and adopting the kernel programs.
+//!
+//! Layout under `--bpffs` (default `/sys/fs/bpf/chokepoint`):
+//! `maps/<MAP>` for every map and `links/<program>` (TC: `links/cp_tc_egress@<iface>`) for every
+//! link. Pinned links keep enforcing when the daemon exits; only `chokepoint uninstall` removes
+//! them. At start the daemon reuses pinned maps (so policy, grants, socket tags and unread
+//! records survive), and for every program either keeps the pinned link (same program) or
+//! attaches the new program first and then replaces the old link's pin (no window without a
+//! program).
+
+pub mod maps;
+
+use std::{
+    fs,
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+};
+
+use aya::{
+    Btf, Ebpf, EbpfLoader,
+    maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
+    programs::{
+        CgroupAttachMode, CgroupSkbAttachType, Program, TcAttachType,
+        links::{FdLink, PinnedLink},
+        loaded_programs,
+    },
+};
+use chokepoint_common::names;
+use tracing::{info, warn};
+
+pub use self::maps::{GrantSpec, IdentBinding, PolicyMaps, Stats};
+
+/// The eBPF object built by `build.rs`.
+static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chokepoint"));
+
+/// Every map the agent pins.
+pub const MAPS: [&str; 8] = [
+    names::CONFIG,
+    names::IDENT,
+    names::RULES,
+    names::GRANTS,
+    names::CGCACHE,
+    names::SKTAG,
+    names::EVENTS,
+    names::STATS,
+];
+
+/// Errors of the loader.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("this binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild without it")]
+    NoObject,
+    #[error("cannot prepare bpffs at {path}: {source}")]
+    Bpffs {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("loading the eBPF object failed: {0}")]
+    Ebpf(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: String,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: String,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    #[error("pin {path}: {source}")]
+    Pin {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error(
+        "the pinned maps under {dir} do not match this build's layout ({what}); refusing to touch them (enforcement stays as pinned). Run `chokepoint uninstall` to remove them"
+    )]
+    LayoutMismatch { dir: PathBuf, what: String },
+    #[error("cgroup root {path}: {source}")]
+    Cgroup {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing the initial policy failed: {0}")]
+    Fill(#[from] maps::MapsError),
+}
+
+/// State of one attached program.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Attached {
+    pub program: String,
+    pub target: String,
+    pub pin: PathBuf,
+    /// `kept` (adopted as pinned), `attached` (new), `replaced` (new program, old link replaced).
+    pub how: &'static str,
+}
+
+/// The loaded kernel side.
+pub struct Kernel {
+    pub policy: PolicyMaps,
+    pub events: Option<RingBuf<MapData>>,
+    pub stats: Stats,
+    pub attached: Vec<Attached>,
+    /// Programs that could not attach (e.g. no BPF LSM): name → reason.
+    pub degraded: Vec<(String, String)>,
+    /// True when the maps were adopted from pins (a restart), false on a fresh install.
+    pub adopted: bool,
+}
+
+fn map_path(bpffs: &Path, name: &str) -> PathBuf {
+    bpffs.join("maps").join(name)
+}
+
+fn link_path(bpffs: &Path, prog: &str, target: Option<&str>) -> PathBuf {
+    match target {
+        // bpffs refuses names with a dot (vlan interfaces such as eth0.100).
+        Some(t) => bpffs
+            .join("links")
+            .join(format!("{prog}@{}", t.replace('.', "_"))),
+        None => bpffs.join("links").join(prog),
+    }
+}
+
+/// Mounts bpffs at `/sys/fs/bpf` when it is not mounted, and creates the agent's directories.
+pub fn prepare_bpffs(bpffs: &Path) -> Result<(), LoadError> {
+    let err = |source| LoadError::Bpffs {
+        path: bpffs.to_path_buf(),
+        source,
+    };
+    let mounts = fs::read_to_string("/proc/self/mountinfo").map_err(err)?;
+    let has_bpffs = mounts
+        .lines()
+        .any(|l| l.split(" - ").nth(1).is_some_and(|t| t.starts_with("bpf ")));
+    if !has_bpffs {
+        let root = Path::new("/sys/fs/bpf");
+        fs::create_dir_all(root).map_err(err)?;
+        let src = std::ffi::CString::new("bpf").expect("static");
+        let dst = std::ffi::CString::new("/sys/fs/bpf").expect("static");
+        // SAFETY: plain mount(2) with valid C strings.
+        let rc = unsafe {
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if rc != 0 {
+            return Err(err(std::io::Error::last_os_error()));
+        }
+    }
+    fs::create_dir_all(bpffs.join("maps")).map_err(err)?;
+    fs::create_dir_all(bpffs.join("links")).map_err(err)?;
+    Ok(())
+}
+
+/// True when the maps are pinned (enforcement state exists).
+pub fn is_installed(bpffs: &Path) -> bool {
+    map_path(bpffs, names::CONFIG).exists()
+}
+
+/// Checks that every pinned map has this build's key and value sizes.
+fn check_layout(bpffs: &Path) -> Result<bool, LoadError> {
+    let present: Vec<&str> = MAPS
+        .iter()
+        .copied()
+        .filter(|n| map_path(bpffs, n).exists())
+        .collect();
+    if present.is_empty() {
+        return Ok(false);
+    }
+    let dir = bpffs.join("maps");
+    if present.len() != MAPS.len() {
+        let missing: Vec<&str> = MAPS
+            .iter()
+            .copied()
+            .filter(|n| !present.contains(n))
+            .collect();
+        return Err(LoadError::LayoutMismatch {
+            dir,
+            what: format!("missing maps: {}", missing.join(", ")),
+        });
+    }
+    use chokepoint_common::*;
+    let expect: [(&str, u32, u32); 4] = [
+        (names::CONFIG, 4, size_of::<Config>() as u32),
+        (
+            names::IDENT,
+            size_of::<IdentKey>() as u32,
+            size_of::<IdentVal>() as u32,
+        ),
+        (
+            names::RULES,
+            size_of::<LpmKey>() as u32,
+            size_of::<RuleVal>() as u32,
+        ),
+        (
+            names::GRANTS,
+            size_of::<LpmKey>() as u32,
+            size_of::<GrantVal>() as u32,
+        ),
+    ];
+    for (name, k, v) in expect {
+        let md = MapData::from_pin(map_path(bpffs, name)).map_err(|source| LoadError::Map {
+            name: name.into(),
+            source,
+        })?;
+        let info = md.info().map_err(|source| LoadError::Map {
+            name: name.into(),
+            source,
+        })?;
+        if info.key_size() != k || info.value_size() != v {
+            return Err(LoadError::LayoutMismatch {
+                dir,
+                what: format!(
+                    "{name}: key {} value {} bytes, this build expects {k} and {v}",
+                    info.key_size(),
+                    info.value_size()
+                ),
+            });
+        }
+    }
+    Ok(true)
+}
+
+fn take<T>(
+    bpf: &mut Ebpf,
+    name: &str,
+    conv: impl FnOnce(Map) -> Result<T, aya::maps::MapError>,
+) -> Result<T, LoadError> {
+    let map = bpf.take_map(name).ok_or_else(|| LoadError::Map {
+        name: name.into(),
+        source: aya::maps::MapError::InvalidName { name: name.into() },
+    })?;
+    conv(map).map_err(|source| LoadError::Map {
+        name: name.into(),
+        source,
+    })
+}
+
+/// Tag of the program behind a pinned link, if the pin exists.
+fn pinned_program_tag(path: &Path) -> Option<u64> {
+    let link = PinnedLink::from_pin(path).ok()?;
+    let fd: FdLink = link.into();
+    let prog_id = fd.info().ok()?.program_id();
+    loaded_programs()
+        .filter_map(Result::ok)
+        .find(|p| p.id() == prog_id)
+        .map(|p| p.tag())
+}
+
+/// Pins `link` at `path`, replacing an existing pin atomically (rename), which releases the old
+/// link only after the new one is attached.
+fn pin_replace(link: FdLink, path: &Path) -> Result<(), LoadError> {
+    // bpffs refuses names containing a dot.
+    let mut tmp_name = path.file_name().unwrap_or_default().to_os_string();
+    tmp_name.push("_new");
+    let tmp = path.with_file_name(tmp_name);
+    let _ = fs::remove_file(&tmp);
+    let pinned = link.pin(&tmp).map_err(|e| LoadError::Pin {
+        path: tmp.clone(),
+        source: Box::new(e),
+    })?;
+    fs::rename(&tmp, path).map_err(|e| LoadError::Pin {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })?;
+    drop(pinned);
+    Ok(())
+}
+
+/// Options for [`start`].
+pub struct StartOptions<'a> {
+    pub bpffs: &'a Path,
+    pub cgroup_root: &'a Path,
+    pub tc_ifaces: &'a [String],
+}
+
+/// Loads the object (reusing pinned maps), fills fresh maps with `fill`, attaches every program
+/// (keeping identical pinned links), and pins everything.
+pub fn start(
+    opts: &StartOptions<'_>,
+    fill: impl FnOnce(&mut PolicyMaps) -> Result<(), maps::MapsError>,
+) -> Result<Kernel, LoadError> {
+    if OBJECT.is_empty() {
+        return Err(LoadError::NoObject);
+    }
+    prepare_bpffs(opts.bpffs)?;
+    let adopted = check_layout(opts.bpffs)?;
+    let btf = Btf::from_sys_fs().ok();
+    let mut loader = EbpfLoader::new();
+    loader.btf(btf.as_ref());
+    if std::env::var_os("CHOKEPOINT_VERIFIER_LOG").is_some() {
+        loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
+    }
+    let pin_paths: Vec<(&str, PathBuf)> =
+        MAPS.iter().map(|n| (*n, map_path(opts.bpffs, n))).collect();
+    if adopted {
+        for (n, p) in &pin_paths {
+            loader.map_pin_path(n, p.as_path());
+        }
+    }
+    let mut bpf = loader.load(OBJECT)?;
+    if !adopted {
+        for (name, path) in &pin_paths {
+            let map = bpf.map_mut(name).ok_or_else(|| LoadError::Map {
+                name: (*name).into(),
+                source: aya::maps::MapError::InvalidName {
+                    name: (*name).into(),
+                },
+            })?;
+            let _ = fs::remove_file(path);
+            map.pin(path).map_err(|e| LoadError::Pin {
+                path: path.clone(),
+                source: Box::new(e),
+            })?;
+        }
+    }
+
+    let mut policy = PolicyMaps {
+        config: take(&mut bpf, names::CONFIG, Array::try_from)?,
+        ident: take(&mut bpf, names::IDENT, HashMap::try_from)?,
+        rules: take(&mut bpf, names::RULES, LpmTrie::try_from)?,
+        grants: take(&mut bpf, names::GRANTS, LpmTrie::try_from)?,
+    };
+    if !adopted {
+        fill(&mut policy)?;
+    }
+    let events = Some(take(&mut bpf, names::EVENTS, RingBuf::try_from)?);
+    let stats = Stats {
+        map: take(&mut bpf, names::STATS, PerCpuArray::try_from)?,
+    };
+
+    let cgroup = fs::File::open(opts.cgroup_root).map_err(|source| LoadError::Cgroup {
+        path: opts.cgroup_root.to_path_buf(),
+        source,
+    })?;
+    let mut attached = Vec::new();
+    let mut degraded = Vec::new();
+    let btf_ref = btf.as_ref();
+    for name in names::PROGRAMS {
+        let targets: Vec<Option<String>> = if name == names::PROG_TC_EGRESS {
+            opts.tc_ifaces.iter().cloned().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        if targets.is_empty() {
+            continue;
+        }
+        let prog = bpf.program_mut(name).ok_or_else(|| LoadError::Program {
+            name: name.into(),
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?;
+        let perr = |source| LoadError::Program {
+            name: name.into(),
+            source,
+        };
+        // Load.
+        let load_result = match prog {
+            Program::CgroupSock(p) => p.load(),
+            Program::CgroupSockAddr(p) => p.load(),
+            Program::CgroupSkb(p) => p.load(),
+            Program::SchedClassifier(p) => p.load(),
+            Program::Lsm(p) => match btf_ref {
+                Some(b) => p.load("socket_create", b),
+                None => {
+                    degraded.push((name.to_string(), "kernel BTF unavailable".to_string()));
+                    continue;
+                }
+            },
+            _ => return Err(perr(aya::programs::ProgramError::UnexpectedProgramType)),
+        };
+        if let Err(e) = load_result {
+            if name == names::PROG_LSM_SOCKET {
+                warn!(program = name, error = %e, "BPF LSM unavailable: AF_PACKET and other non-IP sockets are not refused on this host");
+                degraded.push((name.to_string(), format!("load failed: {e}")));
+                continue;
+            }
+            return Err(perr(e));
+        }
+        let new_tag = prog.info().map(|i| i.tag()).ok();
+        for target in targets {
+            let path = link_path(opts.bpffs, name, target.as_deref());
+            let old_tag = pinned_program_tag(&path);
+            let target_name = target
+                .clone()
+                .unwrap_or_else(|| opts.cgroup_root.display().to_string());
+            if old_tag.is_some() && old_tag == new_tag {
+                attached.push(Attached {
+                    program: name.into(),
+                    target: target_name,
+                    pin: path,
+                    how: "kept",
+                });
+                continue;
+            }
+            let link: Result<FdLink, LoadError> = (|| {
+                let fd_link: FdLink = match prog {
+                    Program::CgroupSock(p) => {
+                        let id = p
+                            .attach(cgroup.as_fd(), CgroupAttachMode::Single)
+                            .map_err(perr)?;
+                        FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(|e| {
+                            LoadError::Pin {
+                                path: path.clone(),
+                                source: Box::new(e),
+                            }
+                        })?
+                    }
+                    Program::CgroupSockAddr(p) => {
+                        let id = p
+                            .attach(cgroup.as_fd(), CgroupAttachMode::Single)
+                            .map_err(perr)?;
+                        FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(|e| {
+                            LoadError::Pin {
+                                path: path.clone(),
+                                source: Box::new(e),
+                            }
+                        })?
+                    }
+                    Program::CgroupSkb(p) => {
+                        let id = p
+                            .attach(
+                                cgroup.as_fd(),
+                                CgroupSkbAttachType::Egress,
+                                CgroupAttachMode::Single,
+                            )
+                            .map_err(perr)?;
+                        FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(|e| {
+                            LoadError::Pin {
+                                path: path.clone(),
+                                source: Box::new(e),
+                            }
+                        })?
+                    }
+                    Program::SchedClassifier(p) => {
+                        let iface = target.as_deref().unwrap_or_default();
+                        let id = p.attach(iface, TcAttachType::Egress).map_err(perr)?;
+                        FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(|e| {
+                            LoadError::Pin {
+                                path: path.clone(),
+                                source: Box::new(e),
+                            }
+                        })?
+                    }
+                    Program::Lsm(p) => {
+                        let id = p.attach().map_err(perr)?;
+                        FdLink::from(p.take_link(id).map_err(perr)?)
+                    }
+                    _ => return Err(perr(aya::programs::ProgramError::UnexpectedProgramType)),
+                };
+                Ok(fd_link)
+            })();
+            let link = match link {
+                Ok(l) => l,
+                Err(e) if name == names::PROG_LSM_SOCKET => {
+                    warn!(program = name, error = %e, "BPF LSM attach failed");
+                    degraded.push((name.to_string(), format!("attach failed: {e}")));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let how = if old_tag.is_some() {
+                "replaced"
+            } else {
+                "attached"
+            };
+            pin_replace(link, &path)?;
+            info!(program = name, target = %target_name, how, "program attached");
+            attached.push(Attached {
+                program: name.into(),
+                target: target_name,
+                pin: path,
+                how,
+            });
+        }
+    }
+    // Programs stay loaded through their pinned links; the Ebpf object may go.
+    drop(bpf);
+    Ok(Kernel {
+        policy,
+        events,
+        stats,
+        attached,
+        degraded,
+        adopted,
+    })
+}
+
+/// Opens the pinned maps without loading or attaching anything (for inspection).
+pub fn open_pinned(bpffs: &Path) -> Result<(PolicyMaps, Stats), LoadError> {
+    let open = |name: &str| -> Result<Map, LoadError> {
+        let md = MapData::from_pin(map_path(bpffs, name)).map_err(|source| LoadError::Map {
+            name: name.into(),
+            source,
+        })?;
+        Ok(match name {
+            n if n == names::CONFIG => Map::Array(md),
+            n if n == names::IDENT => Map::HashMap(md),
+            n if n == names::STATS => Map::PerCpuArray(md),
+            _ => Map::LpmTrie(md),
+        })
+    };
+    let conv = |name: &str, e| LoadError::Map {
+        name: name.into(),
+        source: e,
+    };
+    Ok((
+        PolicyMaps {
+            config: Array::try_from(open(names::CONFIG)?).map_err(|e| conv(names::CONFIG, e))?,
+            ident: HashMap::try_from(open(names::IDENT)?).map_err(|e| conv(names::IDENT, e))?,
+            rules: LpmTrie::try_from(open(names::RULES)?).map_err(|e| conv(names::RULES, e))?,
+            grants: LpmTrie::try_from(open(names::GRANTS)?).map_err(|e| conv(names::GRANTS, e))?,
+        },
+        Stats {
+            map: PerCpuArray::try_from(open(names::STATS)?).map_err(|e| conv(names::STATS, e))?,
+        },
+    ))
+}
+
+/// Pinned links present under `bpffs`: (program, target).
+pub fn pinned_links(bpffs: &Path) -> Vec<(String, Option<String>)> {
+    let Ok(rd) = fs::read_dir(bpffs.join("links")) else {
+        return Vec::new();
+    };
+    let mut v: Vec<(String, Option<String>)> = rd
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| !n.ends_with("_new"))
+        .map(|n| match n.split_once('@') {
+            Some((p, t)) => (p.to_string(), Some(t.to_string())),
+            None => (n, None),
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Detaches and unpins everything under `bpffs`: links first (enforcement stops), then maps.
+pub fn uninstall(bpffs: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for sub in ["links", "maps"] {
+        let dir = bpffs.join(sub);
+        if let Ok(rd) = fs::read_dir(&dir) {
+            for e in rd.filter_map(Result::ok) {
+                fs::remove_file(e.path())?;
+                removed.push(e.path());
+            }
+            fs::remove_dir(&dir)?;
+        }
+    }
+    if bpffs.exists() {
+        let _ = fs::remove_dir(bpffs);
+    }
+    Ok(removed)
+}

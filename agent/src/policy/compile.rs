@@ -1,0 +1,587 @@
+//! Validation and compilation of a policy document into kernel entries.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    fmt,
+};
+
+use chokepoint_common::{MAX_PORT_ENTRIES, PortEntry, kind};
+use serde::Serialize;
+use serde_saphyr::Spanned;
+use sha2::{Digest, Sha256};
+
+use super::{
+    model::PolicyDoc,
+    parse::{Cidr, PortSpec, parse_cidr, parse_endpoint, parse_ports},
+};
+
+/// Largest accepted document.
+pub const MAX_DOCUMENT_BYTES: usize = 16 << 20;
+/// Most identities in one policy.
+pub const MAX_IDENTITIES: usize = 4096;
+/// Most destination prefixes in one generation (all identities).
+pub const MAX_PREFIXES: usize = (chokepoint_common::MAX_RULES / 2) as usize;
+
+/// One validation problem.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub line: u32,
+    pub column: u32,
+    pub field: String,
+    pub message: String,
+}
+
+/// Every problem of a document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct PolicyError {
+    pub file: String,
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(
+                f,
+                "{}:{}:{}: {}: {}",
+                self.file, p.line, p.column, p.field, p.message
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// Identity mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Enforce,
+    Audit,
+}
+
+impl Mode {
+    /// The kernel's mode code.
+    pub fn code(self) -> u8 {
+        match self {
+            Mode::Enforce => chokepoint_common::MODE_ENFORCE,
+            Mode::Audit => chokepoint_common::MODE_AUDIT,
+        }
+    }
+}
+
+/// A compiled identity.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompiledIdentity {
+    /// Kernel identity id (1-based position in the document).
+    pub id: u32,
+    pub name: String,
+    pub tenant: Option<String>,
+    pub mode: Mode,
+    /// Selector path relative to the cgroup root, without leading or trailing `/`.
+    pub cgroup_path: String,
+    pub gateways: Vec<String>,
+    /// Labels of the allow rules, by rule index.
+    pub rules: Vec<String>,
+    /// Destination prefixes with everything allowed there (ancestors merged in).
+    #[serde(skip)]
+    pub entries: BTreeMap<Cidr, Vec<PortEntry>>,
+}
+
+/// A compiled policy: what one generation holds.
+#[derive(Clone, Debug, Serialize)]
+pub struct CompiledPolicy {
+    pub name: String,
+    /// `sha256:<hex>` of the source text.
+    pub digest: String,
+    /// Gateway names, by gateway index.
+    pub gateways: Vec<String>,
+    pub identities: Vec<CompiledIdentity>,
+    #[serde(skip)]
+    pub source: String,
+}
+
+impl CompiledPolicy {
+    /// Number of destination prefixes across identities.
+    pub fn prefix_count(&self) -> usize {
+        self.identities.iter().map(|i| i.entries.len()).sum()
+    }
+    /// Label of the rule behind an allow decision.
+    pub fn rule_label(&self, ident: u32, reason: u8, rule: u32) -> Option<String> {
+        let id = self.identities.get(ident.checked_sub(1)? as usize)?;
+        match reason {
+            chokepoint_common::reason::GATEWAY => {
+                Some(format!("gateway:{}", self.gateways.get(rule as usize)?))
+            }
+            chokepoint_common::reason::RULE => id.rules.get(rule as usize).cloned(),
+            _ => None,
+        }
+    }
+}
+
+struct Ctx<'a> {
+    problems: Vec<Problem>,
+    _src: &'a str,
+}
+
+impl Ctx<'_> {
+    fn at<T>(&mut self, s: &Spanned<T>, field: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            line: s.referenced.line() as u32,
+            column: s.referenced.column() as u32,
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+/// Parses, validates and compiles `source` (named `file` in errors).
+pub fn compile_source(file: &str, source: &[u8]) -> Result<CompiledPolicy, PolicyError> {
+    let fail = |line: u32, column: u32, field: &str, message: String| PolicyError {
+        file: file.to_string(),
+        problems: vec![Problem {
+            line,
+            column,
+            field: field.to_string(),
+            message,
+        }],
+    };
+    if source.len() > MAX_DOCUMENT_BYTES {
+        return Err(fail(
+            1,
+            1,
+            "document",
+            format!(
+                "document is {} bytes, larger than the limit of {} bytes",
+                source.len(),
+                MAX_DOCUMENT_BYTES
+            ),
+        ));
+    }
+    let text = match std::str::from_utf8(source) {
+        Ok(t) => t,
+        Err(e) => {
+            let upto = &source[..e.valid_up_to()];
+            let line = upto.iter().filter(|&&b| b == b'\n').count() as u32 + 1;
+            let col = upto.iter().rev().take_while(|&&b| b != b'\n').count() as u32 + 1;
+            return Err(fail(line, col, "document", format!("invalid UTF-8: {e}")));
+        }
+    };
+    if text.trim().is_empty() {
+        return Err(fail(1, 1, "document", "the document is empty".into()));
+    }
+    let doc: PolicyDoc = match serde_saphyr::from_str(text) {
+        Ok(d) => d,
+        Err(e) => {
+            let (line, col) = e
+                .location()
+                .map(|l| (l.line() as u32, l.column() as u32))
+                .unwrap_or((1, 1));
+            let msg = e.to_string();
+            let first = msg.lines().next().unwrap_or("invalid document").to_string();
+            return Err(fail(line, col, "document", first));
+        }
+    };
+    compile_doc(file, doc, text)
+}
+
+fn norm_cgroup_path(p: &str) -> Result<String, String> {
+    let trimmed = p.trim().trim_matches('/');
+    if trimmed.is_empty() {
+        return Err(
+            "the cgroup root itself cannot be an identity (it would cover the node and the agent)"
+                .into(),
+        );
+    }
+    for part in trimmed.split('/') {
+        if part.is_empty() || part == "." || part == ".." {
+            return Err(format!("`{p}` is not a clean relative cgroup path"));
+        }
+    }
+    Ok(trimmed.to_string())
+}
+
+fn is_ancestor_or_same(a: &str, b: &str) -> bool {
+    a == b || b.starts_with(&format!("{a}/"))
+}
+
+fn compile_doc(file: &str, doc: PolicyDoc, text: &str) -> Result<CompiledPolicy, PolicyError> {
+    let mut cx = Ctx {
+        problems: Vec::new(),
+        _src: text,
+    };
+    if doc.api_version.value != "chokepoint.dev/v1alpha1" {
+        cx.at(
+            &doc.api_version,
+            "apiVersion",
+            format!(
+                "unsupported apiVersion `{}` (expected chokepoint.dev/v1alpha1)",
+                doc.api_version.value
+            ),
+        );
+    }
+    if doc.kind.value != "EgressPolicy" {
+        cx.at(
+            &doc.kind,
+            "kind",
+            format!(
+                "unsupported kind `{}` (expected EgressPolicy)",
+                doc.kind.value
+            ),
+        );
+    }
+    if doc.metadata.name.value.trim().is_empty() {
+        cx.at(&doc.metadata.name, "metadata.name", "must not be empty");
+    }
+
+    // Gateways.
+    let mut gw_index: HashMap<String, usize> = HashMap::new();
+    let mut gw_endpoints: Vec<Vec<(Cidr, PortSpec)>> = Vec::new();
+    let mut gw_names = Vec::new();
+    for (gi, gw) in doc.spec.gateways.iter().enumerate() {
+        let field = format!("spec.gateways[{gi}]");
+        let name = gw.name.value.trim().to_string();
+        if name.is_empty() {
+            cx.at(&gw.name, format!("{field}.name"), "must not be empty");
+        } else if gw_index.insert(name.clone(), gi).is_some() {
+            cx.at(
+                &gw.name,
+                format!("{field}.name"),
+                format!("duplicate gateway name `{name}`"),
+            );
+        }
+        if gw.endpoints.value.is_empty() {
+            cx.at(
+                &gw.endpoints,
+                format!("{field}.endpoints"),
+                "a gateway needs at least one endpoint",
+            );
+        }
+        let mut eps = Vec::new();
+        for (ei, ep) in gw.endpoints.value.iter().enumerate() {
+            match parse_endpoint(&ep.value) {
+                Ok(e) => {
+                    for a in e.addrs {
+                        eps.push((
+                            Cidr::host(a),
+                            PortSpec {
+                                lo: e.port,
+                                hi: e.port,
+                                proto: e.proto,
+                            },
+                        ));
+                    }
+                }
+                Err(m) => cx.at(ep, format!("{field}.endpoints[{ei}]"), m),
+            }
+        }
+        gw_endpoints.push(eps);
+        gw_names.push(name);
+    }
+
+    // Identities.
+    let idents = &doc.spec.identities;
+    if idents.value.is_empty() {
+        cx.at(
+            idents,
+            "spec.identities",
+            "a policy needs at least one identity",
+        );
+    }
+    if idents.value.len() > MAX_IDENTITIES {
+        cx.at(
+            idents,
+            "spec.identities",
+            format!(
+                "{} identities exceed the limit of {MAX_IDENTITIES}",
+                idents.value.len()
+            ),
+        );
+    }
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut paths: Vec<(String, usize, &Spanned<String>)> = Vec::new();
+    let mut compiled = Vec::new();
+    let mut prefixes = 0usize;
+    for (ii, id) in idents.value.iter().enumerate() {
+        let field = format!("spec.identities[{ii}]");
+        let name = id.name.value.trim().to_string();
+        if name.is_empty() {
+            cx.at(&id.name, format!("{field}.name"), "must not be empty");
+        } else if let Some(prev) = names.insert(name.clone(), ii) {
+            cx.at(
+                &id.name,
+                format!("{field}.name"),
+                format!("duplicate identity name `{name}` (first at spec.identities[{prev}])"),
+            );
+        }
+        let mode = match id.mode.as_ref().map(|m| m.value.as_str()) {
+            None | Some("enforce") => Mode::Enforce,
+            Some("audit") => Mode::Audit,
+            Some(other) => {
+                let m = id.mode.as_ref().expect("mode present");
+                cx.at(
+                    m,
+                    format!("{field}.mode"),
+                    format!("unknown mode `{other}` (expected enforce or audit)"),
+                );
+                Mode::Enforce
+            }
+        };
+        let sel = &id.selector;
+        let mut cgroup_path = String::new();
+        match (&sel.value.cgroup_path, &sel.value.pod) {
+            (Some(p), None) => match norm_cgroup_path(&p.value) {
+                Ok(n) => {
+                    for (other, oi, _) in &paths {
+                        if is_ancestor_or_same(other, &n) || is_ancestor_or_same(&n, other) {
+                            cx.at(p, format!("{field}.selector.cgroupPath"), format!(
+                                "selector `/{n}` overlaps `/{other}` of spec.identities[{oi}]: one cgroup would have two identities"
+                            ));
+                        }
+                    }
+                    paths.push((n.clone(), ii, p));
+                    cgroup_path = n;
+                }
+                Err(m) => cx.at(p, format!("{field}.selector.cgroupPath"), m),
+            },
+            (None, Some(p)) => cx.at(p, format!("{field}.selector.pod"),
+                "pod selectors need the Kubernetes integration, which this build does not include; select the pod's cgroup with cgroupPath"),
+            (Some(p), Some(_)) => cx.at(p, format!("{field}.selector"), "give either cgroupPath or pod, not both"),
+            (None, None) => cx.at(sel, format!("{field}.selector"), "a selector needs cgroupPath"),
+        }
+
+        let mut raw: BTreeMap<Cidr, BTreeSet<(PortSpec, u8, u16)>> = BTreeMap::new();
+        let mut gws = Vec::new();
+        for (gi, g) in id.egress.gateways.iter().enumerate() {
+            match gw_index.get(g.value.trim()) {
+                Some(&idx) => {
+                    gws.push(g.value.trim().to_string());
+                    for (c, p) in &gw_endpoints[idx] {
+                        raw.entry(*c)
+                            .or_default()
+                            .insert((*p, kind::GATEWAY, idx as u16));
+                    }
+                }
+                None => cx.at(
+                    g,
+                    format!("{field}.egress.gateways[{gi}]"),
+                    format!("no gateway named `{}` in spec.gateways", g.value),
+                ),
+            }
+        }
+        let mut rules = Vec::new();
+        for (ri, r) in id.egress.allow.iter().enumerate() {
+            let rf = format!("{field}.egress.allow[{ri}]");
+            let cidr = match parse_cidr(&r.to.value) {
+                Ok(c) => Some(c),
+                Err(m) => {
+                    cx.at(&r.to, format!("{rf}.to"), m);
+                    None
+                }
+            };
+            let mut specs = Vec::new();
+            if r.ports.is_empty() {
+                specs.push(PortSpec::ANY);
+            }
+            for (pi, p) in r.ports.iter().enumerate() {
+                match parse_ports(&p.value) {
+                    Ok(v) => specs.extend(v),
+                    Err(m) => cx.at(p, format!("{rf}.ports[{pi}]"), m),
+                }
+            }
+            let label = match &r.reason {
+                Some(reason) => format!("allow[{ri}]: {reason}"),
+                None => format!("allow[{ri}]"),
+            };
+            rules.push(label);
+            if ri > u16::MAX as usize {
+                cx.at(&r.to, rf.clone(), "too many rules in one identity");
+                continue;
+            }
+            if let Some(c) = cidr {
+                for s in specs {
+                    raw.entry(c).or_default().insert((s, kind::RULE, ri as u16));
+                }
+            }
+        }
+        let entries = merge_ancestors(&raw);
+        for (c, v) in &entries {
+            if v.len() > MAX_PORT_ENTRIES {
+                cx.at(&id.name, format!("{field}.egress"), format!(
+                    "destination {c} gathers {} port entries from its rules and enclosing rules; the limit is {MAX_PORT_ENTRIES} (use port ranges or fewer overlapping rules)",
+                    v.len()
+                ));
+            }
+        }
+        prefixes += entries.len();
+        compiled.push(CompiledIdentity {
+            id: ii as u32 + 1,
+            name,
+            tenant: id.tenant.as_ref().map(|t| t.value.clone()),
+            mode,
+            cgroup_path,
+            gateways: gws,
+            rules,
+            entries: entries
+                .into_iter()
+                .map(|(c, v)| (c, v.into_iter().take(MAX_PORT_ENTRIES).collect()))
+                .collect(),
+        });
+    }
+    if prefixes > MAX_PREFIXES {
+        cx.at(
+            idents,
+            "spec.identities",
+            format!("{prefixes} destination prefixes exceed the limit of {MAX_PREFIXES}"),
+        );
+    }
+    if !cx.problems.is_empty() {
+        cx.problems.sort_by_key(|p| (p.line, p.column));
+        return Err(PolicyError {
+            file: file.to_string(),
+            problems: cx.problems,
+        });
+    }
+    let digest = format!("sha256:{:x}", Sha256::digest(text.as_bytes()));
+    Ok(CompiledPolicy {
+        name: doc.metadata.name.value,
+        digest,
+        gateways: gw_names,
+        identities: compiled,
+        source: text.to_string(),
+    })
+}
+
+/// Adds to every prefix the entries of every enclosing prefix, so the kernel's longest-prefix
+/// match alone finds everything allowed for an address.
+fn merge_ancestors(
+    raw: &BTreeMap<Cidr, BTreeSet<(PortSpec, u8, u16)>>,
+) -> BTreeMap<Cidr, Vec<PortEntry>> {
+    let lengths: BTreeSet<(u8, u8)> = raw.keys().map(|c| (c.family(), c.bits)).collect();
+    let mut out = BTreeMap::new();
+    for (cidr, own) in raw {
+        let mut all: BTreeSet<(PortSpec, u8, u16)> = own.clone();
+        for &(fam, bits) in &lengths {
+            if fam != cidr.family() || bits >= cidr.bits {
+                continue;
+            }
+            if let Some(parent) = raw.get(&cidr.truncate(bits)) {
+                all.extend(parent.iter().copied());
+            }
+        }
+        // Gateways first, then rules; within each by port.
+        let mut v: Vec<(PortSpec, u8, u16)> = all.into_iter().collect();
+        v.sort_by_key(|(p, k, r)| (*k, *r, *p));
+        v.dedup_by_key(|(p, k, _)| (*p, *k));
+        out.insert(
+            *cidr,
+            v.into_iter()
+                .map(|(p, k, r)| PortEntry {
+                    port_lo: p.lo,
+                    port_hi: p.hi,
+                    proto: p.proto,
+                    kind: k,
+                    rule: r,
+                })
+                .collect(),
+        );
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"apiVersion: chokepoint.dev/v1alpha1
+kind: EgressPolicy
+metadata:
+  name: ai-agents
+spec:
+  gateways:
+    - name: llm-gateway
+      endpoints: ["10.77.0.1:8080/tcp", "[fd77::1]:8080/tcp"]
+  identities:
+    - name: research-agent
+      tenant: acme
+      mode: enforce
+      selector:
+        cgroupPath: "/agents/research"
+      egress:
+        gateways: [llm-gateway]
+        allow:
+          - to: "10.77.0.53/32"
+            ports: ["53/udp", "53/tcp"]
+            reason: cluster DNS
+          - to: "10.0.0.0/8"
+            ports: ["443/tcp"]
+"#;
+
+    #[test]
+    fn compiles_the_design_example() {
+        let p = compile_source("p.yaml", GOOD.as_bytes()).unwrap();
+        assert_eq!(p.identities.len(), 1);
+        let id = &p.identities[0];
+        assert_eq!(id.cgroup_path, "agents/research");
+        // gateway v4 + v6, dns /32, the /8
+        assert_eq!(id.entries.len(), 4);
+        // The /32 DNS prefix inherits 443/tcp from the enclosing /8.
+        let dns = id.entries.get(&parse_cidr("10.77.0.53").unwrap()).unwrap();
+        assert!(dns.iter().any(|e| e.port_lo == 443));
+        assert!(dns.iter().any(|e| e.port_lo == 53 && e.proto == 17));
+        // The gateway /32 inside 10/8 inherits 443 too, and keeps its own 8080.
+        let gw = id.entries.get(&parse_cidr("10.77.0.1").unwrap()).unwrap();
+        assert!(
+            gw.iter()
+                .any(|e| e.port_lo == 8080 && e.kind == kind::GATEWAY)
+        );
+        assert!(gw.iter().any(|e| e.port_lo == 443 && e.kind == kind::RULE));
+    }
+
+    fn err(doc: &str) -> PolicyError {
+        compile_source("p.yaml", doc.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let e = err(&GOOD.replace("10.77.0.53/32", "10.77.0.53/40"));
+        assert_eq!(e.problems[0].field, "spec.identities[0].egress.allow[0].to");
+        assert_eq!(e.problems[0].line, 18);
+        let e = err(&GOOD.replace("53/udp", "70000/udp"));
+        assert!(e.to_string().contains("out of range"), "{e}");
+        let e = err(&GOOD.replace("gateways: [llm-gateway]", "gateways: [nope]"));
+        assert!(e.to_string().contains("no gateway named `nope`"), "{e}");
+        let e = err(&GOOD.replace("tenant: acme", "tenant: acme\n      colour: red"));
+        assert!(e.to_string().contains("colour"), "{e}");
+        let e = err(&GOOD.replace("mode: enforce", "mode: yes-please"));
+        assert!(e.to_string().contains("unknown mode"), "{e}");
+    }
+
+    #[test]
+    fn overlapping_selectors_and_duplicates() {
+        let two = GOOD.to_string()
+            + r#"    - name: research-agent
+      selector:
+        cgroupPath: "/agents/research/sub"
+"#;
+        let e = err(&two);
+        let s = e.to_string();
+        assert!(s.contains("duplicate identity name"), "{s}");
+        assert!(s.contains("overlaps"), "{s}");
+    }
+
+    #[test]
+    fn rejects_bad_bytes_and_sizes() {
+        let e = compile_source("p.yaml", b"apiVersion: \xff\xfe").unwrap_err();
+        assert!(e.to_string().contains("invalid UTF-8"));
+        let big = vec![b'#'; MAX_DOCUMENT_BYTES + 1];
+        assert!(
+            compile_source("p.yaml", &big)
+                .unwrap_err()
+                .to_string()
+                .contains("larger than")
+        );
+    }
+}

@@ -1,0 +1,168 @@
+//! Persistent state in `--state-dir`: every applied generation (source and metadata), the active
+//! generation, grants, and the log of policy changes. All writes are atomic.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::util::write_atomic;
+
+/// Metadata of one applied generation.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GenerationMeta {
+    pub generation: u32,
+    pub name: String,
+    pub digest: String,
+    pub applied_at: String,
+    pub by_uid: Option<u32>,
+    pub by_pid: Option<u32>,
+    pub previous: Option<u32>,
+    /// `apply`, `rollback` or `startup`.
+    pub action: String,
+}
+
+/// A task-scoped grant as stored.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct StoredGrant {
+    pub identity: String,
+    /// As given: `HOST_OR_CIDR:PORT[/PROTO]`.
+    pub to: String,
+    pub task: String,
+    pub task_id: u64,
+    /// Wall-clock expiry, ns since the epoch.
+    pub expires_wall_ns: u128,
+    pub granted_at: String,
+}
+
+/// Errors of the state store.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state dir {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("state file {path} is corrupt: {why}")]
+    Corrupt { path: PathBuf, why: String },
+}
+
+/// The state directory.
+pub struct StateStore {
+    dir: PathBuf,
+}
+
+impl StateStore {
+    /// Opens (creating) the directory.
+    pub fn open(dir: &Path) -> Result<Self, StateError> {
+        fs::create_dir_all(dir.join("generations")).map_err(|source| StateError::Io {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
+        let path = path.to_path_buf();
+        move |source| StateError::Io { path, source }
+    }
+
+    /// The active generation, if any.
+    pub fn current(&self) -> Result<Option<u32>, StateError> {
+        let p = self.dir.join("current");
+        match fs::read_to_string(&p) {
+            Ok(s) => s.trim().parse().map(Some).map_err(|_| StateError::Corrupt {
+                path: p,
+                why: format!("`{}` is not a generation number", s.trim()),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io(&p)(e)),
+        }
+    }
+
+    /// Source of a generation.
+    pub fn source(&self, generation: u32) -> Result<Vec<u8>, StateError> {
+        let p = self
+            .dir
+            .join("generations")
+            .join(format!("{generation}.yaml"));
+        fs::read(&p).map_err(self.io(&p))
+    }
+
+    /// Records a new generation and makes it current (source and metadata first, `current` last).
+    pub fn commit(&self, meta: &GenerationMeta, source: &str) -> Result<(), StateError> {
+        let g = meta.generation;
+        let src = self.dir.join("generations").join(format!("{g}.yaml"));
+        write_atomic(&src, source.as_bytes()).map_err(self.io(&src))?;
+        let mp = self.dir.join("generations").join(format!("{g}.json"));
+        let json = serde_json::to_vec_pretty(meta).expect("serialisable");
+        write_atomic(&mp, &json).map_err(self.io(&mp))?;
+        let cur = self.dir.join("current");
+        write_atomic(&cur, format!("{g}\n").as_bytes()).map_err(self.io(&cur))?;
+        let log = self.dir.join("changes.jsonl");
+        use std::io::Write;
+        let mut f = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(self.io(&log))?;
+        let mut line = serde_json::to_vec(meta).expect("serialisable");
+        line.push(b'\n');
+        f.write_all(&line).map_err(self.io(&log))?;
+        f.sync_data().map_err(self.io(&log))?;
+        Ok(())
+    }
+
+    /// Every generation's metadata, oldest first.
+    pub fn history(&self) -> Result<Vec<GenerationMeta>, StateError> {
+        let dir = self.dir.join("generations");
+        let mut out = Vec::new();
+        for e in fs::read_dir(&dir)
+            .map_err(self.io(&dir))?
+            .filter_map(Result::ok)
+        {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json") {
+                let data = fs::read(&p).map_err(self.io(&p))?;
+                let m: GenerationMeta =
+                    serde_json::from_slice(&data).map_err(|e| StateError::Corrupt {
+                        path: p.clone(),
+                        why: e.to_string(),
+                    })?;
+                out.push(m);
+            }
+        }
+        out.sort_by_key(|m| m.generation);
+        Ok(out)
+    }
+
+    /// The highest generation number ever recorded.
+    pub fn last_generation(&self) -> Result<u32, StateError> {
+        Ok(self.history()?.last().map_or(0, |m| m.generation))
+    }
+
+    /// Stored grants.
+    pub fn grants(&self) -> Result<Vec<StoredGrant>, StateError> {
+        let p = self.dir.join("grants.json");
+        match fs::read(&p) {
+            Ok(d) => serde_json::from_slice(&d).map_err(|e| StateError::Corrupt {
+                path: p,
+                why: e.to_string(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(self.io(&p)(e)),
+        }
+    }
+
+    /// Replaces the stored grants.
+    pub fn set_grants(&self, grants: &[StoredGrant]) -> Result<(), StateError> {
+        let p = self.dir.join("grants.json");
+        let data = serde_json::to_vec_pretty(grants).expect("serialisable");
+        write_atomic(&p, &data).map_err(self.io(&p))
+    }
+}

@@ -1,0 +1,352 @@
+//! The one policy decision every hook calls, identity resolution, the socket tag, and records.
+
+use core::{ffi::c_void, ptr};
+
+use aya_ebpf::{
+    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    helpers::{bpf_ktime_get_boot_ns, generated::bpf_sk_storage_get},
+};
+use chokepoint_common::{
+    CgCache, Config, Event, IdentKey, LPM_DATA_LEN, LPM_HEADER_BITS, MAX_CGROUP_DEPTH,
+    MAX_GRANT_ENTRIES, MAX_PORT_ENTRIES, MODE_AUDIT, MODE_NONE, PROTO_ANY, STAT_LOST, SockTag,
+    kind, reason, stat_index, verdict,
+};
+
+use crate::maps::{
+    CP_CGCACHE, CP_CONFIG, CP_EVENTS, CP_GRANTS, CP_IDENT, CP_RULES, CP_SKTAG, CP_STATS,
+};
+
+/// A destination as a hook sees it.
+#[derive(Clone, Copy)]
+pub struct Dest {
+    /// 4 or 6 (after IPv4-mapped IPv6 normalisation).
+    pub family: u8,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Destination port, host order (0 when the protocol has none).
+    pub port: u16,
+    /// Address; IPv4 in the first four bytes.
+    pub addr: [u8; 16],
+}
+
+impl Dest {
+    /// Normalises `::ffff:a.b.c.d` to IPv4.
+    #[inline(always)]
+    pub fn normalise(&mut self) {
+        if self.family == 6 {
+            let a = &self.addr;
+            let mapped = a[0] == 0
+                && a[1] == 0
+                && a[2] == 0
+                && a[3] == 0
+                && a[4] == 0
+                && a[5] == 0
+                && a[6] == 0
+                && a[7] == 0
+                && a[8] == 0
+                && a[9] == 0
+                && a[10] == 0xff
+                && a[11] == 0xff;
+            if mapped {
+                let v4 = [a[12], a[13], a[14], a[15]];
+                self.addr = [0; 16];
+                self.addr[0] = v4[0];
+                self.addr[1] = v4[1];
+                self.addr[2] = v4[2];
+                self.addr[3] = v4[3];
+                self.family = 4;
+            }
+        }
+    }
+}
+
+/// Result of a decision.
+#[derive(Clone, Copy)]
+pub struct Decision {
+    pub verdict: u8,
+    pub reason: u8,
+    pub rule: u32,
+    pub task: u64,
+    pub expires_ns: u64,
+}
+
+/// Identity of a socket or task.
+#[derive(Clone, Copy)]
+pub struct Ident {
+    pub ident: u32,
+    pub mode: u8,
+}
+
+impl Ident {
+    pub const NONE: Ident = Ident {
+        ident: 0,
+        mode: MODE_NONE,
+    };
+}
+
+/// Reads the configuration word once; every lookup of one decision uses this copy, so a decision
+/// sees one generation whole.
+#[inline(always)]
+pub fn config() -> Option<Config> {
+    CP_CONFIG.get(0).copied()
+}
+
+/// Resolves the identity of a cgroup: the cache first, then a walk over the cgroup's ancestors.
+/// `ancestor(level)` returns the id of the ancestor at `level` (0 past the cgroup's depth).
+#[inline(always)]
+pub fn resolve<F: Fn(i32) -> u64>(cfg: &Config, cgroup_id: u64, ancestor: F) -> Ident {
+    let epoch = cfg.epoch();
+    if let Some(c) = unsafe { CP_CGCACHE.get(&cgroup_id) } {
+        if c.epoch == epoch {
+            return Ident {
+                ident: c.ident,
+                mode: c.mode,
+            };
+        }
+    }
+    let slot = cfg.slot();
+    let mut found = Ident::NONE;
+    let mut level: i32 = 1;
+    while level <= MAX_CGROUP_DEPTH as i32 {
+        let id = ancestor(level);
+        if id == 0 {
+            break;
+        }
+        let key = IdentKey {
+            cgroup_id: id,
+            slot,
+            _pad: 0,
+        };
+        if let Some(v) = unsafe { CP_IDENT.get(&key) } {
+            found = Ident {
+                ident: v.ident,
+                mode: v.mode,
+            };
+            break;
+        }
+        level += 1;
+    }
+    let entry = CgCache {
+        epoch,
+        ident: found.ident,
+        mode: found.mode,
+        _pad: [0; 7],
+    };
+    let _ = CP_CGCACHE.insert(&cgroup_id, &entry, 0);
+    found
+}
+
+#[inline(always)]
+fn lpm_key(slot: u8, d: &Dest, ident: u32) -> aya_ebpf::maps::lpm_trie::Key<[u8; LPM_DATA_LEN]> {
+    let id = ident.to_be_bytes();
+    let mut data = [0u8; LPM_DATA_LEN];
+    data[0] = slot;
+    data[1] = d.family;
+    data[4] = id[0];
+    data[5] = id[1];
+    data[6] = id[2];
+    data[7] = id[3];
+    data[8..24].copy_from_slice(&d.addr);
+    let bits = if d.family == 4 { 32 } else { 128 };
+    aya_ebpf::maps::lpm_trie::Key::new(LPM_HEADER_BITS + bits, data)
+}
+
+#[inline(always)]
+fn proto_matches(entry_proto: u8, proto: u8) -> bool {
+    entry_proto == PROTO_ANY || entry_proto == proto
+}
+
+/// Why a destination is denied, most specific first.
+#[inline(always)]
+fn deny_reason(d: &Dest) -> u8 {
+    let a = &d.addr;
+    if d.port == 53 && (d.proto == 6 || d.proto == 17) {
+        return reason::DNS_RESOLVER;
+    }
+    if d.family == 4 {
+        if a[0] == 127 {
+            return reason::LOOPBACK;
+        }
+        if a[0] == 169 && a[1] == 254 {
+            return reason::LINK_LOCAL;
+        }
+    } else {
+        let mut lo = a[15] == 1;
+        let mut i = 0;
+        while i < 15 {
+            if a[i] != 0 {
+                lo = false;
+            }
+            i += 1;
+        }
+        if lo {
+            return reason::LOOPBACK;
+        }
+        if a[0] == 0xfe && (a[1] & 0xc0) == 0x80 {
+            return reason::LINK_LOCAL;
+        }
+    }
+    reason::NOT_GATEWAY
+}
+
+/// The policy decision: gateway endpoint, allow rule, grant, or deny. Audit mode turns a deny
+/// into `audit`.
+#[inline(always)]
+pub fn decide(cfg: &Config, id: &Ident, d: &Dest) -> Decision {
+    let slot = cfg.slot() as u8;
+    let key = lpm_key(slot, d, id.ident);
+    if let Some(v) = CP_RULES.get(&key) {
+        let mut i = 0;
+        while i < MAX_PORT_ENTRIES {
+            let e = &v.entries[i];
+            if e.kind == 0 {
+                break;
+            }
+            if proto_matches(e.proto, d.proto) && d.port >= e.port_lo && d.port <= e.port_hi {
+                return Decision {
+                    verdict: verdict::ALLOW,
+                    reason: if e.kind == kind::GATEWAY {
+                        reason::GATEWAY
+                    } else {
+                        reason::RULE
+                    },
+                    rule: e.rule as u32,
+                    task: 0,
+                    expires_ns: 0,
+                };
+            }
+            i += 1;
+        }
+    }
+    let gkey = lpm_key(0, d, id.ident);
+    if let Some(g) = CP_GRANTS.get(&gkey) {
+        let now = unsafe { bpf_ktime_get_boot_ns() };
+        let mut i = 0;
+        while i < MAX_GRANT_ENTRIES {
+            let e = &g.entries[i];
+            if e.task != 0
+                && e.expires_ns > now
+                && proto_matches(e.proto, d.proto)
+                && d.port >= e.port_lo
+                && d.port <= e.port_hi
+            {
+                return Decision {
+                    verdict: verdict::ALLOW,
+                    reason: reason::GRANT,
+                    rule: 0,
+                    task: e.task,
+                    expires_ns: e.expires_ns,
+                };
+            }
+            i += 1;
+        }
+    }
+    denied(id, deny_reason(d))
+}
+
+/// A deny for `id` with `why`, or `audit` when the identity is in audit mode.
+#[inline(always)]
+pub fn denied(id: &Ident, why: u8) -> Decision {
+    Decision {
+        verdict: if id.mode == MODE_AUDIT {
+            verdict::AUDIT
+        } else {
+            verdict::DENY
+        },
+        reason: why,
+        rule: 0,
+        task: 0,
+        expires_ns: 0,
+    }
+}
+
+/// Gets (optionally creating) the socket tag of `sk` (a `struct bpf_sock *`-compatible pointer).
+#[inline(always)]
+pub fn sock_tag(sk: *mut c_void, create: bool) -> *mut SockTag {
+    let flags = if create {
+        BPF_SK_STORAGE_GET_F_CREATE as u64
+    } else {
+        0
+    };
+    let map = ptr::from_ref(&CP_SKTAG).cast_mut().cast::<c_void>();
+    unsafe { bpf_sk_storage_get(map, sk, ptr::null_mut(), flags) }.cast::<SockTag>()
+}
+
+/// Counts one decision.
+#[inline(always)]
+fn count(index: u32) {
+    if let Some(p) = CP_STATS.get_ptr_mut(index) {
+        unsafe { *p += 1 };
+    }
+}
+
+/// Counts a decision and writes its record straight into the ring buffer (no copy on the BPF
+/// stack): the slot is zeroed, `verdict`/`reason` set, then `fill` writes the rest. A failed
+/// reserve is counted, never silent.
+#[inline(always)]
+pub fn record<F: FnOnce(&mut Event)>(verdict_code: u8, reason_code: u8, fill: F) {
+    count(stat_index(verdict_code, reason_code));
+    match CP_EVENTS.reserve::<Event>(0) {
+        Some(mut slot) => {
+            let p = slot.as_mut_ptr();
+            unsafe { ptr::write_bytes(p, 0, 1) };
+            let ev = unsafe { &mut *p };
+            ev.time_ns = now_ns();
+            ev.verdict = verdict_code;
+            ev.reason = reason_code;
+            fill(ev);
+            slot.submit(0);
+        }
+        None => count(STAT_LOST),
+    }
+}
+
+/// True when the cached verdict in `tag` covers `d` under the current epoch.
+#[inline(always)]
+pub fn cache_covers(tag: &SockTag, epoch: u32, d: &Dest, port_known: bool) -> bool {
+    tag.verdict_epoch == epoch
+        && tag.family == d.family
+        && tag.proto == d.proto
+        && (!port_known || tag.dport == d.port)
+        && tag.daddr == d.addr
+}
+
+/// True when `tag` holds an allowed verdict for the same destination (any epoch): a re-decision
+/// that now denies is a revocation, and one that still allows is the same flow.
+#[inline(always)]
+pub fn same_flow_was_allowed(tag: &SockTag, d: &Dest) -> bool {
+    tag.verdict_epoch != 0
+        && tag.verdict != verdict::DENY
+        && tag.family == d.family
+        && tag.proto == d.proto
+        && tag.dport == d.port
+        && tag.daddr == d.addr
+}
+
+/// Stores a decision in the socket's cache.
+#[inline(always)]
+pub fn cache_store(tag: &mut SockTag, epoch: u32, d: &Dest, dec: &Decision) {
+    tag.verdict_epoch = epoch;
+    tag.family = d.family;
+    tag.proto = d.proto;
+    tag.dport = d.port;
+    tag.daddr = d.addr;
+    tag.verdict = dec.verdict;
+    tag.reason = dec.reason;
+    tag.rule = dec.rule;
+    tag.task = dec.task;
+    tag.grant_expires_ns = dec.expires_ns;
+}
+
+/// The boot-clock time in ns.
+#[inline(always)]
+pub fn now_ns() -> u64 {
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+/// True for protocols whose header starts with 16-bit source and destination ports
+/// (TCP, UDP, SCTP, UDP-Lite).
+#[inline(always)]
+pub fn has_ports(proto: u8) -> bool {
+    proto == 6 || proto == 17 || proto == 132 || proto == 136
+}

@@ -1,0 +1,41 @@
+//! Chokepoint kernel programs.
+//!
+//! | program          | hook                         | minimum kernel |
+//! |------------------|------------------------------|----------------|
+//! | `cp_sock_create` | `cgroup/sock_create`         | 5.2 (sk storage) |
+//! | `cp_lsm_socket`  | BPF LSM `socket_create`      | 5.7            |
+//! | `cp_connect4/6`  | `cgroup/connect4`, `connect6`| 4.17           |
+//! | `cp_sendmsg4/6`  | `cgroup/sendmsg4`, `sendmsg6`| 4.18           |
+//! | `cp_skb_egress`  | `cgroup_skb/egress`          | 5.7 (skb ancestor cgroup id in cgroup_skb) |
+//! | `cp_tc_egress`   | TC egress via tcx            | 6.6            |
+//!
+//! Every program calls the one decision function in [`decide`]; a program only extracts the
+//! destination from its context and applies the verdict.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod decide;
+#[cfg(target_arch = "bpf")]
+mod maps;
+#[cfg(target_arch = "bpf")]
+mod skb;
+#[cfg(target_arch = "bpf")]
+mod sock;
+#[cfg(target_arch = "bpf")]
+mod sock_addr;
+
+#[cfg(target_arch = "bpf")]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
+
+/// Host builds (cargo check/clippy on the workspace) get an empty binary.
+#[cfg(not(target_arch = "bpf"))]
+fn main() {}

@@ -1,0 +1,36 @@
+//! Map definitions. Names come from `chokepoint_common::names`; userspace pins every map.
+
+use aya_ebpf::{
+    btf_maps::SkStorage,
+    macros::{btf_map, map},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+};
+use chokepoint_common::{
+    CGCACHE_SIZE, CgCache, Config, EVENTS_BYTES, GrantVal, IdentKey, IdentVal, LPM_DATA_LEN,
+    MAX_GRANTS, MAX_IDENT_CGROUPS, MAX_RULES, RuleVal, STATS_LEN, SockTag,
+};
+
+#[map]
+pub static CP_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static CP_IDENT: HashMap<IdentKey, IdentVal> = HashMap::with_max_entries(MAX_IDENT_CGROUPS, 0);
+
+#[map]
+pub static CP_RULES: LpmTrie<[u8; LPM_DATA_LEN], RuleVal> = LpmTrie::with_max_entries(MAX_RULES, 0);
+
+#[map]
+pub static CP_GRANTS: LpmTrie<[u8; LPM_DATA_LEN], GrantVal> =
+    LpmTrie::with_max_entries(MAX_GRANTS, 0);
+
+#[map]
+pub static CP_CGCACHE: LruHashMap<u64, CgCache> = LruHashMap::with_max_entries(CGCACHE_SIZE, 0);
+
+#[btf_map]
+pub static CP_SKTAG: SkStorage<SockTag> = SkStorage::new();
+
+#[map]
+pub static CP_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+
+#[map]
+pub static CP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);

@@ -1,0 +1,166 @@
+//! `cgroup/connect4`, `connect6`, `sendmsg4`, `sendmsg6`: one decision per destination, EPERM on
+//! deny. connect covers TCP (including `sendto(MSG_FASTOPEN)` and io_uring connect, which enter
+//! the same kernel path), connected UDP and ping sockets; sendmsg covers unconnected UDP
+//! (`sendto`, `sendmsg`, `sendmmsg`).
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
+        },
+    },
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use chokepoint_common::{hook, verdict};
+
+use crate::decide::{
+    Dest, Ident, cache_covers, cache_store, config, decide, has_ports, record, resolve,
+    same_flow_was_allowed,
+};
+use crate::maps::CP_SKTAG;
+
+#[inline(always)]
+fn handle(ctx: &SockAddrContext, v6: bool, hook_code: u8) -> i32 {
+    let Some(cfg) = config() else { return 1 };
+    let epoch = cfg.epoch();
+    let sa = unsafe { &*ctx.sock_addr };
+    let tag_ptr = unsafe { CP_SKTAG.get_ptr_mut(ctx) };
+    let cur_cgid = unsafe { bpf_get_current_cgroup_id() };
+
+    // Identity: the socket's tag when it is current; else resolve. A socket created in another
+    // cgroup (passed fd) keeps its creator's identity.
+    let mut cgid = cur_cgid;
+    let id = if tag_ptr.is_null() {
+        resolve(&cfg, cur_cgid, |l| unsafe {
+            bpf_get_current_ancestor_cgroup_id(l)
+        })
+    } else {
+        let t = unsafe { &mut *tag_ptr };
+        if t.ident_epoch == epoch {
+            cgid = t.cgroup_id;
+            Ident {
+                ident: t.ident,
+                mode: t.mode,
+            }
+        } else if t.tagged == 0 || t.cgroup_id == cur_cgid {
+            let id = resolve(&cfg, cur_cgid, |l| unsafe {
+                bpf_get_current_ancestor_cgroup_id(l)
+            });
+            t.ident_epoch = epoch;
+            t.ident = id.ident;
+            t.mode = id.mode;
+            id
+        } else {
+            // Created elsewhere, stale epoch: keep the creator's identity (sticky), the packet
+            // backstop re-resolves from the socket's own cgroup.
+            cgid = t.cgroup_id;
+            Ident {
+                ident: t.ident,
+                mode: t.mode,
+            }
+        }
+    };
+    if id.ident == 0 {
+        return 1;
+    }
+    let tag_ptr = if tag_ptr.is_null() {
+        let p = unsafe { CP_SKTAG.get_or_insert_ptr_mut(ctx, None) };
+        if !p.is_null() {
+            let t = unsafe { &mut *p };
+            t.cgroup_id = cur_cgid;
+            t.pid_tgid = bpf_get_current_pid_tgid();
+            t.uid_gid = bpf_get_current_uid_gid();
+            t.comm = bpf_get_current_comm().unwrap_or_default();
+            t.ident_epoch = epoch;
+            t.ident = id.ident;
+            t.mode = id.mode;
+        }
+        p
+    } else {
+        tag_ptr
+    };
+
+    let proto = sa.protocol as u8;
+    let mut d = Dest {
+        family: if v6 { 6 } else { 4 },
+        proto,
+        port: if has_ports(proto) {
+            u16::from_be(sa.user_port as u16)
+        } else {
+            0
+        },
+        addr: [0; 16],
+    };
+    if v6 {
+        let mut i = 0;
+        while i < 4 {
+            let w = sa.user_ip6[i].to_ne_bytes();
+            d.addr[i * 4] = w[0];
+            d.addr[i * 4 + 1] = w[1];
+            d.addr[i * 4 + 2] = w[2];
+            d.addr[i * 4 + 3] = w[3];
+            i += 1;
+        }
+    } else {
+        let w = sa.user_ip4.to_ne_bytes();
+        d.addr[0] = w[0];
+        d.addr[1] = w[1];
+        d.addr[2] = w[2];
+        d.addr[3] = w[3];
+    }
+    d.normalise();
+
+    let dec = decide(&cfg, &id, &d);
+    let mut first_of_flow = true;
+    if !tag_ptr.is_null() {
+        let t = unsafe { &mut *tag_ptr };
+        if dec.verdict == verdict::ALLOW
+            && (cache_covers(t, epoch, &d, true) || same_flow_was_allowed(t, &d))
+        {
+            first_of_flow = false;
+        }
+        cache_store(t, epoch, &d, &dec);
+    }
+    if dec.verdict != verdict::ALLOW || first_of_flow {
+        record(dec.verdict, dec.reason, |ev| {
+            ev.cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+            ev.cgroup_id = cgid;
+            ev.pid_tgid = bpf_get_current_pid_tgid();
+            ev.uid_gid = bpf_get_current_uid_gid();
+            ev.task = dec.task;
+            ev.daddr = d.addr;
+            ev.comm = bpf_get_current_comm().unwrap_or_default();
+            ev.ident = id.ident;
+            ev.generation = cfg.generation();
+            ev.rule = dec.rule;
+            ev.dport = d.port;
+            ev.family = d.family;
+            ev.proto = d.proto;
+            ev.hook = hook_code;
+            ev.mode = id.mode;
+        });
+    }
+    if dec.verdict == verdict::DENY { 0 } else { 1 }
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn cp_connect4(ctx: SockAddrContext) -> i32 {
+    handle(&ctx, false, hook::CONNECT4)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn cp_connect6(ctx: SockAddrContext) -> i32 {
+    handle(&ctx, true, hook::CONNECT6)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn cp_sendmsg4(ctx: SockAddrContext) -> i32 {
+    handle(&ctx, false, hook::SENDMSG4)
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn cp_sendmsg6(ctx: SockAddrContext) -> i32 {
+    handle(&ctx, true, hook::SENDMSG6)
+}
