@@ -1,0 +1,451 @@
+//! `cp-probe`: the traffic a test makes, one attempt per invocation, with a JSON verdict on
+//! stdout. The harness starts it inside a cgroup (and optionally a network namespace) before it
+//! opens any socket. `serve` is the "world" side: it reports every connection, datagram and ICMP
+//! echo it receives.
+
+use std::{
+    io::{Read, Write},
+    mem::{size_of, zeroed},
+    net::{IpAddr, Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+}
+
+fn out(v: serde_json::Value) {
+    println!("{v}");
+    let _ = std::io::stdout().flush();
+}
+
+fn res(r: std::io::Result<()>) -> serde_json::Value {
+    match r {
+        Ok(()) => json!({"ok": true}),
+        Err(e) => json!({"ok": false, "errno": e.raw_os_error().unwrap_or(0), "error": e.to_string()}),
+    }
+}
+
+fn sockaddr(sa: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: zeroed sockaddr_storage is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+    let len = match sa {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write(std::ptr::from_mut(&mut ss).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_scope_id: a.scope_id(),
+            };
+            // SAFETY: sockaddr_in6 fits in sockaddr_storage.
+            unsafe { std::ptr::write(std::ptr::from_mut(&mut ss).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (ss, len as libc::socklen_t)
+}
+
+fn socket(family: i32, ty: i32, proto: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain socket(2).
+    let fd = unsafe { libc::socket(family, ty | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn fam(sa: &SocketAddr) -> i32 {
+    if sa.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 }
+}
+
+/// Parses `ip:port`; `[v6]:port`; a v4 address given to `--mapped` becomes `::ffff:a.b.c.d`.
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap_or_else(|e| panic!("bad address {s}: {e}"))
+}
+
+fn tcp(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
+    let mut s = TcpStream::connect_timeout(&dst, Duration::from_secs(2))?;
+    s.set_write_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(payload.as_bytes())?;
+    s.shutdown(Shutdown::Write)?;
+    let mut buf = [0u8; 64];
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let _ = s.read(&mut buf);
+    Ok(())
+}
+
+/// An AF_INET6 socket to `::ffff:a.b.c.d`.
+fn tcp_mapped(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
+    let SocketAddr::V4(v4) = dst else { panic!("--mapped needs an IPv4 address") };
+    let mapped = SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port());
+    let fd = socket(libc::AF_INET6, libc::SOCK_STREAM, 0)?;
+    let (ss, len) = sockaddr(&mapped);
+    // SAFETY: connect(2) with a valid sockaddr.
+    if unsafe { libc::connect(fd.as_raw_fd(), std::ptr::from_ref(&ss).cast(), len) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut s = TcpStream::from(fd);
+    s.write_all(payload.as_bytes())?;
+    Ok(())
+}
+
+fn udp_sendto(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
+    let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse().expect("static") } else { "[::]:0".parse().expect("static") };
+    let s = UdpSocket::bind(bind)?;
+    s.send_to(payload.as_bytes(), dst)?;
+    Ok(())
+}
+
+fn udp_connect(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
+    let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse().expect("static") } else { "[::]:0".parse().expect("static") };
+    let s = UdpSocket::bind(bind)?;
+    s.connect(dst)?;
+    s.send(payload.as_bytes())?;
+    Ok(())
+}
+
+fn sendmmsg(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
+    let fd = socket(fam(&dst), libc::SOCK_DGRAM, 0)?;
+    let (mut ss, len) = sockaddr(&dst);
+    let mut data = payload.as_bytes().to_vec();
+    let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
+    // SAFETY: zeroed mmsghdr is valid; fields set below.
+    let mut msgs: [libc::mmsghdr; 2] = unsafe { zeroed() };
+    for m in &mut msgs {
+        m.msg_hdr.msg_name = std::ptr::from_mut(&mut ss).cast();
+        m.msg_hdr.msg_namelen = len;
+        m.msg_hdr.msg_iov = &mut iov;
+        m.msg_hdr.msg_iovlen = 1;
+    }
+    // SAFETY: sendmmsg(2) with valid headers.
+    let n = unsafe { libc::sendmmsg(fd.as_raw_fd(), msgs.as_mut_ptr(), 2, 0) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if n == 0 {
+        return Err(std::io::Error::other("sendmmsg sent nothing"));
+    }
+    Ok(())
+}
+
+fn tfo(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
+    let fd = socket(fam(&dst), libc::SOCK_STREAM, 0)?;
+    let (ss, len) = sockaddr(&dst);
+    let data = payload.as_bytes();
+    // SAFETY: sendto(2) with MSG_FASTOPEN and a valid address.
+    let n = unsafe {
+        libc::sendto(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), libc::MSG_FASTOPEN, std::ptr::from_ref(&ss).cast(), len)
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut s = TcpStream::from(fd);
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    let mut buf = [0u8; 16];
+    // Wait for the handshake to finish (or fail).
+    match s.read(&mut buf) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => Err(e),
+        Err(e) => Err(e),
+    }
+}
+
+fn uring_connect(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
+    use io_uring::{IoUring, opcode, types};
+    let fd = socket(fam(&dst), libc::SOCK_STREAM, 0)?;
+    let (ss, len) = sockaddr(&dst);
+    let mut ring = IoUring::new(4)?;
+    let op = opcode::Connect::new(types::Fd(fd.as_raw_fd()), std::ptr::from_ref(&ss).cast(), len).build().user_data(1);
+    // SAFETY: the sockaddr outlives the submission (we wait for completion below).
+    unsafe { ring.submission().push(&op).map_err(|_| std::io::Error::other("sq full"))? };
+    ring.submit_and_wait(1)?;
+    let cqe = ring.completion().next().ok_or_else(|| std::io::Error::other("no completion"))?;
+    if cqe.result() < 0 {
+        return Err(std::io::Error::from_raw_os_error(-cqe.result()));
+    }
+    let mut s = TcpStream::from(fd);
+    s.write_all(payload.as_bytes())?;
+    Ok(())
+}
+
+fn csum(data: &[u8]) -> u16 {
+    let mut sum: u32 = 0;
+    for c in data.chunks(2) {
+        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], 0]) };
+        sum += w as u32;
+    }
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+fn ipv4_header(src: [u8; 4], dst: [u8; 4], proto: u8, payload_len: usize) -> Vec<u8> {
+    let total = 20 + payload_len;
+    let mut h = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0x40, 0, 64, proto, 0, 0];
+    h.extend_from_slice(&src);
+    h.extend_from_slice(&dst);
+    let c = csum(&h);
+    h[10] = (c >> 8) as u8;
+    h[11] = c as u8;
+    h
+}
+
+/// SOCK_RAW ICMP echo (needs CAP_NET_RAW; refused for identities).
+fn raw_icmp(dst: IpAddr) -> std::io::Result<()> {
+    let IpAddr::V4(v4) = dst else { panic!("raw-icmp is IPv4") };
+    let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)?;
+    let mut pkt = vec![8u8, 0, 0, 0, 0x12, 0x34, 0, 1];
+    pkt.extend_from_slice(b"chokepoint-raw");
+    let c = csum(&pkt);
+    pkt[2] = (c >> 8) as u8;
+    pkt[3] = c as u8;
+    let (ss, len) = sockaddr(&SocketAddr::new(IpAddr::V4(v4), 0));
+    // SAFETY: sendto(2) with a valid buffer and address.
+    let n = unsafe { libc::sendto(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0, std::ptr::from_ref(&ss).cast(), len) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Unprivileged ICMP "ping socket" (SOCK_DGRAM, IPPROTO_ICMP).
+fn ping_sock(dst: IpAddr) -> std::io::Result<()> {
+    let IpAddr::V4(v4) = dst else { panic!("ping is IPv4") };
+    let fd = socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP)?;
+    let pkt = [8u8, 0, 0, 0, 0, 0, 0, 1, b'c', b'p'];
+    let (ss, len) = sockaddr(&SocketAddr::new(IpAddr::V4(v4), 0));
+    // SAFETY: sendto(2).
+    let n = unsafe { libc::sendto(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0, std::ptr::from_ref(&ss).cast(), len) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// AF_PACKET (cooked) frame carrying IPv4/UDP from `src` to `dst`, broadcast on `iface`.
+fn packet(iface: &str, src: [u8; 4], dst: SocketAddr, payload: &str) -> std::io::Result<()> {
+    let SocketAddr::V4(d) = dst else { panic!("packet is IPv4") };
+    let fd = socket(libc::AF_PACKET, libc::SOCK_DGRAM, (libc::ETH_P_IP as u16).to_be() as i32)?;
+    let name = std::ffi::CString::new(iface).expect("iface");
+    // SAFETY: if_nametoindex with a valid C string.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut udp = Vec::new();
+    udp.extend_from_slice(&40000u16.to_be_bytes());
+    udp.extend_from_slice(&d.port().to_be_bytes());
+    udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    udp.extend_from_slice(&[0, 0]);
+    udp.extend_from_slice(payload.as_bytes());
+    let mut frame = ipv4_header(src, d.ip().octets(), 17, udp.len());
+    frame.extend_from_slice(&udp);
+    // SAFETY: zeroed sockaddr_ll is valid.
+    let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+    sll.sll_ifindex = ifindex as i32;
+    sll.sll_halen = 6;
+    sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    // SAFETY: sendto(2) with a valid sockaddr_ll.
+    let n = unsafe {
+        libc::sendto(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0, std::ptr::from_ref(&sll).cast(), size_of::<libc::sockaddr_ll>() as u32)
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Connects, then sends a line every 100 ms for `secs`, reporting each send.
+fn hold(dst: SocketAddr, secs: u64) {
+    let mut s = match TcpStream::connect_timeout(&dst, Duration::from_secs(2)) {
+        Ok(s) => s,
+        Err(e) => {
+            out(json!({"event": "connect", "ok": false, "errno": e.raw_os_error()}));
+            return;
+        }
+    };
+    out(json!({"event": "connect", "ok": true}));
+    let _ = s.set_write_timeout(Some(Duration::from_millis(500)));
+    let t0 = Instant::now();
+    let mut i = 0u64;
+    while t0.elapsed() < Duration::from_secs(secs) {
+        let r = s.write_all(format!("tick-{i}\n").as_bytes());
+        out(json!({"event": "send", "i": i, "ok": r.is_ok(), "ms": t0.elapsed().as_millis() as u64}));
+        i += 1;
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The world side: reports what it receives as JSON lines.
+fn serve(tcp_ports: &[u16], udp_ports: &[u16], icmp: bool) {
+    let mut handles = Vec::new();
+    for &p in tcp_ports {
+        for bind in [format!("0.0.0.0:{p}"), format!("[::]:{p}")] {
+            let fd = socket(if bind.starts_with('[') { libc::AF_INET6 } else { libc::AF_INET }, libc::SOCK_STREAM, 0).expect("socket");
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt with valid option values.
+            unsafe {
+                libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, std::ptr::from_ref(&one).cast(), 4);
+                if bind.starts_with('[') {
+                    libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, std::ptr::from_ref(&one).cast(), 4);
+                }
+                let qlen: libc::c_int = 16;
+                libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_FASTOPEN, std::ptr::from_ref(&qlen).cast(), 4);
+            }
+            let (ss, len) = sockaddr(&bind.parse().expect("bind"));
+            // SAFETY: bind/listen on our socket.
+            unsafe {
+                assert_eq!(libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&ss).cast(), len), 0, "bind {bind}: {}", errno());
+                libc::listen(fd.as_raw_fd(), 128);
+            }
+            let l = TcpListener::from(fd);
+            handles.push(std::thread::spawn(move || {
+                for c in l.incoming() {
+                    let Ok(mut c) = c else { continue };
+                    std::thread::spawn(move || {
+                        let local = c.local_addr().map(|a| a.to_string()).unwrap_or_default();
+                        let peer = c.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                        out(json!({"proto": "tcp", "event": "accept", "local": local, "peer": peer}));
+                        let mut buf = [0u8; 4096];
+                        let _ = c.set_read_timeout(Some(Duration::from_secs(30)));
+                        loop {
+                            match c.read(&mut buf) {
+                                Ok(0) | Err(_) => break,
+                                Ok(n) => {
+                                    let data = String::from_utf8_lossy(&buf[..n]).into_owned();
+                                    out(json!({"proto": "tcp", "event": "data", "local": local, "peer": peer, "data": data}));
+                                    let _ = c.write_all(b"ok\n");
+                                }
+                            }
+                        }
+                    });
+                }
+            }));
+        }
+    }
+    for &p in udp_ports {
+        for bind in [format!("0.0.0.0:{p}"), format!("[::]:{p}")] {
+            let fd = socket(if bind.starts_with('[') { libc::AF_INET6 } else { libc::AF_INET }, libc::SOCK_DGRAM, 0).expect("socket");
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt/bind on our socket.
+            unsafe {
+                if bind.starts_with('[') {
+                    libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, std::ptr::from_ref(&one).cast(), 4);
+                }
+                libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, std::ptr::from_ref(&one).cast(), 4);
+                let (ss, len) = sockaddr(&bind.parse().expect("bind"));
+                assert_eq!(libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&ss).cast(), len), 0, "bind {bind}: {}", errno());
+            }
+            let s = UdpSocket::from(fd);
+            let port = p;
+            handles.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                loop {
+                    let Ok((n, peer)) = s.recv_from(&mut buf) else { continue };
+                    let data = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    out(json!({"proto": "udp", "event": "data", "port": port, "peer": peer.to_string(), "data": data}));
+                }
+            }));
+        }
+    }
+    if icmp {
+        let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP).expect("raw icmp");
+        handles.push(std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            loop {
+                // SAFETY: recv(2) into our buffer.
+                let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
+                if n <= 20 {
+                    continue;
+                }
+                let ihl = ((buf[0] & 0x0f) as usize) * 4;
+                if buf[ihl] == 8 {
+                    let src = IpAddr::from([buf[12], buf[13], buf[14], buf[15]]);
+                    let dst = IpAddr::from([buf[16], buf[17], buf[18], buf[19]]);
+                    out(json!({"proto": "icmp", "event": "echo", "peer": src.to_string(), "local": dst.to_string()}));
+                }
+            }
+        }));
+    }
+    out(json!({"event": "ready"}));
+    for h in handles {
+        let _ = h.join();
+    }
+}
+
+fn ports(s: &str) -> Vec<u16> {
+    s.split(',').filter(|p| !p.is_empty()).map(|p| p.parse().expect("port")).collect()
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let a = |i: usize| args.get(i).cloned().unwrap_or_default();
+    let payload = std::env::var("CP_PAYLOAD").unwrap_or_else(|_| format!("probe-{}", std::process::id()));
+    let r = match a(0).as_str() {
+        "tcp" => res(tcp(addr(&a(1)), &payload)),
+        "tcp-mapped" => res(tcp_mapped(addr(&a(1)), &payload)),
+        "udp-sendto" => res(udp_sendto(addr(&a(1)), &payload)),
+        "udp-connect" => res(udp_connect(addr(&a(1)), &payload)),
+        "sendmmsg" => res(sendmmsg(addr(&a(1)), &payload)),
+        "tfo" => res(tfo(addr(&a(1)), &payload)),
+        "io-uring" => res(uring_connect(addr(&a(1)), &payload)),
+        "raw-icmp" => res(raw_icmp(a(1).parse().expect("ip"))),
+        "ping" => res(ping_sock(a(1).parse().expect("ip"))),
+        "packet" => {
+            let src: std::net::Ipv4Addr = a(2).parse().expect("src ip");
+            res(packet(&a(1), src.octets(), addr(&a(3)), &payload))
+        }
+        "fork" => {
+            // A child process of the workload makes the attempt.
+            // SAFETY: fork(2); the child only runs the probe logic and exits.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                let r = res(tcp(addr(&a(1)), &payload));
+                out(json!({"child": r}));
+                std::process::exit(0);
+            }
+            let mut status = 0;
+            // SAFETY: waitpid on our child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            json!({"ok": true, "forked": pid})
+        }
+        "exec" => {
+            // Replace this process with another binary that makes the attempt.
+            use std::os::unix::process::CommandExt;
+            let err = std::process::Command::new(std::env::current_exe().expect("exe")).args(&args[1..]).exec();
+            json!({"ok": false, "error": err.to_string()})
+        }
+        "hold" => {
+            hold(addr(&a(1)), a(2).parse().unwrap_or(5));
+            return;
+        }
+        "serve" => {
+            serve(&ports(&a(1)), &ports(&a(2)), a(3) == "icmp");
+            return;
+        }
+        other => {
+            eprintln!("unknown probe `{other}`");
+            std::process::exit(2);
+        }
+    };
+    out(r);
+}
