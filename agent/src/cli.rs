@@ -194,7 +194,9 @@ pub struct DaemonArgs {
     /// Also print every flow record to stdout.
     #[arg(long)]
     pub audit_stdout: bool,
-    /// Interface for the TC egress backstop (repeatable).
+    /// Interface for the TC backstop (repeatable). `IFACE` or `IFACE:egress` attaches at egress
+    /// (node uplinks); `IFACE:ingress` at ingress (the host side of a pod's veth, where the pod's
+    /// packets arrive before the node routes them).
     #[arg(long = "tc-iface")]
     pub tc_iface: Vec<String>,
     #[arg(long, value_enum)]

@@ -47,17 +47,34 @@ static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 /// A unique `<prefix>-<pid>-<n>` name.
 pub fn unique(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::SeqCst))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::SeqCst)
+    )
 }
 
 /// Panics with a clear message unless the test runs as root with the kernel features needed.
 pub fn require_privileges() {
     // SAFETY: geteuid has no preconditions.
-    assert_eq!(unsafe { libc::geteuid() }, 0, "privileged tests need root (CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN); run them through `cargo xtask test`");
-    assert!(cgroup_root().join("cgroup.procs").exists(), "no cgroup v2 hierarchy found");
-    assert!(Path::new("/sys/kernel/btf/vmlinux").exists(), "kernel BTF (/sys/kernel/btf/vmlinux) is missing");
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "privileged tests need root (CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN); run them through `cargo xtask test`"
+    );
+    assert!(
+        cgroup_root().join("cgroup.procs").exists(),
+        "no cgroup v2 hierarchy found"
+    );
+    assert!(
+        Path::new("/sys/kernel/btf/vmlinux").exists(),
+        "kernel BTF (/sys/kernel/btf/vmlinux) is missing"
+    );
     let out = Command::new("ip").arg("-V").output();
-    assert!(out.is_ok_and(|o| o.status.success()), "iproute2 (`ip`) is not installed; `cargo xtask setup` installs it");
+    assert!(
+        out.is_ok_and(|o| o.status.success()),
+        "iproute2 (`ip`) is not installed; `cargo xtask setup` installs it"
+    );
 }
 
 /// The cgroup v2 mount (from /proc/self/mountinfo).
@@ -66,11 +83,16 @@ pub fn cgroup_root() -> PathBuf {
     let mut best: Option<PathBuf> = None;
     for line in mounts.lines() {
         let mut h = line.split(" - ");
-        let (Some(l), Some(r)) = (h.next(), h.next()) else { continue };
+        let (Some(l), Some(r)) = (h.next(), h.next()) else {
+            continue;
+        };
         if r.starts_with("cgroup2 ") {
             if let Some(mp) = l.split_whitespace().nth(4) {
                 let p = PathBuf::from(mp);
-                if best.as_ref().is_none_or(|b| p.as_os_str().len() < b.as_os_str().len()) {
+                if best
+                    .as_ref()
+                    .is_none_or(|b| p.as_os_str().len() < b.as_os_str().len())
+                {
                     best = Some(p);
                 }
             }
@@ -81,7 +103,10 @@ pub fn cgroup_root() -> PathBuf {
 
 /// Runs a command and panics (with its output) if it fails.
 pub fn sh(cmd: &str, args: &[&str]) -> String {
-    let out = Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    let out = Command::new(cmd)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
     assert!(
         out.status.success(),
         "{cmd} {} failed: {}{}",
@@ -104,7 +129,8 @@ impl Cgroup {
     pub fn new(name: &str) -> Self {
         let root = cgroup_root();
         let path = root.join(name);
-        fs::create_dir_all(&path).unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
+        fs::create_dir_all(&path)
+            .unwrap_or_else(|e| panic!("creating cgroup {}: {e}", path.display()));
         Self {
             path,
             rel: format!("/{name}"),
@@ -156,13 +182,17 @@ impl Netns {
     }
     /// Opens the namespace for `setns`.
     pub fn fd(&self) -> OwnedFd {
-        fs::File::open(format!("/run/netns/{}", self.name)).expect("netns fd").into()
+        fs::File::open(format!("/run/netns/{}", self.name))
+            .expect("netns fd")
+            .into()
     }
 }
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
 
@@ -240,7 +270,11 @@ pub fn probe_bin() -> PathBuf {
     }
     // Integration tests run from target/<profile>/deps; the bin sits in target/<profile>.
     let exe = std::env::current_exe().expect("current exe");
-    let p = exe.parent().and_then(Path::parent).expect("target dir").join("cp-probe");
+    let p = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("cp-probe");
     assert!(p.exists(), "cp-probe not built at {}", p.display());
     p
 }
@@ -251,14 +285,20 @@ pub fn chokepoint_bin() -> PathBuf {
         return PathBuf::from(p);
     }
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/chokepoint");
-    assert!(p.exists(), "chokepoint binary not built ({}); run `cargo xtask test`", p.display());
+    assert!(
+        p.exists(),
+        "chokepoint binary not built ({}); run `cargo xtask test`",
+        p.display()
+    );
     p
 }
 
 /// A command that joins `cgroup` and then `netns` before exec (so every socket it opens belongs
 /// to the cgroup).
 pub fn in_cgroup(mut cmd: Command, cgroup: Option<&Path>, netns: Option<&Netns>) -> Command {
-    let procs = cgroup.map(|c| std::ffi::CString::new(c.join("cgroup.procs").to_string_lossy().as_bytes()).expect("path"));
+    let procs = cgroup.map(|c| {
+        std::ffi::CString::new(c.join("cgroup.procs").to_string_lossy().as_bytes()).expect("path")
+    });
     let nsfd = netns.map(|n| n.fd());
     // SAFETY: the closure only calls async-signal-safe functions (open, write, close, setns).
     unsafe {
@@ -288,14 +328,25 @@ pub fn in_cgroup(mut cmd: Command, cgroup: Option<&Path>, netns: Option<&Netns>)
 /// Runs one probe in `cgroup`/`netns` and returns its last JSON line.
 pub fn probe(cgroup: Option<&Path>, netns: Option<&Netns>, args: &[&str], payload: &str) -> Value {
     let mut cmd = Command::new(probe_bin());
-    cmd.args(args).env("CP_PAYLOAD", payload).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args)
+        .env("CP_PAYLOAD", payload)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let child = in_cgroup(cmd, cgroup, netns).spawn().expect("spawn probe");
     let out = wait_timeout(child, Duration::from_secs(15));
     let text = String::from_utf8_lossy(&out.stdout);
-    let last = text.lines().rev().find(|l| l.starts_with('{')).unwrap_or("{}");
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("{}");
     let mut v: Value = serde_json::from_str(last).unwrap_or(Value::Null);
     if !text.trim().is_empty() {
-        v["lines"] = Value::from(text.lines().filter_map(|l| serde_json::from_str::<Value>(l).ok()).collect::<Vec<_>>());
+        v["lines"] = Value::from(
+            text.lines()
+                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                .collect::<Vec<_>>(),
+        );
     }
     v
 }
@@ -360,31 +411,188 @@ impl Sandbox {
         };
         let w = s.world.name.clone();
         let p = s.pod.name.clone();
-        sh("ip", &["link", "add", &hw, "type", "veth", "peer", "name", "eth0", "netns", &w]);
-        sh("ip", &["link", "add", &hp, "type", "veth", "peer", "name", "eth0", "netns", &p]);
-        sh("ip", &["addr", "add", &format!("10.201.{n}.1/24"), "dev", &hw]);
-        sh("ip", &["addr", "add", &format!("fd01:0:0:{n:x}::1/64"), "dev", &hw, "nodad"]);
-        sh("ip", &["addr", "add", &format!("10.202.{n}.1/24"), "dev", &hp]);
-        sh("ip", &["addr", "add", &format!("fd02:0:0:{n:x}::1/64"), "dev", &hp, "nodad"]);
+        sh(
+            "ip",
+            &[
+                "link", "add", &hw, "type", "veth", "peer", "name", "eth0", "netns", &w,
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "link", "add", &hp, "type", "veth", "peer", "name", "eth0", "netns", &p,
+            ],
+        );
+        sh(
+            "ip",
+            &["addr", "add", &format!("10.201.{n}.1/24"), "dev", &hw],
+        );
+        sh(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("fd01:0:0:{n:x}::1/64"),
+                "dev",
+                &hw,
+                "nodad",
+            ],
+        );
+        sh(
+            "ip",
+            &["addr", "add", &format!("10.202.{n}.1/24"), "dev", &hp],
+        );
+        sh(
+            "ip",
+            &[
+                "addr",
+                "add",
+                &format!("fd02:0:0:{n:x}::1/64"),
+                "dev",
+                &hp,
+                "nodad",
+            ],
+        );
         sh("ip", &["link", "set", &hw, "up"]);
         sh("ip", &["link", "set", &hp, "up"]);
-        sh("ip", &["route", "add", &format!("169.254.{n}.254/32"), "dev", &hw]);
+        sh(
+            "ip",
+            &["route", "add", &format!("169.254.{n}.254/32"), "dev", &hw],
+        );
         for host in 2..=5 {
-            sh("ip", &["-n", &w, "addr", "add", &format!("10.201.{n}.{host}/24"), "dev", "eth0"]);
+            sh(
+                "ip",
+                &[
+                    "-n",
+                    &w,
+                    "addr",
+                    "add",
+                    &format!("10.201.{n}.{host}/24"),
+                    "dev",
+                    "eth0",
+                ],
+            );
         }
         for host in 2..=3 {
-            sh("ip", &["-n", &w, "addr", "add", &format!("fd01:0:0:{n:x}::{host}/64"), "dev", "eth0", "nodad"]);
+            sh(
+                "ip",
+                &[
+                    "-n",
+                    &w,
+                    "addr",
+                    "add",
+                    &format!("fd01:0:0:{n:x}::{host}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            );
         }
-        sh("ip", &["-n", &w, "addr", "add", &format!("169.254.{n}.254/32"), "dev", "eth0"]);
+        sh(
+            "ip",
+            &[
+                "-n",
+                &w,
+                "addr",
+                "add",
+                &format!("169.254.{n}.254/32"),
+                "dev",
+                "eth0",
+            ],
+        );
         sh("ip", &["-n", &w, "link", "set", "eth0", "up"]);
-        sh("ip", &["-n", &w, "route", "add", &format!("10.202.{n}.0/24"), "via", &format!("10.201.{n}.1")]);
-        sh("ip", &["-n", &w, "route", "add", &format!("10.201.{n}.0/24"), "dev", "eth0", "src", &format!("10.201.{n}.2"), "metric", "10"]);
-        sh("ip", &["-n", &w, "-6", "route", "add", &format!("fd02:0:0:{n:x}::/64"), "via", &format!("fd01:0:0:{n:x}::1")]);
-        sh("ip", &["-n", &p, "addr", "add", &format!("10.202.{n}.2/24"), "dev", "eth0"]);
-        sh("ip", &["-n", &p, "addr", "add", &format!("fd02:0:0:{n:x}::2/64"), "dev", "eth0", "nodad"]);
+        sh(
+            "ip",
+            &[
+                "-n",
+                &w,
+                "route",
+                "add",
+                &format!("10.202.{n}.0/24"),
+                "via",
+                &format!("10.201.{n}.1"),
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "-n",
+                &w,
+                "route",
+                "add",
+                &format!("10.201.{n}.0/24"),
+                "dev",
+                "eth0",
+                "src",
+                &format!("10.201.{n}.2"),
+                "metric",
+                "10",
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "-n",
+                &w,
+                "-6",
+                "route",
+                "add",
+                &format!("fd02:0:0:{n:x}::/64"),
+                "via",
+                &format!("fd01:0:0:{n:x}::1"),
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "-n",
+                &p,
+                "addr",
+                "add",
+                &format!("10.202.{n}.2/24"),
+                "dev",
+                "eth0",
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "-n",
+                &p,
+                "addr",
+                "add",
+                &format!("fd02:0:0:{n:x}::2/64"),
+                "dev",
+                "eth0",
+                "nodad",
+            ],
+        );
         sh("ip", &["-n", &p, "link", "set", "eth0", "up"]);
-        sh("ip", &["-n", &p, "route", "add", "default", "via", &format!("10.202.{n}.1")]);
-        sh("ip", &["-n", &p, "-6", "route", "add", "default", "via", &format!("fd02:0:0:{n:x}::1")]);
+        sh(
+            "ip",
+            &[
+                "-n",
+                &p,
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.202.{n}.1"),
+            ],
+        );
+        sh(
+            "ip",
+            &[
+                "-n",
+                &p,
+                "-6",
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("fd02:0:0:{n:x}::1"),
+            ],
+        );
         let mut s = s;
         let mut cmd = Command::new(probe_bin());
         cmd.args([
@@ -395,13 +603,18 @@ impl Sandbox {
         ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-        let child = in_cgroup(cmd, None, Some(&s.world)).spawn().expect("world server");
+        let child = in_cgroup(cmd, None, Some(&s.world))
+            .spawn()
+            .expect("world server");
         let (proc_, rec) = collect(child);
         s.server = Some(proc_);
         s.received = rec;
         let t0 = Instant::now();
         while s.received.count(|v| v["event"] == "ready") == 0 {
-            assert!(t0.elapsed() < Duration::from_secs(10), "world server did not start");
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "world server did not start"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         s
@@ -411,7 +624,9 @@ impl Sandbox {
         format!("10.201.{}.{host}", self.n).parse().expect("ip")
     }
     fn v6(&self, host: u8) -> IpAddr {
-        format!("fd01:0:0:{:x}::{host}", self.n).parse().expect("ip")
+        format!("fd01:0:0:{:x}::{host}", self.n)
+            .parse()
+            .expect("ip")
     }
     pub fn gateway4(&self) -> IpAddr {
         self.v4(2)
@@ -483,15 +698,23 @@ impl Default for Sandbox {
 impl Drop for Sandbox {
     fn drop(&mut self) {
         self.server.take();
-        let _ = Command::new("ip").args(["link", "del", &self.host_world_if]).output();
-        let _ = Command::new("ip").args(["link", "del", &self.host_pod_if]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_world_if])
+            .output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_pod_if])
+            .output();
         forwarding_off();
     }
 }
 
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 /// A running `chokepoint daemon` with its own bpffs dir, state dir, socket and metrics port.
@@ -534,7 +757,11 @@ impl Daemon {
 
     /// Starts (or restarts) the process.
     pub fn spawn(&mut self, policy: Option<&Path>) {
-        let log = fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("log");
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
         let mut cmd = Command::new(chokepoint_bin());
         cmd.arg("daemon")
             .arg("--bpffs")
@@ -564,7 +791,11 @@ impl Daemon {
                     panic!("daemon exited ({st}) during start:\n{}", self.log_text());
                 }
             }
-            assert!(t0.elapsed() < Duration::from_secs(30), "daemon not ready:\n{}", self.log_text());
+            assert!(
+                t0.elapsed() < Duration::from_secs(30),
+                "daemon not ready:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -602,14 +833,17 @@ impl Daemon {
     pub fn cli_json(&self, args: &[&str]) -> Value {
         let (ok, out, err) = self.try_cli(args);
         assert!(ok, "chokepoint {} failed: {err}", args.join(" "));
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("bad JSON from {}: {e}\n{out}", args.join(" ")))
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("bad JSON from {}: {e}\n{out}", args.join(" ")))
     }
 
     /// Flow records currently held by the daemon.
     pub fn flows(&self) -> Vec<Value> {
         let (ok, out, err) = self.try_cli(&["flows", "--json"]);
         assert!(ok, "flows failed: {err}");
-        out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        out.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
     }
 
     /// Waits until a flow record satisfies `pred`, returning it.
@@ -630,15 +864,21 @@ impl Daemon {
     pub fn scrape(&self) -> String {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(self.metrics).expect("metrics connect");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .expect("write");
         let mut body = String::new();
         s.read_to_string(&mut body).expect("read");
-        body.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default()
+        body.split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default()
     }
 
     /// Applies a new policy through the CLI; returns the JSON answer.
     pub fn apply(&self, policy: &str) -> Value {
-        let f = self.dir.join(format!("apply-{}.yaml", COUNTER.fetch_add(1, Ordering::SeqCst)));
+        let f = self.dir.join(format!(
+            "apply-{}.yaml",
+            COUNTER.fetch_add(1, Ordering::SeqCst)
+        ));
         fs::write(&f, policy).expect("write policy");
         self.cli_json(&["policy", "apply", f.to_str().expect("utf8"), "--json"])
     }
@@ -647,7 +887,11 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill(libc::SIGTERM);
-        let _ = Command::new(chokepoint_bin()).arg("uninstall").arg("--bpffs").arg(&self.bpffs).output();
+        let _ = Command::new(chokepoint_bin())
+            .arg("uninstall")
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .output();
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
@@ -674,13 +918,29 @@ impl Fixture {
         let cg = Cgroup::new(&unique("cpt-agent"));
         let policy = sb.policy(&[("agent", &cg.rel, mode)]);
         let tc = sb.host_world_if.clone();
-        let daemon = Daemon::start(&policy, &["--tc-iface", &tc, "--alert-window", "1s"]);
+        let tc_pod = format!("{}:ingress", sb.host_pod_if);
+        let daemon = Daemon::start(
+            &policy,
+            &[
+                "--tc-iface",
+                &tc,
+                "--tc-iface",
+                &tc_pod,
+                "--alert-window",
+                "1s",
+            ],
+        );
         Self { daemon, cg, sb }
     }
 
     /// Runs a probe inside the identity's cgroup, in the pod netns when `pod`.
     pub fn attempt(&self, pod: bool, args: &[&str], payload: &str) -> Value {
-        probe(Some(&self.cg.path), pod.then_some(&self.sb.pod), args, payload)
+        probe(
+            Some(&self.cg.path),
+            pod.then_some(&self.sb.pod),
+            args,
+            payload,
+        )
     }
 
     /// Runs a probe outside any identity.
@@ -690,7 +950,14 @@ impl Fixture {
 
     /// Asserts a bypass attempt failed, reached nothing, and produced a deny record for `dst`
     /// (an `ip:port` or `[ip]:port` string, or just an address prefix) with `reason` when given.
-    pub fn assert_blocked(&self, what: &str, r: &Value, payload: &str, dst: &str, reason: Option<&str>) {
+    pub fn assert_blocked(
+        &self,
+        what: &str,
+        r: &Value,
+        payload: &str,
+        dst: &str,
+        reason: Option<&str>,
+    ) {
         assert!(!ok(r), "{what}: the attempt succeeded: {r}");
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(
@@ -705,14 +972,23 @@ impl Fixture {
                 && f["dst"].as_str().is_some_and(|d| d.starts_with(dst))
                 && reason.is_none_or(|why| f["reason"] == why)
         });
-        assert!(rec.is_some(), "{what}: no deny record for {dst} ({reason:?}); records: {:#?}", self.daemon.flows());
+        assert!(
+            rec.is_some(),
+            "{what}: no deny record for {dst} ({reason:?}); records: {:#?}",
+            self.daemon.flows()
+        );
     }
 
     /// Asserts an allowed attempt worked and reached the world server.
     pub fn assert_allowed(&self, what: &str, r: &Value, payload: &str) {
-        assert!(ok(r), "{what}: the attempt failed: {r}\n{}", self.daemon.log_text());
         assert!(
-            self.sb.wait_for(Duration::from_secs(5), |rec| rec.with_payload(payload) > 0),
+            ok(r),
+            "{what}: the attempt failed: {r}\n{}",
+            self.daemon.log_text()
+        );
+        assert!(
+            self.sb
+                .wait_for(Duration::from_secs(5), |rec| rec.with_payload(payload) > 0),
             "{what}: the world server never received the payload: {:?}",
             self.sb.received.all()
         );

@@ -30,7 +30,9 @@ fn gateway_v4_and_v6_allowed_with_records() {
     fx.assert_allowed("gateway v4", &r, &p);
     let rec = fx
         .daemon
-        .wait_flow(std::time::Duration::from_secs(5), |f| f["verdict"] == "allow" && f["reason"] == "gateway")
+        .wait_flow(std::time::Duration::from_secs(5), |f| {
+            f["verdict"] == "allow" && f["reason"] == "gateway"
+        })
         .expect("allow record");
     assert_eq!(rec["identity"], "agent");
     assert_eq!(rec["tenant"], "acme");
@@ -48,11 +50,23 @@ fn direct_tcp_connect_blocked() {
         let p = payload("direct");
         let r = fx.attempt(pod, &["tcp", &a(fx.sb.forbidden4(), OTHER_TCP)], &p);
         assert!(eperm(&r), "expected EPERM: {r}");
-        fx.assert_blocked("direct TCP", &r, &p, &a(fx.sb.forbidden4(), OTHER_TCP), Some("not_gateway"));
+        fx.assert_blocked(
+            "direct TCP",
+            &r,
+            &p,
+            &a(fx.sb.forbidden4(), OTHER_TCP),
+            Some("not_gateway"),
+        );
         // The gateway's address on another port is not the gateway either.
         let p = payload("gwport");
         let r = fx.attempt(pod, &["tcp", &a(fx.sb.gateway4(), OTHER_TCP)], &p);
-        fx.assert_blocked("gateway IP, other port", &r, &p, &a(fx.sb.gateway4(), OTHER_TCP), Some("not_gateway"));
+        fx.assert_blocked(
+            "gateway IP, other port",
+            &r,
+            &p,
+            &a(fx.sb.gateway4(), OTHER_TCP),
+            Some("not_gateway"),
+        );
     });
 }
 
@@ -62,7 +76,13 @@ fn ipv6_blocked() {
         let p = payload("v6");
         let r = fx.attempt(pod, &["tcp", &a(fx.sb.forbidden6(), OTHER_TCP)], &p);
         assert!(eperm(&r), "expected EPERM: {r}");
-        fx.assert_blocked("IPv6", &r, &p, &a(fx.sb.forbidden6(), OTHER_TCP), Some("not_gateway"));
+        fx.assert_blocked(
+            "IPv6",
+            &r,
+            &p,
+            &a(fx.sb.forbidden6(), OTHER_TCP),
+            Some("not_gateway"),
+        );
     });
 }
 
@@ -73,7 +93,13 @@ fn ipv4_mapped_ipv6_blocked() {
         let r = fx.attempt(pod, &["tcp-mapped", &a(fx.sb.forbidden4(), OTHER_TCP)], &p);
         assert!(eperm(&r), "expected EPERM: {r}");
         // Normalised: the record names the IPv4 destination.
-        fx.assert_blocked("IPv4-mapped IPv6", &r, &p, &a(fx.sb.forbidden4(), OTHER_TCP), Some("not_gateway"));
+        fx.assert_blocked(
+            "IPv4-mapped IPv6",
+            &r,
+            &p,
+            &a(fx.sb.forbidden4(), OTHER_TCP),
+            Some("not_gateway"),
+        );
         // And the mapped form of the gateway is the gateway.
         let p = payload("mappedgw");
         let r = fx.attempt(pod, &["tcp-mapped", &a(fx.sb.gateway4(), GATEWAY_PORT)], &p);
@@ -87,10 +113,22 @@ fn unconnected_udp_sendto_blocked() {
         let p = payload("sendto");
         let r = fx.attempt(pod, &["udp-sendto", &a(fx.sb.forbidden4(), OTHER_UDP)], &p);
         assert!(eperm(&r), "expected EPERM: {r}");
-        fx.assert_blocked("UDP sendto", &r, &p, &a(fx.sb.forbidden4(), OTHER_UDP), Some("not_gateway"));
+        fx.assert_blocked(
+            "UDP sendto",
+            &r,
+            &p,
+            &a(fx.sb.forbidden4(), OTHER_UDP),
+            Some("not_gateway"),
+        );
         let p = payload("sendto6");
         let r = fx.attempt(pod, &["udp-sendto", &a(fx.sb.forbidden6(), OTHER_UDP)], &p);
-        fx.assert_blocked("UDP sendto v6", &r, &p, &a(fx.sb.forbidden6(), OTHER_UDP), Some("not_gateway"));
+        fx.assert_blocked(
+            "UDP sendto v6",
+            &r,
+            &p,
+            &a(fx.sb.forbidden6(), OTHER_UDP),
+            Some("not_gateway"),
+        );
     });
 }
 
@@ -99,7 +137,13 @@ fn sendmmsg_blocked() {
     both(|fx, pod| {
         let p = payload("mmsg");
         let r = fx.attempt(pod, &["sendmmsg", &a(fx.sb.forbidden4(), OTHER_UDP)], &p);
-        fx.assert_blocked("sendmmsg", &r, &p, &a(fx.sb.forbidden4(), OTHER_UDP), Some("not_gateway"));
+        fx.assert_blocked(
+            "sendmmsg",
+            &r,
+            &p,
+            &a(fx.sb.forbidden4(), OTHER_UDP),
+            Some("not_gateway"),
+        );
     });
 }
 
@@ -109,11 +153,23 @@ fn connected_udp_and_quic_blocked() {
         let p = payload("quic");
         let r = fx.attempt(pod, &["udp-connect", &a(fx.sb.forbidden4(), QUIC)], &p);
         assert!(eperm(&r), "expected EPERM: {r}");
-        fx.assert_blocked("QUIC to 443", &r, &p, &a(fx.sb.forbidden4(), QUIC), Some("not_gateway"));
+        fx.assert_blocked(
+            "QUIC to 443",
+            &r,
+            &p,
+            &a(fx.sb.forbidden4(), QUIC),
+            Some("not_gateway"),
+        );
         // UDP 443 to the gateway's address is not a gateway endpoint (the endpoint is TCP).
         let p = payload("quicgw");
         let r = fx.attempt(pod, &["udp-connect", &a(fx.sb.gateway4(), QUIC)], &p);
-        fx.assert_blocked("QUIC to the gateway IP", &r, &p, &a(fx.sb.gateway4(), QUIC), Some("not_gateway"));
+        fx.assert_blocked(
+            "QUIC to the gateway IP",
+            &r,
+            &p,
+            &a(fx.sb.gateway4(), QUIC),
+            Some("not_gateway"),
+        );
     });
 }
 
@@ -122,10 +178,22 @@ fn dns_to_other_resolver_blocked_and_allowed_resolver_works() {
     both(|fx, pod| {
         let p = payload("dnsudp");
         let r = fx.attempt(pod, &["udp-sendto", &a(fx.sb.other_resolver4(), DNS)], &p);
-        fx.assert_blocked("DNS over UDP", &r, &p, &a(fx.sb.other_resolver4(), DNS), Some("dns_resolver"));
+        fx.assert_blocked(
+            "DNS over UDP",
+            &r,
+            &p,
+            &a(fx.sb.other_resolver4(), DNS),
+            Some("dns_resolver"),
+        );
         let p = payload("dnstcp");
         let r = fx.attempt(pod, &["tcp", &a(fx.sb.other_resolver4(), DNS)], &p);
-        fx.assert_blocked("DNS over TCP", &r, &p, &a(fx.sb.other_resolver4(), DNS), Some("dns_resolver"));
+        fx.assert_blocked(
+            "DNS over TCP",
+            &r,
+            &p,
+            &a(fx.sb.other_resolver4(), DNS),
+            Some("dns_resolver"),
+        );
         let p = payload("dnsok");
         let r = fx.attempt(pod, &["udp-sendto", &a(fx.sb.resolver4(), DNS)], &p);
         fx.assert_allowed("DNS to the allowed resolver", &r, &p);
@@ -140,7 +208,13 @@ fn tcp_fast_open_blocked() {
     both(|fx, pod| {
         let p = payload("tfo");
         let r = fx.attempt(pod, &["tfo", &a(fx.sb.forbidden4(), OTHER_TCP)], &p);
-        fx.assert_blocked("sendto(MSG_FASTOPEN)", &r, &p, &a(fx.sb.forbidden4(), OTHER_TCP), None);
+        fx.assert_blocked(
+            "sendto(MSG_FASTOPEN)",
+            &r,
+            &p,
+            &a(fx.sb.forbidden4(), OTHER_TCP),
+            None,
+        );
     });
 }
 
@@ -150,7 +224,13 @@ fn io_uring_connect_blocked() {
         let p = payload("uring");
         let r = fx.attempt(pod, &["io-uring", &a(fx.sb.forbidden4(), OTHER_TCP)], &p);
         assert!(eperm(&r), "expected EPERM: {r}");
-        fx.assert_blocked("IORING_OP_CONNECT", &r, &p, &a(fx.sb.forbidden4(), OTHER_TCP), Some("not_gateway"));
+        fx.assert_blocked(
+            "IORING_OP_CONNECT",
+            &r,
+            &p,
+            &a(fx.sb.forbidden4(), OTHER_TCP),
+            Some("not_gateway"),
+        );
         let p = payload("uringgw");
         let r = fx.attempt(pod, &["io-uring", &a(fx.sb.gateway4(), GATEWAY_PORT)], &p);
         fx.assert_allowed("io_uring connect to the gateway", &r, &p);
@@ -162,11 +242,27 @@ fn children_and_exec_blocked() {
     both(|fx, pod| {
         let p = payload("fork");
         let r = fx.attempt(pod, &["fork", &a(fx.sb.forbidden4(), OTHER_TCP)], &p);
-        let child = r["lines"].as_array().and_then(|l| l.iter().find(|v| v.get("child").is_some())).cloned().unwrap_or_default();
-        fx.assert_blocked("forked child", &child["child"], &p, &a(fx.sb.forbidden4(), OTHER_TCP), Some("not_gateway"));
+        let child = r["lines"]
+            .as_array()
+            .and_then(|l| l.iter().find(|v| v.get("child").is_some()))
+            .cloned()
+            .unwrap_or_default();
+        fx.assert_blocked(
+            "forked child",
+            &child["child"],
+            &p,
+            &a(fx.sb.forbidden4(), OTHER_TCP),
+            Some("not_gateway"),
+        );
         let p = payload("exec");
         let r = fx.attempt(pod, &["exec", "tcp", &a(fx.sb.forbidden4(), OTHER_TCP)], &p);
-        fx.assert_blocked("exec'd binary", &r, &p, &a(fx.sb.forbidden4(), OTHER_TCP), Some("not_gateway"));
+        fx.assert_blocked(
+            "exec'd binary",
+            &r,
+            &p,
+            &a(fx.sb.forbidden4(), OTHER_TCP),
+            Some("not_gateway"),
+        );
     });
 }
 
@@ -179,11 +275,27 @@ fn new_child_cgroup_covered_from_first_packet() {
         let grandchild = child.join("nested");
         std::fs::create_dir_all(&grandchild).expect("nested cgroup");
         let p = payload("childcg");
-        let r = probe(Some(&grandchild), pod.then_some(&fx.sb.pod), &["tcp", &a(fx.sb.forbidden4(), OTHER_TCP)], &p);
+        let r = probe(
+            Some(&grandchild),
+            pod.then_some(&fx.sb.pod),
+            &["tcp", &a(fx.sb.forbidden4(), OTHER_TCP)],
+            &p,
+        );
         assert!(eperm(&r), "expected EPERM from a new child cgroup: {r}");
-        fx.assert_blocked("new child cgroup", &r, &p, &a(fx.sb.forbidden4(), OTHER_TCP), Some("not_gateway"));
+        fx.assert_blocked(
+            "new child cgroup",
+            &r,
+            &p,
+            &a(fx.sb.forbidden4(), OTHER_TCP),
+            Some("not_gateway"),
+        );
         let p = payload("childgw");
-        let r = probe(Some(&grandchild), pod.then_some(&fx.sb.pod), &["tcp", &a(fx.sb.gateway4(), GATEWAY_PORT)], &p);
+        let r = probe(
+            Some(&grandchild),
+            pod.then_some(&fx.sb.pod),
+            &["tcp", &a(fx.sb.gateway4(), GATEWAY_PORT)],
+            &p,
+        );
         fx.assert_allowed("new child cgroup to the gateway", &r, &p);
     }
 }
@@ -194,7 +306,13 @@ fn link_local_metadata_blocked() {
         let p = payload("imds");
         let r = fx.attempt(pod, &["tcp", &a(fx.sb.metadata(), 80)], &p);
         assert!(eperm(&r), "expected EPERM: {r}");
-        fx.assert_blocked("link-local metadata", &r, &p, &a(fx.sb.metadata(), 80), Some("link_local"));
+        fx.assert_blocked(
+            "link-local metadata",
+            &r,
+            &p,
+            &a(fx.sb.metadata(), 80),
+            Some("link_local"),
+        );
     });
 }
 
@@ -209,8 +327,13 @@ fn loopback_relay_blocked() {
     let r = fx.attempt(false, &["tcp", &format!("127.0.0.1:{port}")], &p);
     assert!(eperm(&r), "expected EPERM: {r}");
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert!(relay.accept().is_err(), "the loopback relay accepted a connection");
-    let rec = fx.daemon.wait_flow(std::time::Duration::from_secs(5), |f| f["verdict"] == "deny" && f["reason"] == "loopback");
+    assert!(
+        relay.accept().is_err(),
+        "the loopback relay accepted a connection"
+    );
+    let rec = fx.daemon.wait_flow(std::time::Duration::from_secs(5), |f| {
+        f["verdict"] == "deny" && f["reason"] == "loopback"
+    });
     assert!(rec.is_some(), "no loopback deny record");
     let r = fx.attempt(false, &["tcp", &format!("[::1]:{port}")], &p);
     assert!(!ok(&r), "IPv6 loopback got through: {r}");
@@ -231,7 +354,10 @@ fn processes_outside_identities_unaffected() {
         fx.assert_allowed("outside IPv6", &r, &p);
     }
     assert!(
-        fx.daemon.flows().iter().all(|f| f["identity"] == "agent" || f["verdict"] == "lost"),
+        fx.daemon
+            .flows()
+            .iter()
+            .all(|f| f["identity"] == "agent" || f["verdict"] == "lost"),
         "records for traffic outside identities"
     );
 }

@@ -440,8 +440,13 @@ pub fn start(
                         })?
                     }
                     Program::SchedClassifier(p) => {
-                        let iface = target.as_deref().unwrap_or_default();
-                        let id = p.attach(iface, TcAttachType::Egress).map_err(perr)?;
+                        let spec = target.as_deref().unwrap_or_default();
+                        let (iface, dir) = match spec.rsplit_once(':') {
+                            Some((i, "ingress")) => (i, TcAttachType::Ingress),
+                            Some((i, "egress")) => (i, TcAttachType::Egress),
+                            _ => (spec, TcAttachType::Egress),
+                        };
+                        let id = p.attach(iface, dir).map_err(perr)?;
                         FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(|e| {
                             LoadError::Pin {
                                 path: path.clone(),

@@ -25,7 +25,9 @@ fn out(v: serde_json::Value) {
 fn res(r: std::io::Result<()>) -> serde_json::Value {
     match r {
         Ok(()) => json!({"ok": true}),
-        Err(e) => json!({"ok": false, "errno": e.raw_os_error().unwrap_or(0), "error": e.to_string()}),
+        Err(e) => {
+            json!({"ok": false, "errno": e.raw_os_error().unwrap_or(0), "error": e.to_string()})
+        }
     }
 }
 
@@ -37,7 +39,9 @@ fn sockaddr(sa: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
             let sin = libc::sockaddr_in {
                 sin_family: libc::AF_INET as u16,
                 sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(a.ip().octets()) },
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
                 sin_zero: [0; 8],
             };
             // SAFETY: sockaddr_in fits in sockaddr_storage.
@@ -49,7 +53,9 @@ fn sockaddr(sa: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
                 sin6_family: libc::AF_INET6 as u16,
                 sin6_port: a.port().to_be(),
                 sin6_flowinfo: 0,
-                sin6_addr: libc::in6_addr { s6_addr: a.ip().octets() },
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
                 sin6_scope_id: a.scope_id(),
             };
             // SAFETY: sockaddr_in6 fits in sockaddr_storage.
@@ -71,7 +77,11 @@ fn socket(family: i32, ty: i32, proto: i32) -> std::io::Result<OwnedFd> {
 }
 
 fn fam(sa: &SocketAddr) -> i32 {
-    if sa.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 }
+    if sa.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    }
 }
 
 /// Parses `ip:port`; `[v6]:port`; a v4 address given to `--mapped` becomes `::ffff:a.b.c.d`.
@@ -92,7 +102,9 @@ fn tcp(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
 
 /// An AF_INET6 socket to `::ffff:a.b.c.d`.
 fn tcp_mapped(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
-    let SocketAddr::V4(v4) = dst else { panic!("--mapped needs an IPv4 address") };
+    let SocketAddr::V4(v4) = dst else {
+        panic!("--mapped needs an IPv4 address")
+    };
     let mapped = SocketAddr::new(IpAddr::V6(v4.ip().to_ipv6_mapped()), v4.port());
     let fd = socket(libc::AF_INET6, libc::SOCK_STREAM, 0)?;
     let (ss, len) = sockaddr(&mapped);
@@ -106,14 +118,22 @@ fn tcp_mapped(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
 }
 
 fn udp_sendto(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
-    let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse().expect("static") } else { "[::]:0".parse().expect("static") };
+    let bind: SocketAddr = if dst.is_ipv4() {
+        "0.0.0.0:0".parse().expect("static")
+    } else {
+        "[::]:0".parse().expect("static")
+    };
     let s = UdpSocket::bind(bind)?;
     s.send_to(payload.as_bytes(), dst)?;
     Ok(())
 }
 
 fn udp_connect(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
-    let bind: SocketAddr = if dst.is_ipv4() { "0.0.0.0:0".parse().expect("static") } else { "[::]:0".parse().expect("static") };
+    let bind: SocketAddr = if dst.is_ipv4() {
+        "0.0.0.0:0".parse().expect("static")
+    } else {
+        "[::]:0".parse().expect("static")
+    };
     let s = UdpSocket::bind(bind)?;
     s.connect(dst)?;
     s.send(payload.as_bytes())?;
@@ -124,7 +144,10 @@ fn sendmmsg(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
     let fd = socket(fam(&dst), libc::SOCK_DGRAM, 0)?;
     let (mut ss, len) = sockaddr(&dst);
     let mut data = payload.as_bytes().to_vec();
-    let mut iov = libc::iovec { iov_base: data.as_mut_ptr().cast(), iov_len: data.len() };
+    let mut iov = libc::iovec {
+        iov_base: data.as_mut_ptr().cast(),
+        iov_len: data.len(),
+    };
     // SAFETY: zeroed mmsghdr is valid; fields set below.
     let mut msgs: [libc::mmsghdr; 2] = unsafe { zeroed() };
     for m in &mut msgs {
@@ -150,7 +173,14 @@ fn tfo(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
     let data = payload.as_bytes();
     // SAFETY: sendto(2) with MSG_FASTOPEN and a valid address.
     let n = unsafe {
-        libc::sendto(fd.as_raw_fd(), data.as_ptr().cast(), data.len(), libc::MSG_FASTOPEN, std::ptr::from_ref(&ss).cast(), len)
+        libc::sendto(
+            fd.as_raw_fd(),
+            data.as_ptr().cast(),
+            data.len(),
+            libc::MSG_FASTOPEN,
+            std::ptr::from_ref(&ss).cast(),
+            len,
+        )
     };
     if n < 0 {
         return Err(std::io::Error::last_os_error());
@@ -161,7 +191,12 @@ fn tfo(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
     // Wait for the handshake to finish (or fail).
     match s.read(&mut buf) {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => Err(e),
+        Err(e)
+            if e.kind() == std::io::ErrorKind::WouldBlock
+                || e.kind() == std::io::ErrorKind::TimedOut =>
+        {
+            Err(e)
+        }
         Err(e) => Err(e),
     }
 }
@@ -171,11 +206,24 @@ fn uring_connect(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
     let fd = socket(fam(&dst), libc::SOCK_STREAM, 0)?;
     let (ss, len) = sockaddr(&dst);
     let mut ring = IoUring::new(4)?;
-    let op = opcode::Connect::new(types::Fd(fd.as_raw_fd()), std::ptr::from_ref(&ss).cast(), len).build().user_data(1);
+    let op = opcode::Connect::new(
+        types::Fd(fd.as_raw_fd()),
+        std::ptr::from_ref(&ss).cast(),
+        len,
+    )
+    .build()
+    .user_data(1);
     // SAFETY: the sockaddr outlives the submission (we wait for completion below).
-    unsafe { ring.submission().push(&op).map_err(|_| std::io::Error::other("sq full"))? };
+    unsafe {
+        ring.submission()
+            .push(&op)
+            .map_err(|_| std::io::Error::other("sq full"))?
+    };
     ring.submit_and_wait(1)?;
-    let cqe = ring.completion().next().ok_or_else(|| std::io::Error::other("no completion"))?;
+    let cqe = ring
+        .completion()
+        .next()
+        .ok_or_else(|| std::io::Error::other("no completion"))?;
     if cqe.result() < 0 {
         return Err(std::io::Error::from_raw_os_error(-cqe.result()));
     }
@@ -187,7 +235,11 @@ fn uring_connect(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
 fn csum(data: &[u8]) -> u16 {
     let mut sum: u32 = 0;
     for c in data.chunks(2) {
-        let w = if c.len() == 2 { u16::from_be_bytes([c[0], c[1]]) } else { u16::from_be_bytes([c[0], 0]) };
+        let w = if c.len() == 2 {
+            u16::from_be_bytes([c[0], c[1]])
+        } else {
+            u16::from_be_bytes([c[0], 0])
+        };
         sum += w as u32;
     }
     while sum >> 16 != 0 {
@@ -198,7 +250,20 @@ fn csum(data: &[u8]) -> u16 {
 
 fn ipv4_header(src: [u8; 4], dst: [u8; 4], proto: u8, payload_len: usize) -> Vec<u8> {
     let total = 20 + payload_len;
-    let mut h = vec![0x45, 0, (total >> 8) as u8, total as u8, 0, 1, 0x40, 0, 64, proto, 0, 0];
+    let mut h = vec![
+        0x45,
+        0,
+        (total >> 8) as u8,
+        total as u8,
+        0,
+        1,
+        0x40,
+        0,
+        64,
+        proto,
+        0,
+        0,
+    ];
     h.extend_from_slice(&src);
     h.extend_from_slice(&dst);
     let c = csum(&h);
@@ -209,7 +274,9 @@ fn ipv4_header(src: [u8; 4], dst: [u8; 4], proto: u8, payload_len: usize) -> Vec
 
 /// SOCK_RAW ICMP echo (needs CAP_NET_RAW; refused for identities).
 fn raw_icmp(dst: IpAddr) -> std::io::Result<()> {
-    let IpAddr::V4(v4) = dst else { panic!("raw-icmp is IPv4") };
+    let IpAddr::V4(v4) = dst else {
+        panic!("raw-icmp is IPv4")
+    };
     let fd = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP)?;
     let mut pkt = vec![8u8, 0, 0, 0, 0x12, 0x34, 0, 1];
     pkt.extend_from_slice(b"chokepoint-raw");
@@ -218,7 +285,16 @@ fn raw_icmp(dst: IpAddr) -> std::io::Result<()> {
     pkt[3] = c as u8;
     let (ss, len) = sockaddr(&SocketAddr::new(IpAddr::V4(v4), 0));
     // SAFETY: sendto(2) with a valid buffer and address.
-    let n = unsafe { libc::sendto(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0, std::ptr::from_ref(&ss).cast(), len) };
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            std::ptr::from_ref(&ss).cast(),
+            len,
+        )
+    };
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
@@ -227,22 +303,45 @@ fn raw_icmp(dst: IpAddr) -> std::io::Result<()> {
 
 /// Unprivileged ICMP "ping socket" (SOCK_DGRAM, IPPROTO_ICMP).
 fn ping_sock(dst: IpAddr) -> std::io::Result<()> {
-    let IpAddr::V4(v4) = dst else { panic!("ping is IPv4") };
+    let IpAddr::V4(v4) = dst else {
+        panic!("ping is IPv4")
+    };
     let fd = socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP)?;
     let pkt = [8u8, 0, 0, 0, 0, 0, 0, 1, b'c', b'p'];
     let (ss, len) = sockaddr(&SocketAddr::new(IpAddr::V4(v4), 0));
     // SAFETY: sendto(2).
-    let n = unsafe { libc::sendto(fd.as_raw_fd(), pkt.as_ptr().cast(), pkt.len(), 0, std::ptr::from_ref(&ss).cast(), len) };
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            std::ptr::from_ref(&ss).cast(),
+            len,
+        )
+    };
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
 }
 
-/// AF_PACKET (cooked) frame carrying IPv4/UDP from `src` to `dst`, broadcast on `iface`.
-fn packet(iface: &str, src: [u8; 4], dst: SocketAddr, payload: &str) -> std::io::Result<()> {
-    let SocketAddr::V4(d) = dst else { panic!("packet is IPv4") };
-    let fd = socket(libc::AF_PACKET, libc::SOCK_DGRAM, (libc::ETH_P_IP as u16).to_be() as i32)?;
+/// AF_PACKET (cooked) frame carrying IPv4/UDP from `src` to `dst`, sent on `iface` to `mac`.
+fn packet(
+    iface: &str,
+    mac: [u8; 6],
+    src: [u8; 4],
+    dst: SocketAddr,
+    payload: &str,
+) -> std::io::Result<()> {
+    let SocketAddr::V4(d) = dst else {
+        panic!("packet is IPv4")
+    };
+    let fd = socket(
+        libc::AF_PACKET,
+        libc::SOCK_DGRAM,
+        (libc::ETH_P_IP as u16).to_be() as i32,
+    )?;
     let name = std::ffi::CString::new(iface).expect("iface");
     // SAFETY: if_nametoindex with a valid C string.
     let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -263,10 +362,17 @@ fn packet(iface: &str, src: [u8; 4], dst: SocketAddr, payload: &str) -> std::io:
     sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
     sll.sll_ifindex = ifindex as i32;
     sll.sll_halen = 6;
-    sll.sll_addr[..6].copy_from_slice(&[0xff; 6]);
+    sll.sll_addr[..6].copy_from_slice(&mac);
     // SAFETY: sendto(2) with a valid sockaddr_ll.
     let n = unsafe {
-        libc::sendto(fd.as_raw_fd(), frame.as_ptr().cast(), frame.len(), 0, std::ptr::from_ref(&sll).cast(), size_of::<libc::sockaddr_ll>() as u32)
+        libc::sendto(
+            fd.as_raw_fd(),
+            frame.as_ptr().cast(),
+            frame.len(),
+            0,
+            std::ptr::from_ref(&sll).cast(),
+            size_of::<libc::sockaddr_ll>() as u32,
+        )
     };
     if n < 0 {
         return Err(std::io::Error::last_os_error());
@@ -289,7 +395,9 @@ fn hold(dst: SocketAddr, secs: u64) {
     let mut i = 0u64;
     while t0.elapsed() < Duration::from_secs(secs) {
         let r = s.write_all(format!("tick-{i}\n").as_bytes());
-        out(json!({"event": "send", "i": i, "ok": r.is_ok(), "ms": t0.elapsed().as_millis() as u64}));
+        out(
+            json!({"event": "send", "i": i, "ok": r.is_ok(), "ms": t0.elapsed().as_millis() as u64}),
+        );
         i += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -300,21 +408,53 @@ fn serve(tcp_ports: &[u16], udp_ports: &[u16], icmp: bool) {
     let mut handles = Vec::new();
     for &p in tcp_ports {
         for bind in [format!("0.0.0.0:{p}"), format!("[::]:{p}")] {
-            let fd = socket(if bind.starts_with('[') { libc::AF_INET6 } else { libc::AF_INET }, libc::SOCK_STREAM, 0).expect("socket");
+            let fd = socket(
+                if bind.starts_with('[') {
+                    libc::AF_INET6
+                } else {
+                    libc::AF_INET
+                },
+                libc::SOCK_STREAM,
+                0,
+            )
+            .expect("socket");
             let one: libc::c_int = 1;
             // SAFETY: setsockopt with valid option values.
             unsafe {
-                libc::setsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_REUSEADDR, std::ptr::from_ref(&one).cast(), 4);
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_REUSEADDR,
+                    std::ptr::from_ref(&one).cast(),
+                    4,
+                );
                 if bind.starts_with('[') {
-                    libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, std::ptr::from_ref(&one).cast(), 4);
+                    libc::setsockopt(
+                        fd.as_raw_fd(),
+                        libc::IPPROTO_IPV6,
+                        libc::IPV6_V6ONLY,
+                        std::ptr::from_ref(&one).cast(),
+                        4,
+                    );
                 }
                 let qlen: libc::c_int = 16;
-                libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_FASTOPEN, std::ptr::from_ref(&qlen).cast(), 4);
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::IPPROTO_TCP,
+                    libc::TCP_FASTOPEN,
+                    std::ptr::from_ref(&qlen).cast(),
+                    4,
+                );
             }
             let (ss, len) = sockaddr(&bind.parse().expect("bind"));
             // SAFETY: bind/listen on our socket.
             unsafe {
-                assert_eq!(libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&ss).cast(), len), 0, "bind {bind}: {}", errno());
+                assert_eq!(
+                    libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&ss).cast(), len),
+                    0,
+                    "bind {bind}: {}",
+                    errno()
+                );
                 libc::listen(fd.as_raw_fd(), 128);
             }
             let l = TcpListener::from(fd);
@@ -344,16 +484,42 @@ fn serve(tcp_ports: &[u16], udp_ports: &[u16], icmp: bool) {
     }
     for &p in udp_ports {
         for bind in [format!("0.0.0.0:{p}"), format!("[::]:{p}")] {
-            let fd = socket(if bind.starts_with('[') { libc::AF_INET6 } else { libc::AF_INET }, libc::SOCK_DGRAM, 0).expect("socket");
+            let fd = socket(
+                if bind.starts_with('[') {
+                    libc::AF_INET6
+                } else {
+                    libc::AF_INET
+                },
+                libc::SOCK_DGRAM,
+                0,
+            )
+            .expect("socket");
             let one: libc::c_int = 1;
             // SAFETY: setsockopt/bind on our socket.
             unsafe {
                 if bind.starts_with('[') {
-                    libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, std::ptr::from_ref(&one).cast(), 4);
+                    libc::setsockopt(
+                        fd.as_raw_fd(),
+                        libc::IPPROTO_IPV6,
+                        libc::IPV6_V6ONLY,
+                        std::ptr::from_ref(&one).cast(),
+                        4,
+                    );
                 }
-                libc::setsockopt(fd.as_raw_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, std::ptr::from_ref(&one).cast(), 4);
+                libc::setsockopt(
+                    fd.as_raw_fd(),
+                    libc::IPPROTO_IP,
+                    libc::IP_PKTINFO,
+                    std::ptr::from_ref(&one).cast(),
+                    4,
+                );
                 let (ss, len) = sockaddr(&bind.parse().expect("bind"));
-                assert_eq!(libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&ss).cast(), len), 0, "bind {bind}: {}", errno());
+                assert_eq!(
+                    libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&ss).cast(), len),
+                    0,
+                    "bind {bind}: {}",
+                    errno()
+                );
             }
             let s = UdpSocket::from(fd);
             let port = p;
@@ -393,13 +559,17 @@ fn serve(tcp_ports: &[u16], udp_ports: &[u16], icmp: bool) {
 }
 
 fn ports(s: &str) -> Vec<u16> {
-    s.split(',').filter(|p| !p.is_empty()).map(|p| p.parse().expect("port")).collect()
+    s.split(',')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.parse().expect("port"))
+        .collect()
 }
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let a = |i: usize| args.get(i).cloned().unwrap_or_default();
-    let payload = std::env::var("CP_PAYLOAD").unwrap_or_else(|_| format!("probe-{}", std::process::id()));
+    let payload =
+        std::env::var("CP_PAYLOAD").unwrap_or_else(|_| format!("probe-{}", std::process::id()));
     let r = match a(0).as_str() {
         "tcp" => res(tcp(addr(&a(1)), &payload)),
         "tcp-mapped" => res(tcp_mapped(addr(&a(1)), &payload)),
@@ -411,8 +581,12 @@ fn main() {
         "raw-icmp" => res(raw_icmp(a(1).parse().expect("ip"))),
         "ping" => res(ping_sock(a(1).parse().expect("ip"))),
         "packet" => {
-            let src: std::net::Ipv4Addr = a(2).parse().expect("src ip");
-            res(packet(&a(1), src.octets(), addr(&a(3)), &payload))
+            let mut mac = [0u8; 6];
+            for (i, b) in a(2).split(':').enumerate().take(6) {
+                mac[i] = u8::from_str_radix(b, 16).expect("mac");
+            }
+            let src: std::net::Ipv4Addr = a(3).parse().expect("src ip");
+            res(packet(&a(1), mac, src.octets(), addr(&a(4)), &payload))
         }
         "fork" => {
             // A child process of the workload makes the attempt.
@@ -431,7 +605,9 @@ fn main() {
         "exec" => {
             // Replace this process with another binary that makes the attempt.
             use std::os::unix::process::CommandExt;
-            let err = std::process::Command::new(std::env::current_exe().expect("exe")).args(&args[1..]).exec();
+            let err = std::process::Command::new(std::env::current_exe().expect("exe"))
+                .args(&args[1..])
+                .exec();
             json!({"ok": false, "error": err.to_string()})
         }
         "hold" => {
