@@ -1,1 +1,205 @@
-fn main() {}
+//! Developer workflows: `setup`, `demo`, `test`, `lint`.
+//!
+//! `cargo xtask test` and `cargo xtask demo` run `setup` first, so a fresh machine needs nothing
+//! but the repository: Debian packages, the pinned eBPF toolchain and bpf-linker are installed
+//! when missing (and skipped when present).
+
+mod demo;
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{Context, bail};
+
+/// The eBPF toolchain (must match `agent/build.rs`): its LLVM major equals bpf-linker's.
+pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-19";
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: cargo xtask <command>\n\n  setup            install what is missing (apt packages, eBPF toolchain, bpf-linker)\n  demo             sandboxed end-to-end demo of enforcement\n  test [--fuzz]    every test, including the privileged integration tests\n  lint             rustfmt check and clippy (host crates and the eBPF crate)"
+    );
+    std::process::exit(2)
+}
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace")
+        .to_path_buf()
+}
+
+/// Runs a command in the workspace root, failing with its name.
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let desc = format!("{cmd:?}");
+    let st = cmd
+        .current_dir(root())
+        .status()
+        .with_context(|| format!("spawning {desc}"))?;
+    if !st.success() {
+        bail!("{desc} failed ({st})");
+    }
+    Ok(())
+}
+
+/// Builds the agent and the test probe (debug profile); returns (chokepoint, cp-probe) paths.
+pub fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
+    run(Command::new("cargo").args([
+        "build",
+        "--quiet",
+        "-p",
+        "chokepoint-agent",
+        "-p",
+        "chokepoint-tests",
+        "--bins",
+    ]))?;
+    let t = root().join("target/debug");
+    Ok((t.join("chokepoint"), t.join("cp-probe")))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let Some(cmd) = args.first() else { usage() };
+    let rest = &args[1..];
+    let r = match cmd.as_str() {
+        "setup" => setup::setup(),
+        "demo" => setup::setup().and_then(|()| demo::demo()),
+        "test" => setup::setup().and_then(|()| test(rest)),
+        "lint" => setup::setup().and_then(|()| lint()),
+        _ => usage(),
+    };
+    if let Err(e) = r {
+        eprintln!("xtask {cmd}: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn lint() -> anyhow::Result<()> {
+    run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    run(Command::new("cargo").args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "chokepoint-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    run(Command::new("rustup").args([
+        "run",
+        EBPF_TOOLCHAIN,
+        "cargo",
+        "clippy",
+        "-p",
+        "chokepoint-ebpf",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    Ok(())
+}
+
+/// Parses `test result: ok. N passed; M failed; …` lines.
+fn tally(output: &str) -> (u64, u64, u64) {
+    let mut t = (0, 0, 0);
+    for l in output.lines() {
+        let Some(rest) = l.trim().strip_prefix("test result: ") else {
+            continue;
+        };
+        for part in rest.split(';') {
+            let mut w = part.split_whitespace().rev();
+            let (Some(what), Some(n)) = (w.next(), w.next()) else {
+                continue;
+            };
+            let n: u64 = n.parse().unwrap_or(0);
+            match what {
+                "passed" => t.0 += n,
+                "failed" => t.1 += n,
+                "ignored" => t.2 += n,
+                _ => {}
+            }
+        }
+    }
+    t
+}
+
+fn cargo_test(args: &[&str], envs: &[(&str, &Path)]) -> anyhow::Result<(bool, String)> {
+    let mut cmd = Command::new("cargo");
+    cmd.arg("test").args(args).current_dir(root());
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().context("spawning cargo test")?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    print!("{stdout}");
+    eprint!(
+        "{}",
+        stderr
+            .lines()
+            .filter(|l| !l.contains("chokepoint-agent@"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    eprintln!();
+    Ok((out.status.success(), stdout))
+}
+
+fn test(rest: &[String]) -> anyhow::Result<()> {
+    let (bin, probe) = build()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the privileged integration tests need root (BPF, cgroups, network namespaces)");
+    }
+    println!("== unit tests (agent, common, xtask)");
+    let (unit_ok, unit_out) = cargo_test(
+        &[
+            "--workspace",
+            "--exclude",
+            "chokepoint-tests",
+            "--exclude",
+            "chokepoint-ebpf",
+        ],
+        &[],
+    )?;
+    println!("== privileged integration tests (real kernel, cgroups, network namespaces)");
+    let (int_ok, int_out) = cargo_test(
+        &["-p", "chokepoint-tests", "--", "--test-threads", "4"],
+        &[("CHOKEPOINT_BIN", &bin), ("CP_PROBE_BIN", &probe)],
+    )?;
+    let mut fuzz_ok = true;
+    if rest.iter().any(|a| a == "--fuzz") {
+        fuzz_ok = run(Command::new("cargo").args([
+            "test",
+            "-p",
+            "chokepoint-agent",
+            "--release",
+            "--",
+            "--ignored",
+            "fuzz",
+        ]))
+        .is_ok();
+    }
+    let (p1, f1, i1) = tally(&unit_out);
+    let (p2, f2, i2) = tally(&int_out);
+    println!("\n== summary: unit {p1} passed, {f1} failed; privileged {p2} passed, {f2} failed");
+    println!(
+        "{} passed, {} failed, {} skipped",
+        p1 + p2,
+        f1 + f2,
+        i1 + i2
+    );
+    if !(unit_ok && int_ok && fuzz_ok) {
+        bail!("tests failed");
+    }
+    Ok(())
+}

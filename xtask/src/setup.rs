@@ -1,0 +1,119 @@
+//! Idempotent installation of everything the build and the tests need on a fresh machine of this
+//! kind (Debian 12, root): apt packages, the pinned eBPF nightly with rust-src and clippy, and
+//! bpf-linker built against LLVM 22. Each step is skipped when already satisfied.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::EBPF_TOOLCHAIN;
+
+/// Debian packages: LLVM 22 for bpf-linker, iproute2 for the sandboxes, nftables for benchmarks.
+const APT: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+    "libxml2-dev",
+    "iproute2",
+    "nftables",
+];
+
+const BPF_LINKER: &str = "0.13.0";
+
+fn ok(cmd: &mut Command) -> bool {
+    cmd.output().is_ok_and(|o| o.status.success())
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+/// Runs every setup step.
+pub fn setup() -> anyhow::Result<()> {
+    let missing: Vec<&str> = APT.iter().copied().filter(|p| !installed(p)).collect();
+    if !missing.is_empty() {
+        eprintln!("setup: installing Debian packages: {}", missing.join(" "));
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            bail!("setup: installing {} needs root", missing.join(" "));
+        }
+        crate::run(Command::new("apt-get").args(["update", "-qq"]))
+            .context("setup: apt-get update failed")?;
+        crate::run(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(&missing)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .with_context(|| format!("setup: cannot install {}", missing.join(" ")))?;
+    }
+
+    let toolchains = Command::new("rustup")
+        .args(["toolchain", "list"])
+        .output()
+        .context("setup: rustup not found")?;
+    let have_tc = String::from_utf8_lossy(&toolchains.stdout)
+        .lines()
+        .any(|l| l.starts_with(EBPF_TOOLCHAIN));
+    let have_src = have_tc
+        && Command::new("rustup")
+            .args([
+                "component",
+                "list",
+                "--installed",
+                "--toolchain",
+                EBPF_TOOLCHAIN,
+            ])
+            .output()
+            .is_ok_and(|o| {
+                let s = String::from_utf8_lossy(&o.stdout);
+                s.contains("rust-src") && s.contains("clippy")
+            });
+    if !have_src {
+        eprintln!("setup: installing the eBPF toolchain {EBPF_TOOLCHAIN} (rust-src, clippy)");
+        crate::run(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            EBPF_TOOLCHAIN,
+            "--profile",
+            "minimal",
+            "--component",
+            "rust-src,clippy",
+            "--no-self-update",
+        ]))
+        .context("setup: cannot install the eBPF toolchain")?;
+    }
+    if !ok(Command::new("cargo").args(["clippy", "--version"])) {
+        eprintln!("setup: adding clippy and rustfmt to the default toolchain");
+        crate::run(Command::new("rustup").args(["component", "add", "clippy", "rustfmt"]))
+            .context("setup: cannot add clippy/rustfmt")?;
+    }
+
+    let linker_ok = Command::new("bpf-linker")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| {
+            o.status.success() && String::from_utf8_lossy(&o.stdout).contains(BPF_LINKER)
+        });
+    if !linker_ok {
+        eprintln!("setup: building bpf-linker {BPF_LINKER} against LLVM 22 (about 80 s)");
+        crate::run(
+            Command::new("cargo")
+                .args([
+                    "install",
+                    &format!("bpf-linker@{BPF_LINKER}"),
+                    "--locked",
+                    "--no-default-features",
+                    "--features",
+                    "llvm-22",
+                ])
+                .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+        )
+        .context("setup: cannot build bpf-linker")?;
+    }
+    Ok(())
+}
