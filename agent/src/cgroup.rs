@@ -40,14 +40,6 @@ pub fn id_of(path: &Path) -> std::io::Result<u64> {
     Ok(fs::metadata(path)?.ino())
 }
 
-/// The cgroup of a process, relative to the cgroup v2 root (`0::/path`).
-pub fn of_pid(pid: u32) -> Option<String> {
-    let s = fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(|p| p.to_string())
-}
-
 /// A cache of cgroup id → path under the root, refreshed by a bounded directory walk at most
 /// once per second on a miss.
 pub struct PathCache {

@@ -31,7 +31,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Load and attach the kernel programs, apply policy, serve the API and metrics.
-    Daemon(DaemonArgs),
+    Daemon(Box<DaemonArgs>),
     /// Validate, apply, show, diff, list and roll back policy.
     Policy {
         #[command(subcommand)]

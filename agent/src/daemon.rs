@@ -185,13 +185,6 @@ pub fn parse_grant_dest(to: &str) -> Result<(Vec<Cidr>, crate::policy::parse::Po
 }
 
 impl Shared {
-    fn names(&self) -> EnrichNames<'_> {
-        EnrichNames {
-            shared: self,
-            paths: None,
-        }
-    }
-
     /// Grants as kernel specs, for the active policy's identity ids (expired ones skipped).
     fn grant_specs(&self, grants: &[StoredGrant]) -> Vec<GrantSpec> {
         let active = self.active.read().expect("active lock");
@@ -569,10 +562,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         if m.generation == start_gen {
             continue;
         }
-        if let Ok(src) = store.source(m.generation) {
-            if let Ok(p) = compile_source("history", &src) {
-                generations.insert(m.generation, Arc::new(p));
-            }
+        if let Ok(src) = store.source(m.generation)
+            && let Ok(p) = compile_source("history", &src)
+        {
+            generations.insert(m.generation, Arc::new(p));
         }
     }
     let start_policy = Arc::new(start_policy);
@@ -813,16 +806,16 @@ fn deliver(
     let mut d = dedup.lock().expect("dedup lock");
     let mut ring = shared.flows.lock().expect("flows lock");
     for r in records {
-        if let Some(l) = audit_log.as_deref_mut() {
-            if let Err(e) = l.write(r.as_ref()) {
-                shared.metrics.lost_user.fetch_add(1, Ordering::Relaxed);
-                error!(error = %e, "audit log write failed (record counted as lost)");
-            }
+        if let Some(l) = audit_log.as_deref_mut()
+            && let Err(e) = l.write(r.as_ref())
+        {
+            shared.metrics.lost_user.fetch_add(1, Ordering::Relaxed);
+            error!(error = %e, "audit log write failed (record counted as lost)");
         }
-        if shared.opts.audit_stdout {
-            if let Ok(s) = serde_json::to_string(r.as_ref()) {
-                println!("{s}");
-            }
+        if shared.opts.audit_stdout
+            && let Ok(s) = serde_json::to_string(r.as_ref())
+        {
+            println!("{s}");
         }
         if r.verdict != "lost" {
             shared.metrics.decision(
@@ -847,10 +840,10 @@ fn publish_alert(shared: &Shared, a: Alert, q: &mpsc::Sender<Alert>) {
         "bypass alert"
     );
     shared.metrics.alert(&a.reason);
-    if let Some(path) = &shared.opts.alert_log {
-        if let Ok(mut l) = JsonLines::open(path, 64 << 20, 5) {
-            let _ = l.write(&a).and_then(|_| l.sync());
-        }
+    if let Some(path) = &shared.opts.alert_log
+        && let Ok(mut l) = JsonLines::open(path, 64 << 20, 5)
+    {
+        let _ = l.write(&a).and_then(|_| l.sync());
     }
     if shared.opts.alert_webhook.is_some() && q.try_send(a.clone()).is_err() {
         shared.webhook.dropped.fetch_add(1, Ordering::Relaxed);
@@ -885,28 +878,28 @@ async fn housekeeping(shared: Arc<Shared>) {
         let snap = shared.stats.lock().expect("stats lock").snapshot();
         if let Ok(s) = snap {
             shared.metrics.lost_kernel.store(s.lost, Ordering::Relaxed);
-            if let Some(prev) = last_lost {
-                if s.lost > prev {
-                    let g = shared.active.read().expect("active lock").generation;
-                    let r = Arc::new(audit::lost_record(
-                        &shared.node,
-                        s.lost - prev,
-                        "ring_buffer_full",
-                        g,
-                    ));
-                    let mut ring = shared.flows.lock().expect("flows lock");
-                    ring.push(r.clone());
-                    drop(ring);
-                    let _ = shared.flow_tx.send(r.clone());
-                    if let Some(p) = &shared.opts.audit_log {
-                        if let Ok(mut l) = JsonLines::open(
-                            p,
-                            shared.opts.audit_log_max_bytes,
-                            shared.opts.audit_log_keep,
-                        ) {
-                            let _ = l.write(r.as_ref()).and_then(|_| l.sync());
-                        }
-                    }
+            if let Some(prev) = last_lost
+                && s.lost > prev
+            {
+                let g = shared.active.read().expect("active lock").generation;
+                let r = Arc::new(audit::lost_record(
+                    &shared.node,
+                    s.lost - prev,
+                    "ring_buffer_full",
+                    g,
+                ));
+                let mut ring = shared.flows.lock().expect("flows lock");
+                ring.push(r.clone());
+                drop(ring);
+                let _ = shared.flow_tx.send(r.clone());
+                if let Some(p) = &shared.opts.audit_log
+                    && let Ok(mut l) = JsonLines::open(
+                        p,
+                        shared.opts.audit_log_max_bytes,
+                        shared.opts.audit_log_keep,
+                    )
+                {
+                    let _ = l.write(r.as_ref()).and_then(|_| l.sync());
                 }
             }
             last_lost = Some(s.lost);

@@ -232,17 +232,17 @@ impl Metrics {
 /// `process_resident_memory_bytes`, `process_cpu_seconds_total`, `process_start_time_seconds`.
 fn process_metrics(o: &mut String) {
     let tick = 100.0; // USER_HZ
-    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
-        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // Fields after the comm: state is index 0; utime 11, stime 12, rss 21.
-            let ut: f64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0.0);
-            let st: f64 = f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
-            let rss: u64 = f.get(21).and_then(|s| s.parse().ok()).unwrap_or(0);
-            let _ = writeln!(o, "# TYPE process_cpu_seconds_total counter");
-            let _ = writeln!(o, "process_cpu_seconds_total {}", (ut + st) / tick);
-            let _ = writeln!(o, "# TYPE process_resident_memory_bytes gauge");
-            let _ = writeln!(o, "process_resident_memory_bytes {}", rss * 4096);
-        }
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat")
+        && let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r)
+    {
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        // Fields after the comm: state is index 0; utime 11, stime 12, rss 21.
+        let ut: f64 = f.get(11).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+        let st: f64 = f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0.0);
+        let rss: u64 = f.get(21).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let _ = writeln!(o, "# TYPE process_cpu_seconds_total counter");
+        let _ = writeln!(o, "process_cpu_seconds_total {}", (ut + st) / tick);
+        let _ = writeln!(o, "# TYPE process_resident_memory_bytes gauge");
+        let _ = writeln!(o, "process_resident_memory_bytes {}", rss * 4096);
     }
 }

@@ -109,10 +109,10 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
 
 /// The node name: `NODE_NAME` (set by the DaemonSet), else the host name.
 pub fn node_name() -> String {
-    if let Ok(n) = std::env::var("NODE_NAME") {
-        if !n.is_empty() {
-            return n;
-        }
+    if let Ok(n) = std::env::var("NODE_NAME")
+        && !n.is_empty()
+    {
+        return n;
     }
     fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|s| s.trim().to_string())

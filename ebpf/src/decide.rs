@@ -96,13 +96,13 @@ pub fn config() -> Option<Config> {
 #[inline(always)]
 pub fn resolve<F: Fn(i32) -> u64>(cfg: &Config, cgroup_id: u64, ancestor: F) -> Ident {
     let epoch = cfg.epoch();
-    if let Some(c) = unsafe { CP_CGCACHE.get(&cgroup_id) } {
-        if c.epoch == epoch {
-            return Ident {
-                ident: c.ident,
-                mode: c.mode,
-            };
-        }
+    if let Some(c) = unsafe { CP_CGCACHE.get(cgroup_id) }
+        && c.epoch == epoch
+    {
+        return Ident {
+            ident: c.ident,
+            mode: c.mode,
+        };
     }
     let slot = cfg.slot();
     let mut found = Ident::NONE;
@@ -117,7 +117,7 @@ pub fn resolve<F: Fn(i32) -> u64>(cfg: &Config, cgroup_id: u64, ancestor: F) -> 
             slot,
             _pad: 0,
         };
-        if let Some(v) = unsafe { CP_IDENT.get(&key) } {
+        if let Some(v) = unsafe { CP_IDENT.get(key) } {
             found = Ident {
                 ident: v.ident,
                 mode: v.mode,
@@ -132,7 +132,7 @@ pub fn resolve<F: Fn(i32) -> u64>(cfg: &Config, cgroup_id: u64, ancestor: F) -> 
         mode: found.mode,
         _pad: [0; 7],
     };
-    let _ = CP_CGCACHE.insert(&cgroup_id, &entry, 0);
+    let _ = CP_CGCACHE.insert(cgroup_id, entry, 0);
     found
 }
 

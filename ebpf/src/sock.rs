@@ -117,7 +117,7 @@ pub fn cp_lsm_socket(ctx: LsmContext) -> i32 {
     let retval: i32 = ctx.arg(4);
     if retval != 0 {
         // Another LSM program already refused: keep its (negative errno) verdict.
-        return if retval < 0 && retval >= -4095 {
+        return if (-4095..0).contains(&retval) {
             retval
         } else {
             -EPERM

@@ -86,15 +86,15 @@ pub fn cgroup_root() -> PathBuf {
         let (Some(l), Some(r)) = (h.next(), h.next()) else {
             continue;
         };
-        if r.starts_with("cgroup2 ") {
-            if let Some(mp) = l.split_whitespace().nth(4) {
-                let p = PathBuf::from(mp);
-                if best
-                    .as_ref()
-                    .is_none_or(|b| p.as_os_str().len() < b.as_os_str().len())
-                {
-                    best = Some(p);
-                }
+        if r.starts_with("cgroup2 ")
+            && let Some(mp) = l.split_whitespace().nth(4)
+        {
+            let p = PathBuf::from(mp);
+            if best
+                .as_ref()
+                .is_none_or(|b| p.as_os_str().len() < b.as_os_str().len())
+            {
+                best = Some(p);
             }
         }
     }
@@ -314,10 +314,10 @@ pub fn in_cgroup(mut cmd: Command, cgroup: Option<&Path>, netns: Option<&Netns>)
                     return Err(std::io::Error::last_os_error());
                 }
             }
-            if let Some(fd) = &nsfd {
-                if libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+            if let Some(fd) = &nsfd
+                && libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) != 0
+            {
+                return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
@@ -786,10 +786,10 @@ impl Daemon {
             if self.try_cli(&["status", "--json"]).0 {
                 break;
             }
-            if let Some(c) = self.child.as_mut() {
-                if let Ok(Some(st)) = c.try_wait() {
-                    panic!("daemon exited ({st}) during start:\n{}", self.log_text());
-                }
+            if let Some(c) = self.child.as_mut()
+                && let Ok(Some(st)) = c.try_wait()
+            {
+                panic!("daemon exited ({st}) during start:\n{}", self.log_text());
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(30),

@@ -19,13 +19,6 @@ pub enum MapsError {
         #[source]
         source: MapError,
     },
-    #[error("identity `{identity}`: cgroup `{path}` cannot be resolved: {source}")]
-    Cgroup {
-        identity: String,
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
     #[error(
         "grant for task `{task}` to {dest}: more than {MAX_GRANT_ENTRIES} grants at one destination prefix"
     )]
@@ -174,10 +167,11 @@ impl PolicyMaps {
         for ((ident, cidr), own) in &raw {
             let mut all: Vec<&GrantSpec> = own.clone();
             for &(fam, bits) in &lengths {
-                if fam == cidr.family() && bits < cidr.bits {
-                    if let Some(p) = raw.get(&(*ident, cidr.truncate(bits))) {
-                        all.extend(p.iter().copied());
-                    }
+                if fam == cidr.family()
+                    && bits < cidr.bits
+                    && let Some(p) = raw.get(&(*ident, cidr.truncate(bits)))
+                {
+                    all.extend(p.iter().copied());
                 }
             }
             if all.len() > MAX_GRANT_ENTRIES {

@@ -498,37 +498,6 @@ pub fn start(
     })
 }
 
-/// Opens the pinned maps without loading or attaching anything (for inspection).
-pub fn open_pinned(bpffs: &Path) -> Result<(PolicyMaps, Stats), LoadError> {
-    let open = |name: &str| -> Result<Map, LoadError> {
-        let md = MapData::from_pin(map_path(bpffs, name)).map_err(|source| LoadError::Map {
-            name: name.into(),
-            source,
-        })?;
-        Ok(match name {
-            n if n == names::CONFIG => Map::Array(md),
-            n if n == names::IDENT => Map::HashMap(md),
-            n if n == names::STATS => Map::PerCpuArray(md),
-            _ => Map::LpmTrie(md),
-        })
-    };
-    let conv = |name: &str, e| LoadError::Map {
-        name: name.into(),
-        source: e,
-    };
-    Ok((
-        PolicyMaps {
-            config: Array::try_from(open(names::CONFIG)?).map_err(|e| conv(names::CONFIG, e))?,
-            ident: HashMap::try_from(open(names::IDENT)?).map_err(|e| conv(names::IDENT, e))?,
-            rules: LpmTrie::try_from(open(names::RULES)?).map_err(|e| conv(names::RULES, e))?,
-            grants: LpmTrie::try_from(open(names::GRANTS)?).map_err(|e| conv(names::GRANTS, e))?,
-        },
-        Stats {
-            map: PerCpuArray::try_from(open(names::STATS)?).map_err(|e| conv(names::STATS, e))?,
-        },
-    ))
-}
-
 /// Pinned links present under `bpffs`: (program, target).
 pub fn pinned_links(bpffs: &Path) -> Vec<(String, Option<String>)> {
     let Ok(rd) = fs::read_dir(bpffs.join("links")) else {

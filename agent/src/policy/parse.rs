@@ -118,15 +118,14 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
         ));
     }
     // An IPv4-mapped IPv6 network is the IPv4 network.
-    if let IpAddr::V6(v6) = addr {
-        if let Some(v4) = v6.to_ipv4_mapped() {
-            if bits >= 96 {
-                return Ok(Cidr {
-                    addr: IpAddr::V4(v4),
-                    bits: bits - 96,
-                });
-            }
-        }
+    if let IpAddr::V6(v6) = addr
+        && let Some(v4) = v6.to_ipv4_mapped()
+        && bits >= 96
+    {
+        return Ok(Cidr {
+            addr: IpAddr::V4(v4),
+            bits: bits - 96,
+        });
     }
     Ok(Cidr { addr, bits })
 }
