@@ -22,7 +22,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A request.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-#[serde(tag = "cmd", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
     Status,
     Identities,
@@ -87,16 +87,62 @@ pub fn decode(line: &[u8]) -> Result<Request, DecodeError> {
         Some(serde_json::Value::Number(n)) if n.as_u64() == Some(VERSION) => {}
         Some(other) => return Err(DecodeError::Version(other.to_string())),
     }
-    serde_json::from_value(v).map_err(|e| DecodeError::Command(e.to_string()))
+    let cmd = match obj.remove("cmd") {
+        Some(serde_json::Value::String(c)) => c,
+        Some(other) => {
+            return Err(DecodeError::Command(format!(
+                "`cmd` must be a string, not {other}"
+            )));
+        }
+        None => return Err(DecodeError::Command("missing `cmd`".into())),
+    };
+    // The wire form is flat ({"cmd": "grant", "task": …}); serde's external tagging
+    // ({"grant": {"task": …}}) lets errors name the exact field.
+    let had_args = !obj.is_empty();
+    let external = if !had_args {
+        serde_json::Value::String(cmd.clone())
+    } else {
+        serde_json::json!({ cmd.clone(): serde_json::Value::Object(std::mem::take(obj)) })
+    };
+    let try_decode =
+        |value: serde_json::Value| serde_path_to_error::deserialize::<_, Request>(value);
+    let result = match try_decode(external) {
+        // A command without arguments sent with an empty object, or one with only optional ones.
+        Err(_) if !had_args => try_decode(serde_json::json!({ cmd.clone(): {} })),
+        r => r,
+    };
+    result.map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner().to_string();
+        if path == "." || path.is_empty() || path == cmd {
+            DecodeError::Command(format!("`{cmd}`: {inner}"))
+        } else {
+            DecodeError::Command(format!(
+                "`{cmd}`: {}: {inner}",
+                path.trim_start_matches(&format!("{cmd}."))
+            ))
+        }
+    })
 }
 
-/// Encodes one request line.
+/// Encodes one request line (flat: `{"v":1,"cmd":…, …arguments}`).
 pub fn encode(req: &Request) -> Vec<u8> {
-    let mut v = serde_json::to_value(req).expect("serialisable");
-    v.as_object_mut()
-        .expect("object")
-        .insert("v".into(), VERSION.into());
-    let mut line = serde_json::to_vec(&v).expect("serialisable");
+    let mut flat = serde_json::Map::new();
+    flat.insert("v".into(), VERSION.into());
+    match serde_json::to_value(req).expect("serialisable") {
+        serde_json::Value::String(cmd) => {
+            flat.insert("cmd".into(), cmd.into());
+        }
+        serde_json::Value::Object(o) => {
+            let (cmd, args) = o.into_iter().next().expect("one variant");
+            flat.insert("cmd".into(), cmd.into());
+            if let serde_json::Value::Object(a) = args {
+                flat.extend(a);
+            }
+        }
+        other => unreachable!("request serialises as {other}"),
+    }
+    let mut line = serde_json::to_vec(&flat).expect("serialisable");
     line.push(b'\n');
     line
 }

@@ -610,6 +610,41 @@ fn main() {
                 .exec();
             json!({"ok": false, "error": err.to_string()})
         }
+        "loop" => {
+            // Alternating connects to an allowed and a forbidden destination for N seconds.
+            let (good, bad) = (addr(&a(1)), addr(&a(2)));
+            let secs: u64 = a(3).parse().unwrap_or(3);
+            let t0 = Instant::now();
+            let (mut good_ok, mut good_fail, mut bad_ok, mut bad_fail) = (0u64, 0u64, 0u64, 0u64);
+            let mut last_err = String::new();
+            while t0.elapsed() < Duration::from_secs(secs) {
+                match TcpStream::connect_timeout(&good, Duration::from_secs(3)) {
+                    Ok(mut s) => {
+                        // A full exchange: the flow's data packets cross the switch too.
+                        let ok = s.write_all(b"loop\n").is_ok() && {
+                            let _ = s.set_read_timeout(Some(Duration::from_secs(3)));
+                            let mut b = [0u8; 3];
+                            s.read_exact(&mut b).is_ok()
+                        };
+                        if ok {
+                            good_ok += 1;
+                        } else {
+                            good_fail += 1;
+                            last_err = "exchange failed".into();
+                        }
+                    }
+                    Err(e) => {
+                        good_fail += 1;
+                        last_err = e.to_string();
+                    }
+                }
+                match TcpStream::connect_timeout(&bad, Duration::from_millis(300)) {
+                    Ok(_) => bad_ok += 1,
+                    Err(_) => bad_fail += 1,
+                }
+            }
+            json!({"ok": true, "good_ok": good_ok, "good_fail": good_fail, "bad_ok": bad_ok, "bad_fail": bad_fail, "last_err": last_err})
+        }
         "hold" => {
             hold(addr(&a(1)), a(2).parse().unwrap_or(5));
             return;
