@@ -218,6 +218,7 @@ pub async fn webhook_task(
         let mut delay = Duration::from_millis(200);
         let mut attempt = 0;
         loop {
+            debug!(host = %hook.host, port = hook.port, attempt, "posting alert to webhook");
             match post_once(&hook, &body).await {
                 Ok(code) if (200..300).contains(&code) => {
                     stats.sent.fetch_add(1, Ordering::Relaxed);

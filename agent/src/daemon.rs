@@ -679,8 +679,24 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         set.spawn(async move { alert_flusher(s, d, q).await });
     }
     {
+        // Losses since the last reported value (including any while the daemon was down) become a
+        // `lost` record on the first housekeeping pass.
+        let now_lost = shared
+            .stats
+            .lock()
+            .expect("stats lock")
+            .snapshot()
+            .map(|s| s.lost)
+            .unwrap_or(0);
+        let baseline = shared
+            .store
+            .lock()
+            .expect("store lock")
+            .lost_reported()
+            .unwrap_or(now_lost)
+            .min(now_lost);
         let s = shared.clone();
-        set.spawn(async move { housekeeping(s).await });
+        set.spawn(async move { housekeeping(s, baseline).await });
     }
     let listener = bind_socket(&opts.socket)?;
     {
@@ -694,7 +710,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let s = shared.clone();
         set.spawn(async move { serve_metrics(s, metrics_listener).await });
     }
-    info!(socket = %opts.socket.display(), metrics = %opts.metrics_addr, generation = shared.active.read().expect("active lock").generation, "chokepoint daemon ready");
+    info!(socket = %opts.socket.display(), metrics = %opts.metrics_addr, webhook = ?opts.alert_webhook, generation = shared.active.read().expect("active lock").generation, "chokepoint daemon ready");
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -756,7 +772,16 @@ async fn consume(
         None => None,
     };
     let mut batch: Vec<Event> = Vec::with_capacity(4096);
+    // Test knob: slow the consumer down to exercise loss accounting.
+    let delay = std::env::var("CHOKEPOINT_CONSUMER_DELAY_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(Duration::from_millis);
+    let limit = if delay.is_some() { 64 } else { 4096 };
     loop {
+        if let Some(d) = delay {
+            tokio::time::sleep(d).await;
+        }
         let mut guard = afd.readable_mut().await?;
         {
             let rb = guard.get_inner_mut();
@@ -766,12 +791,13 @@ async fn consume(
                     let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
                     batch.push(ev);
                 }
-                if batch.len() >= 4096 {
+                if batch.len() >= limit {
                     break;
                 }
             }
         }
-        if batch.len() < 4096 {
+        // Only an emptied ring may clear readiness (edge-triggered): a full batch means more wait.
+        if batch.len() < limit {
             guard.clear_ready();
         }
         drop(guard);
@@ -870,9 +896,9 @@ async fn alert_flusher(shared: Arc<Shared>, dedup: Arc<Mutex<Deduper>>, q: mpsc:
 
 /// Every 500 ms: kernel loss counters → `lost` records, identity cgroup reconciliation, expired
 /// grants pruned from state.
-async fn housekeeping(shared: Arc<Shared>) {
+async fn housekeeping(shared: Arc<Shared>, baseline_lost: u64) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let mut last_lost: Option<u64> = None;
+    let mut last_lost: Option<u64> = Some(baseline_lost);
     loop {
         tick.tick().await;
         let snap = shared.stats.lock().expect("stats lock").snapshot();
@@ -901,6 +927,11 @@ async fn housekeeping(shared: Arc<Shared>) {
                 {
                     let _ = l.write(r.as_ref()).and_then(|_| l.sync());
                 }
+                let _ = shared
+                    .store
+                    .lock()
+                    .expect("store lock")
+                    .set_lost_reported(s.lost);
             }
             last_lost = Some(s.lost);
         }

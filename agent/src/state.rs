@@ -146,6 +146,21 @@ impl StateStore {
         Ok(self.history()?.last().map_or(0, |m| m.generation))
     }
 
+    /// The kernel loss counter value last turned into a `lost` record, if recorded.
+    pub fn lost_reported(&self) -> Option<u64> {
+        fs::read_to_string(self.dir.join("lost_reported"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Records the kernel loss counter value last turned into a `lost` record.
+    pub fn set_lost_reported(&self, v: u64) -> Result<(), StateError> {
+        let p = self.dir.join("lost_reported");
+        write_atomic(&p, format!("{v}\n").as_bytes()).map_err(self.io(&p))
+    }
+
     /// Stored grants.
     pub fn grants(&self) -> Result<Vec<StoredGrant>, StateError> {
         let p = self.dir.join("grants.json");

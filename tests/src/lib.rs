@@ -727,6 +727,7 @@ pub struct Daemon {
     pub audit_log: PathBuf,
     pub dir: PathBuf,
     pub extra: Vec<String>,
+    env: Vec<(String, String)>,
     child: Option<Child>,
     pub log: PathBuf,
 }
@@ -749,10 +750,16 @@ impl Daemon {
             log: dir.join("daemon.log"),
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
             child: None,
         };
         d.spawn(Some(&pfile));
         d
+    }
+
+    /// Environment for the daemon process (test knobs).
+    pub fn set_env(&mut self, k: &str, v: &str) {
+        self.env.push((k.into(), v.into()));
     }
 
     /// Starts (or restarts) the process.
@@ -775,6 +782,8 @@ impl Daemon {
             .arg("--audit-log")
             .arg(&self.audit_log)
             .args(&self.extra)
+            .env("CHOKEPOINT_LOG", "info,chokepoint::alerts=debug")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(log);
         if let Some(p) = policy {
@@ -914,22 +923,26 @@ pub struct Fixture {
 
 impl Fixture {
     pub fn new(mode: &str) -> Self {
+        Self::with_args(mode, &[])
+    }
+
+    /// Like [`Fixture::new`] with extra daemon flags.
+    pub fn with_args(mode: &str, extra: &[&str]) -> Self {
         let sb = Sandbox::new();
         let cg = Cgroup::new(&unique("cpt-agent"));
         let policy = sb.policy(&[("agent", &cg.rel, mode)]);
         let tc = sb.host_world_if.clone();
         let tc_pod = format!("{}:ingress", sb.host_pod_if);
-        let daemon = Daemon::start(
-            &policy,
-            &[
-                "--tc-iface",
-                &tc,
-                "--tc-iface",
-                &tc_pod,
-                "--alert-window",
-                "1s",
-            ],
-        );
+        let mut args = vec![
+            "--tc-iface",
+            &tc,
+            "--tc-iface",
+            &tc_pod,
+            "--alert-window",
+            "1s",
+        ];
+        args.extend_from_slice(extra);
+        let daemon = Daemon::start(&policy, &args);
         Self { daemon, cg, sb }
     }
 

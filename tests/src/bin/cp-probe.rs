@@ -610,6 +610,25 @@ fn main() {
                 .exec();
             json!({"ok": false, "error": err.to_string()})
         }
+        "udp-flood" => {
+            // N unconnected sends as fast as possible; counts how many the kernel refused.
+            let dst = addr(&a(1));
+            let n: u64 = a(2).parse().unwrap_or(1000);
+            let bind: SocketAddr = if dst.is_ipv4() {
+                "0.0.0.0:0".parse().expect("static")
+            } else {
+                "[::]:0".parse().expect("static")
+            };
+            let s = UdpSocket::bind(bind).expect("bind");
+            let (mut sent, mut refused) = (0u64, 0u64);
+            for _ in 0..n {
+                match s.send_to(b"flood", dst) {
+                    Ok(_) => sent += 1,
+                    Err(_) => refused += 1,
+                }
+            }
+            json!({"ok": true, "sent": sent, "refused": refused})
+        }
         "loop" => {
             // Alternating connects to an allowed and a forbidden destination for N seconds.
             let (good, bad) = (addr(&a(1)), addr(&a(2)));
