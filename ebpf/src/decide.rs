@@ -272,6 +272,15 @@ pub fn sock_tag(sk: *mut c_void, create: bool) -> *mut SockTag {
     unsafe { bpf_sk_storage_get(map, sk, ptr::null_mut(), flags) }.cast::<SockTag>()
 }
 
+/// Build variant of this object (`CHOKEPOINT_BUILD_VARIANT` at build time, default 1). It is
+/// counted with every record in an otherwise unused counter slot (verdict 0), which makes objects
+/// of different variants differ in their instructions: the upgrade tests use this to build "a
+/// different build" of the same source.
+const BUILD_VARIANT: u8 = match option_env!("CHOKEPOINT_BUILD_VARIANT") {
+    Some(v) if !v.is_empty() => v.as_bytes()[0].wrapping_sub(b'0') % reason::COUNT,
+    _ => 1,
+};
+
 /// Counts one decision.
 #[inline(always)]
 fn count(index: u32) {
@@ -286,6 +295,7 @@ fn count(index: u32) {
 #[inline(always)]
 pub fn record<F: FnOnce(&mut Event)>(verdict_code: u8, reason_code: u8, fill: F) {
     count(stat_index(verdict_code, reason_code));
+    count(stat_index(0, BUILD_VARIANT));
     match CP_EVENTS.reserve::<Event>(0) {
         Some(mut slot) => {
             let p = slot.as_mut_ptr();

@@ -728,6 +728,8 @@ pub struct Daemon {
     pub dir: PathBuf,
     pub extra: Vec<String>,
     env: Vec<(String, String)>,
+    /// The daemon binary (another build for upgrade tests).
+    pub bin: PathBuf,
     child: Option<Child>,
     pub log: PathBuf,
 }
@@ -751,6 +753,7 @@ impl Daemon {
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: Vec::new(),
+            bin: chokepoint_bin(),
             child: None,
         };
         d.spawn(Some(&pfile));
@@ -769,7 +772,7 @@ impl Daemon {
             .append(true)
             .open(&self.log)
             .expect("log");
-        let mut cmd = Command::new(chokepoint_bin());
+        let mut cmd = Command::new(&self.bin);
         cmd.arg("daemon")
             .arg("--bpffs")
             .arg(&self.bpffs)

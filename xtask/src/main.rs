@@ -154,8 +154,19 @@ fn cargo_test(args: &[&str], envs: &[(&str, &Path)]) -> anyhow::Result<(bool, St
     Ok((out.status.success(), stdout))
 }
 
+/// Builds the agent as "another build" (different program instructions) for the upgrade test.
+fn build_variant() -> anyhow::Result<PathBuf> {
+    let dir = root().join("target/variant");
+    run(Command::new("cargo")
+        .args(["build", "--quiet", "-p", "chokepoint-agent", "--target-dir"])
+        .arg(&dir)
+        .env("CHOKEPOINT_BUILD_VARIANT", "2"))?;
+    Ok(dir.join("debug/chokepoint"))
+}
+
 fn test(rest: &[String]) -> anyhow::Result<()> {
     let (bin, probe) = build()?;
+    let variant = build_variant()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the privileged integration tests need root (BPF, cgroups, network namespaces)");
@@ -174,7 +185,11 @@ fn test(rest: &[String]) -> anyhow::Result<()> {
     println!("== privileged integration tests (real kernel, cgroups, network namespaces)");
     let (int_ok, int_out) = cargo_test(
         &["-p", "chokepoint-tests", "--", "--test-threads", "4"],
-        &[("CHOKEPOINT_BIN", &bin), ("CP_PROBE_BIN", &probe)],
+        &[
+            ("CHOKEPOINT_BIN", &bin),
+            ("CP_PROBE_BIN", &probe),
+            ("CHOKEPOINT_BIN_VARIANT", &variant),
+        ],
     )?;
     let mut fuzz_ok = true;
     if rest.iter().any(|a| a == "--fuzz") {
