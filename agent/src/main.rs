@@ -1,20 +1,12 @@
 //! `chokepoint`: the daemon and its CLI.
 
-mod alerts;
-mod api;
-mod audit;
-mod bpf;
-mod cgroup;
-mod cli;
-mod daemon;
-mod metrics;
-mod policy;
-mod state;
-mod util;
 
 use clap::Parser;
 
-use crate::cli::{Cli, Command, LogFormat};
+use chokepoint_agent::{
+    cli::{self, Cli, Command, LogFormat},
+    daemon,
+};
 
 fn main() {
     let cli = Cli::parse();

@@ -154,6 +154,26 @@ fn cargo_test(args: &[&str], envs: &[(&str, &Path)]) -> anyhow::Result<(bool, St
     Ok((out.status.success(), stdout))
 }
 
+/// Runs each cargo-fuzz target for a bounded time (installs cargo-fuzz when missing).
+fn fuzz() -> anyhow::Result<()> {
+    let have = Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    if !have {
+        eprintln!("setup: installing cargo-fuzz");
+        run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;
+    }
+    let secs = std::env::var("FUZZ_SECONDS").unwrap_or_else(|_| "30".into());
+    for target in ["policy_parse", "api_decode"] {
+        println!("== fuzz {target} for {secs}s");
+        run(Command::new("rustup")
+            .args(["run", EBPF_TOOLCHAIN, "cargo", "fuzz", "run", target])
+            .arg(format!("fuzz/corpus/{target}"))
+            .args(["--", &format!("-max_total_time={secs}")])
+            // Fuzzing needs no kernel object: skip the nested eBPF build.
+            .env("AYA_BUILD_SKIP", "1"))?;
+    }
+    Ok(())
+}
+
 /// Builds the agent as "another build" (different program instructions) for the upgrade test.
 fn build_variant() -> anyhow::Result<PathBuf> {
     let dir = root().join("target/variant");
@@ -193,16 +213,7 @@ fn test(rest: &[String]) -> anyhow::Result<()> {
     )?;
     let mut fuzz_ok = true;
     if rest.iter().any(|a| a == "--fuzz") {
-        fuzz_ok = run(Command::new("cargo").args([
-            "test",
-            "-p",
-            "chokepoint-agent",
-            "--release",
-            "--",
-            "--ignored",
-            "fuzz",
-        ]))
-        .is_ok();
+        fuzz_ok = fuzz().map_err(|e| eprintln!("fuzz: {e:#}")).is_ok();
     }
     let (p1, f1, i1) = tally(&unit_out);
     let (p2, f2, i2) = tally(&int_out);

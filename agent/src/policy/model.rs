@@ -24,10 +24,6 @@ pub struct PolicyDoc {
 pub struct Metadata {
     pub name: Spanned<String>,
     #[serde(default)]
-    #[expect(
-        dead_code,
-        reason = "accepted so documents can carry kubectl-style labels"
-    )]
     pub labels: BTreeMap<String, String>,
 }
 
@@ -75,10 +71,6 @@ pub struct Selector {
 /// `selector.pod`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[expect(
-    dead_code,
-    reason = "parsed so validation can reject it with a precise message"
-)]
 pub struct PodSelector {
     #[serde(default)]
     pub namespace: Option<String>,

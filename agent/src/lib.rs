@@ -1,0 +1,15 @@
+//! The Chokepoint agent as a library: the daemon, the CLI client, the policy compiler and the
+//! audit pipeline. The `chokepoint` binary is a thin `main` over it; fuzz targets and property
+//! tests use the parsers directly.
+
+pub mod alerts;
+pub mod api;
+pub mod audit;
+pub mod bpf;
+pub mod cgroup;
+pub mod cli;
+pub mod daemon;
+pub mod metrics;
+pub mod policy;
+pub mod state;
+pub mod util;
