@@ -60,6 +60,10 @@ pub enum Request {
     Revoke {
         task: String,
     },
+    Attest {
+        peer: String,
+        local: String,
+    },
 }
 
 /// Why a request line was rejected before it reached a handler.

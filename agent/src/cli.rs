@@ -19,6 +19,8 @@ use crate::{
 
 /// Default local API socket.
 pub const DEFAULT_SOCKET: &str = "/run/chokepoint/chokepoint.sock";
+/// Default attestation socket.
+pub const DEFAULT_ATTEST_SOCKET: &str = "/run/chokepoint/attest.sock";
 
 /// Chokepoint: makes the sanctioned AI/API gateway the only way out for AI-agent workloads.
 #[derive(Parser, Debug)]
@@ -96,6 +98,20 @@ pub enum Command {
         task: String,
         #[arg(long)]
         json: bool,
+        #[arg(long, default_value = DEFAULT_SOCKET)]
+        socket: PathBuf,
+    },
+    /// Which identity, tenant and task is behind a live gateway connection.
+    Attest {
+        /// The client's address as the gateway sees it.
+        #[arg(long)]
+        peer: String,
+        /// The gateway endpoint's address.
+        #[arg(long)]
+        local: String,
+        #[arg(long)]
+        json: bool,
+        /// The admin API socket.
         #[arg(long, default_value = DEFAULT_SOCKET)]
         socket: PathBuf,
     },
@@ -210,6 +226,18 @@ pub struct DaemonArgs {
     /// http:// URL that receives each alert as a JSON POST.
     #[arg(long)]
     pub alert_webhook: Option<String>,
+    /// Unix socket of the read-only attestation endpoint for gateways.
+    #[arg(long)]
+    pub attest_socket: Option<PathBuf>,
+    /// Octal mode of the attestation socket (default 0660).
+    #[arg(long)]
+    pub attest_socket_mode: Option<String>,
+    /// Group that owns the attestation socket (the gateway's group).
+    #[arg(long)]
+    pub attest_group: Option<String>,
+    /// Also serve attestation over HTTP on this address (keep it on loopback).
+    #[arg(long)]
+    pub attest_addr: Option<String>,
 }
 
 /// `--config` file: the same options as the flags.
@@ -232,6 +260,10 @@ struct ConfigFile {
     alert_window: Option<String>,
     alert_log: Option<PathBuf>,
     alert_webhook: Option<String>,
+    attest_socket: Option<PathBuf>,
+    attest_socket_mode: Option<String>,
+    attest_group: Option<String>,
+    attest_addr: Option<String>,
 }
 
 impl DaemonArgs {
@@ -292,6 +324,20 @@ impl DaemonArgs {
                 alert_log: self.alert_log.or(cfg.alert_log),
                 alert_webhook: self.alert_webhook.or(cfg.alert_webhook),
                 flow_buffer: 10_000,
+                attest_socket: self
+                    .attest_socket
+                    .or(cfg.attest_socket)
+                    .unwrap_or_else(|| DEFAULT_ATTEST_SOCKET.into()),
+                attest_socket_mode: match self.attest_socket_mode.or(cfg.attest_socket_mode) {
+                    Some(m) => {
+                        u32::from_str_radix(m.trim_start_matches("0o"), 8).map_err(|_| {
+                            anyhow::anyhow!("--attest-socket-mode `{m}` is not an octal mode")
+                        })?
+                    }
+                    None => 0o660,
+                },
+                attest_group: self.attest_group.or(cfg.attest_group),
+                attest_addr: self.attest_addr.or(cfg.attest_addr),
             },
             self.log_format
                 .or(cfg.log_format)
@@ -638,6 +684,30 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                     r["identity"].as_str().unwrap_or(""),
                     r["to"].as_str().unwrap_or(""),
                     r["expires_at"].as_str().unwrap_or("")
+                );
+            }
+            Ok(())
+        }
+        Command::Attest {
+            peer,
+            local,
+            json,
+            socket,
+        } => {
+            let r = call(&socket, Request::Attest { peer, local }).await?;
+            if json {
+                print_json(&r);
+            } else {
+                println!(
+                    "identity={} tenant={} task={} pid={} cgroup={} since={} generation={} cookie={}",
+                    r["identity"].as_str().unwrap_or("-"),
+                    r["tenant"].as_str().unwrap_or("-"),
+                    r["task"].as_str().unwrap_or("-"),
+                    r["pid"],
+                    r["cgroup"].as_str().unwrap_or("-"),
+                    r["since"].as_str().unwrap_or("-"),
+                    r["policy_generation"],
+                    r["socket_cookie"]
                 );
             }
             Ok(())

@@ -60,6 +60,14 @@ pub struct Options {
     pub alert_log: Option<PathBuf>,
     pub alert_webhook: Option<String>,
     pub flow_buffer: usize,
+    /// The gateways' read-only attestation socket.
+    pub attest_socket: PathBuf,
+    /// Its mode (default 0660).
+    pub attest_socket_mode: u32,
+    /// Its group (gateways run in it), if any.
+    pub attest_group: Option<String>,
+    /// Optional loopback HTTP address for the attestation endpoint.
+    pub attest_addr: Option<String>,
 }
 
 /// Records and alerts kept in memory for `flows` and `alerts` without `--follow`.
@@ -93,10 +101,11 @@ struct Active {
 
 /// Everything the tasks share.
 pub struct Shared {
-    opts: Options,
-    node: String,
+    pub(crate) opts: Options,
+    pub(crate) node: String,
     maps: Mutex<PolicyMaps>,
     stats: Mutex<Stats>,
+    pub(crate) attest: Mutex<crate::bpf::maps::Attest>,
     store: Mutex<StateStore>,
     active: RwLock<Active>,
     /// Every generation seen this run (for enriching records of older generations).
@@ -106,7 +115,7 @@ pub struct Shared {
     alerts: Mutex<Ring<Arc<Alert>>>,
     flow_tx: broadcast::Sender<Arc<FlowRecord>>,
     alert_tx: broadcast::Sender<Arc<Alert>>,
-    metrics: Metrics,
+    pub(crate) metrics: Metrics,
     degraded: Vec<(String, String)>,
     webhook: Arc<WebhookStats>,
     shutting_down: AtomicBool,
@@ -185,6 +194,23 @@ pub fn parse_grant_dest(to: &str) -> Result<(Vec<Cidr>, crate::policy::parse::Po
 }
 
 impl Shared {
+    /// Identity name and tenant of `ident` under `generation`.
+    pub(crate) fn identity_of(
+        &self,
+        generation: u32,
+        ident: u32,
+    ) -> Option<(String, Option<String>)> {
+        let g = self.generations.read().expect("generations lock");
+        let p = g.get(&generation)?;
+        let id = p.identities.get(ident.checked_sub(1)? as usize)?;
+        Some((id.name.clone(), id.tenant.clone()))
+    }
+
+    /// Task name of a numeric task id.
+    pub(crate) fn task_name(&self, task: u64) -> Option<String> {
+        self.tasks.read().expect("tasks lock").get(&task).cloned()
+    }
+
     /// Grants as kernel specs, for the active policy's identity ids (expired ones skipped).
     fn grant_specs(&self, grants: &[StoredGrant]) -> Vec<GrantSpec> {
         let active = self.active.read().expect("active lock");
@@ -576,6 +602,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let installed_before = bpf::is_installed(&opts.bpffs);
     let Kernel {
         mut policy,
+        attest,
         events,
         stats,
         attached,
@@ -622,6 +649,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         node: util::node_name(),
         maps: Mutex::new(policy),
         stats: Mutex::new(stats),
+        attest: Mutex::new(attest),
         store: Mutex::new(store),
         active: RwLock::new(Active {
             generation: start_gen,
@@ -703,6 +731,22 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let s = shared.clone();
         set.spawn(async move { serve_api(s, listener).await });
     }
+    let attest_listener = crate::attest::bind_unix(
+        &opts.attest_socket,
+        opts.attest_socket_mode,
+        opts.attest_group.as_deref(),
+    )?;
+    {
+        let s = shared.clone();
+        set.spawn(async move { crate::attest::serve_unix(s, attest_listener).await });
+    }
+    if let Some(addr) = &opts.attest_addr {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the attestation endpoint on {addr}"))?;
+        let s = shared.clone();
+        set.spawn(async move { crate::attest::serve_tcp(s, l).await });
+    }
     let metrics_listener = TcpListener::bind(&opts.metrics_addr)
         .await
         .with_context(|| format!("binding metrics on {}", opts.metrics_addr))?;
@@ -725,6 +769,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         publish_alert(&shared, a, &alert_q_tx);
     }
     let _ = std::fs::remove_file(&opts.socket);
+    let _ = std::fs::remove_file(&opts.attest_socket);
     info!(
         "daemon stopping; programs stay attached and keep enforcing generation {}",
         shared.active.read().expect("active lock").generation
@@ -1313,6 +1358,9 @@ fn handle_request(
             shared.maps.lock().expect("maps lock").set_grants(&specs)?;
             info!(task, removed, by_uid = ?who.0, "task revoked");
             Ok(json!({"task": task, "revoked": removed}))
+        }
+        Request::Attest { peer, local } => {
+            crate::attest::answer(shared, &peer, &local).map_err(|(_, e)| anyhow::anyhow!(e))
         }
         Request::Flows { .. } | Request::Alerts { .. } => unreachable!("streamed above"),
     }

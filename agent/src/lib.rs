@@ -4,6 +4,7 @@
 
 pub mod alerts;
 pub mod api;
+pub mod attest;
 pub mod audit;
 pub mod bpf;
 pub mod cgroup;

@@ -1,6 +1,5 @@
 //! `chokepoint`: the daemon and its CLI.
 
-
 use clap::Parser;
 
 use chokepoint_agent::{

@@ -36,6 +36,10 @@ pub struct Metrics {
     pub delivered: AtomicU64,
     pub webhook_failures: AtomicU64,
     pub api_requests: AtomicU64,
+    /// Attestation lookups by result.
+    pub attest_found: AtomicU64,
+    pub attest_not_found: AtomicU64,
+    pub attest_bad_request: AtomicU64,
     pub api_errors: AtomicU64,
 }
 
@@ -224,6 +228,22 @@ impl Metrics {
             "chokepoint_api_requests_total {}",
             self.api_requests.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            o,
+            "# HELP chokepoint_attest_lookups_total Attestation lookups, by result."
+        );
+        let _ = writeln!(o, "# TYPE chokepoint_attest_lookups_total counter");
+        for (r, v) in [
+            ("found", &self.attest_found),
+            ("not_found", &self.attest_not_found),
+            ("bad_request", &self.attest_bad_request),
+        ] {
+            let _ = writeln!(
+                o,
+                "chokepoint_attest_lookups_total{{result=\"{r}\"}} {}",
+                v.load(Ordering::Relaxed)
+            );
+        }
         process_metrics(&mut o);
         o
     }

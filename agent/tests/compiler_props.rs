@@ -16,17 +16,34 @@ struct Rule {
 
 fn rule() -> impl Strategy<Value = Rule> {
     // A small address space (10.0.0.0/16) so rules overlap often.
-    (0u32..65536, 8u8..=32, prop::collection::vec((1u16..40, 0u16..5, prop::sample::select(vec!["tcp", "udp", "any"])), 0..3)).prop_map(
-        |(host, bits, ports)| {
+    (
+        0u32..65536,
+        8u8..=32,
+        prop::collection::vec(
+            (
+                1u16..40,
+                0u16..5,
+                prop::sample::select(vec!["tcp", "udp", "any"]),
+            ),
+            0..3,
+        ),
+    )
+        .prop_map(|(host, bits, ports)| {
             let addr = (10u32 << 24) | host;
-            let mask = if bits == 0 { 0 } else { u32::MAX << (32 - bits) };
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
             Rule {
                 net: addr & mask,
                 bits,
-                ports: ports.into_iter().map(|(lo, span, p)| (lo, lo + span, p)).collect(),
+                ports: ports
+                    .into_iter()
+                    .map(|(lo, span, p)| (lo, lo + span, p))
+                    .collect(),
             }
-        },
-    )
+        })
 }
 
 fn doc(rules: &[Rule]) -> String {
@@ -36,7 +53,11 @@ fn doc(rules: &[Rule]) -> String {
     for r in rules {
         s += &format!("          - to: \"{}/{}\"\n", Ipv4Addr::from(r.net), r.bits);
         if !r.ports.is_empty() {
-            let ports: Vec<String> = r.ports.iter().map(|(lo, hi, p)| format!("\"{lo}-{hi}/{p}\"")).collect();
+            let ports: Vec<String> = r
+                .ports
+                .iter()
+                .map(|(lo, hi, p)| format!("\"{lo}-{hi}/{p}\""))
+                .collect();
             s += &format!("            ports: [{}]\n", ports.join(", "));
         }
     }
@@ -45,11 +66,19 @@ fn doc(rules: &[Rule]) -> String {
 
 fn reference(rules: &[Rule], addr: u32, port: u16, proto: u8) -> bool {
     rules.iter().any(|r| {
-        let mask = if r.bits == 0 { 0 } else { u32::MAX << (32 - r.bits) };
+        let mask = if r.bits == 0 {
+            0
+        } else {
+            u32::MAX << (32 - r.bits)
+        };
         addr & mask == r.net
             && (r.ports.is_empty()
                 || r.ports.iter().any(|(lo, hi, p)| {
-                    port >= *lo && port <= *hi && (*p == "any" || (*p == "tcp" && proto == 6) || (*p == "udp" && proto == 17))
+                    port >= *lo
+                        && port <= *hi
+                        && (*p == "any"
+                            || (*p == "tcp" && proto == 6)
+                            || (*p == "udp" && proto == 17))
                 }))
     })
 }

@@ -23,6 +23,9 @@ pub mod names {
     pub const EVENTS: &str = "CP_EVENTS";
     /// Per-CPU array of u64 counters indexed by [`crate::stat_index`].
     pub const STATS: &str = "CP_STATS";
+    /// LRU hash of [`crate::AttestKey`] → [`crate::AttestVal`]: live gateway connections of
+    /// identities, keyed by the 4-tuple as the gateway sees it.
+    pub const ATTEST: &str = "CP_ATTEST";
 
     /// `cgroup/sock_create` program.
     pub const PROG_SOCK_CREATE: &str = "cp_sock_create";
@@ -40,9 +43,11 @@ pub mod names {
     pub const PROG_TC_EGRESS: &str = "cp_tc_egress";
     /// BPF LSM `socket_create` program.
     pub const PROG_LSM_SOCKET: &str = "cp_lsm_socket";
+    /// `sockops` program (gateway connection attestation).
+    pub const PROG_SOCK_OPS: &str = "cp_sock_ops";
 
     /// Every program, in attach order.
-    pub const PROGRAMS: [&str; 8] = [
+    pub const PROGRAMS: [&str; 9] = [
         PROG_SOCK_CREATE,
         PROG_LSM_SOCKET,
         PROG_CONNECT4,
@@ -51,12 +56,13 @@ pub mod names {
         PROG_SENDMSG6,
         PROG_SKB_EGRESS,
         PROG_TC_EGRESS,
+        PROG_SOCK_OPS,
     ];
 }
 
 /// Build identity of the eBPF object layout. Bumped whenever a map's key or value changes, so a
 /// daemon never adopts pins of a layout it does not understand.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Deepest cgroup level the identity walk inspects (level 0 is the root).
 pub const MAX_CGROUP_DEPTH: u32 = 16;
@@ -72,6 +78,8 @@ pub const MAX_GRANTS: u32 = 16_384;
 pub const MAX_IDENT_CGROUPS: u32 = 65_536;
 /// Capacity of the cgroup resolution cache.
 pub const CGCACHE_SIZE: u32 = 65_536;
+/// Capacity of the attestation map (live gateway connections).
+pub const ATTEST_SIZE: u32 = 131_072;
 /// Ring buffer size in bytes (power of two, multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 22;
 
@@ -465,6 +473,47 @@ pub struct Event {
     pub mode: u8,
 }
 
+/// Key of [`names::ATTEST`]: a TCP connection as the gateway sees it. `peer` is the client (the
+/// agent's socket), `local` the gateway endpoint. IPv4 (also IPv4-mapped) in the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct AttestKey {
+    /// 4 or 6.
+    pub family: u8,
+    /// Padding.
+    pub _pad: u8,
+    /// Client port (host order).
+    pub peer_port: u16,
+    /// Gateway port (host order).
+    pub local_port: u16,
+    /// Padding.
+    pub _pad2: u16,
+    /// Client address.
+    pub peer_addr: [u8; 16],
+    /// Gateway address.
+    pub local_addr: [u8; 16],
+}
+
+/// Value of [`names::ATTEST`]: who is behind the connection.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AttestVal {
+    /// Establishment time (boot ns).
+    pub since_ns: u64,
+    /// Socket cookie.
+    pub cookie: u64,
+    /// cgroup id of the socket.
+    pub cgroup_id: u64,
+    /// pid/tgid of the socket's creator.
+    pub pid_tgid: u64,
+    /// Task id of the grant behind the connection, 0 when none.
+    pub task: u64,
+    /// Identity id.
+    pub ident: u32,
+    /// Policy generation the connection was allowed under.
+    pub generation: u32,
+}
+
 macro_rules! assert_size {
     ($t:ty, $n:expr) => {
         const _: () = assert!(core::mem::size_of::<$t>() == $n);
@@ -481,6 +530,8 @@ assert_size!(GrantEntry, 24);
 assert_size!(GrantVal, 24 * MAX_GRANT_ENTRIES);
 assert_size!(SockTag, 104);
 assert_size!(Event, 120);
+assert_size!(AttestKey, 40);
+assert_size!(AttestVal, 48);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -496,4 +547,6 @@ mod pod {
     unsafe impl aya::Pod for GrantVal {}
     unsafe impl aya::Pod for SockTag {}
     unsafe impl aya::Pod for Event {}
+    unsafe impl aya::Pod for AttestKey {}
+    unsafe impl aya::Pod for AttestVal {}
 }

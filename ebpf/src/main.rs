@@ -8,6 +8,7 @@
 //! | `cp_sendmsg4/6`  | `cgroup/sendmsg4`, `sendmsg6`| 4.18           |
 //! | `cp_skb_egress`  | `cgroup_skb/egress`          | 5.7 (skb ancestor cgroup id in cgroup_skb) |
 //! | `cp_tc_egress`   | TC egress via tcx            | 6.6            |
+//! | `cp_sock_ops`    | `sockops` (attestation)      | 5.10 (sk storage in sockops) |
 //!
 //! Every program calls the one decision function in [`decide`]; a program only extracts the
 //! destination from its context and applies the verdict.
@@ -24,6 +25,8 @@ mod skb;
 mod sock;
 #[cfg(target_arch = "bpf")]
 mod sock_addr;
+#[cfg(target_arch = "bpf")]
+mod sock_ops;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

@@ -6,8 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use chokepoint_common::{
-    CGCACHE_SIZE, CgCache, Config, EVENTS_BYTES, GrantVal, IdentKey, IdentVal, LPM_DATA_LEN,
-    MAX_GRANTS, MAX_IDENT_CGROUPS, MAX_RULES, RuleVal, STATS_LEN, SockTag,
+    ATTEST_SIZE, AttestKey, AttestVal, CGCACHE_SIZE, CgCache, Config, EVENTS_BYTES, GrantVal,
+    IdentKey, IdentVal, LPM_DATA_LEN, MAX_GRANTS, MAX_IDENT_CGROUPS, MAX_RULES, RuleVal, STATS_LEN,
+    SockTag,
 };
 
 #[map]
@@ -34,3 +35,7 @@ pub static CP_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 
 #[map]
 pub static CP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
+
+#[map]
+pub static CP_ATTEST: LruHashMap<AttestKey, AttestVal> =
+    LruHashMap::with_max_entries(ATTEST_SIZE, 0);

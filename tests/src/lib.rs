@@ -725,6 +725,8 @@ pub struct Daemon {
     pub socket: PathBuf,
     pub metrics: SocketAddr,
     pub audit_log: PathBuf,
+    /// The attestation socket.
+    pub attest: PathBuf,
     pub dir: PathBuf,
     pub extra: Vec<String>,
     env: Vec<(String, String)>,
@@ -749,6 +751,7 @@ impl Daemon {
             socket: dir.join("cp.sock"),
             metrics: format!("127.0.0.1:{}", free_port()).parse().expect("addr"),
             audit_log: dir.join("audit.jsonl"),
+            attest: dir.join("attest.sock"),
             log: dir.join("daemon.log"),
             dir,
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -784,6 +787,8 @@ impl Daemon {
             .arg(self.metrics.to_string())
             .arg("--audit-log")
             .arg(&self.audit_log)
+            .arg("--attest-socket")
+            .arg(&self.attest)
             .args(&self.extra)
             .env("CHOKEPOINT_LOG", "info,chokepoint::alerts=debug")
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
@@ -1014,4 +1019,36 @@ impl Fixture {
 /// A payload unique to this attempt.
 pub fn payload(what: &str) -> String {
     unique(what)
+}
+
+/// One HTTP request over a Unix socket; returns (status, JSON body).
+pub fn http_unix(socket: &Path, request: &[u8]) -> (u16, Value) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect attest socket");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let _ = s.write_all(request);
+    let mut resp = String::new();
+    let _ = s.read_to_string(&mut resp);
+    let status = resp
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+/// `GET /v1/attest?peer=…&local=…` on the attestation socket.
+pub fn attest(socket: &Path, peer: &str, local: &str) -> (u16, Value) {
+    let enc = |s: &str| s.replace('[', "%5B").replace(']', "%5D");
+    http_unix(
+        socket,
+        format!(
+            "GET /v1/attest?peer={}&local={} HTTP/1.1\r\nHost: chokepoint\r\n\r\n",
+            enc(peer),
+            enc(local)
+        )
+        .as_bytes(),
+    )
 }

@@ -12,10 +12,6 @@ use std::{
 
 use chokepoint_tests::*;
 
-fn uid_of_probe() -> u64 {
-    0
-}
-
 #[test]
 fn every_verdict_produces_a_complete_record() {
     let fx = Fixture::new("enforce");
@@ -76,7 +72,7 @@ fn every_verdict_produces_a_complete_record() {
         assert_eq!(rec["reason"], reason, "{what}: {rec}");
         assert_eq!(rec["identity"], "agent");
         assert_eq!(rec["tenant"], "acme");
-        assert_eq!(rec["uid"], uid_of_probe());
+        assert_eq!(rec["uid"], 0);
         assert_eq!(rec["comm"], "cp-probe");
         assert_eq!(rec["family"], 4);
         assert_eq!(rec["cgroup"], fx.cg.rel);
@@ -234,14 +230,15 @@ fn metrics_match_the_traffic() {
     );
 }
 
-/// A webhook receiver: refuses the first `refuse` deliveries with 500, then accepts.
-fn receiver(
-    refuse: usize,
-) -> (
+/// What a webhook receiver got (bodies) and how many deliveries it saw.
+type Received = (
     SocketAddr,
     Arc<Mutex<Vec<serde_json::Value>>>,
     Arc<Mutex<usize>>,
-) {
+);
+
+/// A webhook receiver: refuses the first `refuse` deliveries with 500, then accepts.
+fn receiver(refuse: usize) -> Received {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = l.local_addr().expect("addr");
     let got = Arc::new(Mutex::new(Vec::new()));

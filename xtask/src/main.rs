@@ -156,7 +156,10 @@ fn cargo_test(args: &[&str], envs: &[(&str, &Path)]) -> anyhow::Result<(bool, St
 
 /// Runs each cargo-fuzz target for a bounded time (installs cargo-fuzz when missing).
 fn fuzz() -> anyhow::Result<()> {
-    let have = Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    let have = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !have {
         eprintln!("setup: installing cargo-fuzz");
         run(Command::new("cargo").args(["install", "cargo-fuzz", "--locked"]))?;

@@ -4,8 +4,8 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use chokepoint_common::{
-    Config, GrantEntry, GrantVal, IdentKey, IdentVal, LPM_DATA_LEN, LpmKey, MAX_GRANT_ENTRIES,
-    RuleVal, STAT_LOST, STATS_LEN, reason, stat_index, verdict,
+    AttestKey, AttestVal, Config, GrantEntry, GrantVal, IdentKey, IdentVal, LPM_DATA_LEN, LpmKey,
+    MAX_GRANT_ENTRIES, RuleVal, STAT_LOST, STATS_LEN, reason, stat_index, verdict,
 };
 
 use crate::policy::{CompiledPolicy, parse::Cidr};
@@ -287,5 +287,36 @@ pub fn event_addr(family: u8, bytes: &[u8; 16]) -> IpAddr {
         IpAddr::from(*bytes)
     } else {
         IpAddr::from([bytes[0], bytes[1], bytes[2], bytes[3]])
+    }
+}
+
+/// The attestation map: live gateway connections of identities.
+pub struct Attest {
+    pub map: HashMap<MapData, AttestKey, AttestVal>,
+}
+
+impl Attest {
+    /// Who is behind the connection from `peer` (the client, as the gateway sees it) to `local`
+    /// (the gateway endpoint). IPv4-mapped addresses are normalised.
+    pub fn lookup(
+        &self,
+        peer: std::net::SocketAddr,
+        local: std::net::SocketAddr,
+    ) -> Option<AttestVal> {
+        let p = crate::policy::parse::normalise(peer.ip());
+        let l = crate::policy::parse::normalise(local.ip());
+        if p.is_ipv4() != l.is_ipv4() {
+            return None;
+        }
+        let key = AttestKey {
+            family: if p.is_ipv4() { 4 } else { 6 },
+            _pad: 0,
+            peer_port: peer.port(),
+            local_port: local.port(),
+            _pad2: 0,
+            peer_addr: crate::policy::parse::addr_bytes(&p),
+            local_addr: crate::policy::parse::addr_bytes(&l),
+        };
+        self.map.get(&key, 0).ok()
     }
 }

@@ -34,7 +34,7 @@ pub use self::maps::{GrantSpec, IdentBinding, PolicyMaps, Stats};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chokepoint"));
 
 /// Every map the agent pins.
-pub const MAPS: [&str; 8] = [
+pub const MAPS: [&str; 9] = [
     names::CONFIG,
     names::IDENT,
     names::RULES,
@@ -43,6 +43,7 @@ pub const MAPS: [&str; 8] = [
     names::SKTAG,
     names::EVENTS,
     names::STATS,
+    names::ATTEST,
 ];
 
 /// Errors of the loader.
@@ -103,6 +104,7 @@ pub struct Attached {
 /// The loaded kernel side.
 pub struct Kernel {
     pub policy: PolicyMaps,
+    pub attest: maps::Attest,
     pub events: Option<RingBuf<MapData>>,
     pub stats: Stats,
     pub attached: Vec<Attached>,
@@ -336,6 +338,9 @@ pub fn start(
     let stats = Stats {
         map: take(&mut bpf, names::STATS, PerCpuArray::try_from)?,
     };
+    let attest = maps::Attest {
+        map: take(&mut bpf, names::ATTEST, HashMap::try_from)?,
+    };
 
     let cgroup = fs::File::open(opts.cgroup_root).map_err(|source| LoadError::Cgroup {
         path: opts.cgroup_root.to_path_buf(),
@@ -367,6 +372,7 @@ pub fn start(
             Program::CgroupSockAddr(p) => p.load(),
             Program::CgroupSkb(p) => p.load(),
             Program::SchedClassifier(p) => p.load(),
+            Program::SockOps(p) => p.load(),
             Program::Lsm(p) => match btf_ref {
                 Some(b) => p.load("socket_create", b),
                 None => {
@@ -454,6 +460,17 @@ pub fn start(
                             }
                         })?
                     }
+                    Program::SockOps(p) => {
+                        let id = p
+                            .attach(cgroup.as_fd(), CgroupAttachMode::Single)
+                            .map_err(perr)?;
+                        FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(|e| {
+                            LoadError::Pin {
+                                path: path.clone(),
+                                source: Box::new(e),
+                            }
+                        })?
+                    }
                     Program::Lsm(p) => {
                         let id = p.attach().map_err(perr)?;
                         FdLink::from(p.take_link(id).map_err(perr)?)
@@ -490,6 +507,7 @@ pub fn start(
     drop(bpf);
     Ok(Kernel {
         policy,
+        attest,
         events,
         stats,
         attached,

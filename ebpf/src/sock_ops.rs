@@ -1,0 +1,109 @@
+//! `sockops`: the kernel-attested record of live gateway connections. When a TCP connection of
+//! an identity that was allowed as a gateway connection is established, its 4-tuple (as the
+//! gateway sees it) maps to who is behind it; the entry goes when the connection closes.
+
+use core::ffi::c_void;
+
+use aya_ebpf::{
+    bindings::{
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+    },
+    helpers::generated::bpf_get_socket_cookie,
+    macros::sock_ops,
+    programs::SockOpsContext,
+};
+use chokepoint_common::{AttestKey, AttestVal, reason, verdict};
+
+use crate::{
+    decide::{config, now_ns, sock_tag},
+    maps::CP_ATTEST,
+};
+
+const TCP_CLOSE: u32 = 7;
+const AF_INET: u32 = 2;
+
+fn v6_bytes(w: [u32; 4]) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    let mut i = 0;
+    while i < 4 {
+        let b = w[i].to_ne_bytes();
+        out[i * 4] = b[0];
+        out[i * 4 + 1] = b[1];
+        out[i * 4 + 2] = b[2];
+        out[i * 4 + 3] = b[3];
+        i += 1;
+    }
+    out
+}
+
+/// IPv4-mapped IPv6 → IPv4 (first four bytes), returning the family.
+fn norm(a: [u8; 16]) -> (u8, [u8; 16]) {
+    let mapped = a[..10].iter().all(|&b| b == 0) && a[10] == 0xff && a[11] == 0xff;
+    if mapped {
+        let mut o = [0u8; 16];
+        o[..4].copy_from_slice(&a[12..16]);
+        (4, o)
+    } else {
+        (6, a)
+    }
+}
+
+fn key(ctx: &SockOpsContext) -> AttestKey {
+    let mut k = AttestKey {
+        peer_port: ctx.local_port() as u16,
+        // `remote_port` holds the big-endian port in its upper 16 bits (sock_ops ABI).
+        local_port: u16::from_be((ctx.remote_port() >> 16) as u16),
+        ..AttestKey::default()
+    };
+    if ctx.family() == AF_INET {
+        k.family = 4;
+        k.peer_addr[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
+        k.local_addr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
+    } else {
+        let (f, peer) = norm(v6_bytes(ctx.local_ip6()));
+        let (_, local) = norm(v6_bytes(ctx.remote_ip6()));
+        k.family = f;
+        k.peer_addr = peer;
+        k.local_addr = local;
+    }
+    k
+}
+
+#[sock_ops]
+pub fn cp_sock_ops(ctx: SockOpsContext) -> u32 {
+    let op = ctx.op();
+    if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
+        let Some(cfg) = config() else { return 1 };
+        let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
+        if sk.is_null() {
+            return 1;
+        }
+        let tag = sock_tag(sk.cast::<c_void>(), false);
+        if tag.is_null() {
+            return 1;
+        }
+        let t = unsafe { &*tag };
+        if t.ident == 0
+            || t.verdict != verdict::ALLOW
+            || (t.reason != reason::GATEWAY && t.reason != reason::GRANT)
+        {
+            return 1;
+        }
+        let val = AttestVal {
+            since_ns: now_ns(),
+            cookie: unsafe { bpf_get_socket_cookie(ctx.ops.cast()) },
+            cgroup_id: t.cgroup_id,
+            pid_tgid: t.pid_tgid,
+            task: t.task,
+            ident: t.ident,
+            generation: cfg.generation(),
+        };
+        let k = key(&ctx);
+        let _ = CP_ATTEST.insert(k, val, 0);
+        let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    } else if op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == TCP_CLOSE {
+        let k = key(&ctx);
+        let _ = CP_ATTEST.remove(k);
+    }
+    1
+}
