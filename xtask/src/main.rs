@@ -1,9 +1,10 @@
-//! Developer workflows: `setup`, `demo`, `test`, `lint`.
+//! Developer workflows: `setup`, `demo`, `test`, `lint`, `bench`.
 //!
 //! `cargo xtask test` and `cargo xtask demo` run `setup` first, so a fresh machine needs nothing
 //! but the repository: Debian packages, the pinned eBPF toolchain and bpf-linker are installed
 //! when missing (and skipped when present).
 
+mod bench;
 mod demo;
 mod setup;
 
@@ -19,7 +20,7 @@ pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-19";
 
 fn usage() -> ! {
     eprintln!(
-        "usage: cargo xtask <command>\n\n  setup            install what is missing (apt packages, eBPF toolchain, bpf-linker)\n  demo             sandboxed end-to-end demo of enforcement\n  test [--fuzz]    every test, including the privileged integration tests\n  lint             rustfmt check and clippy (host crates and the eBPF crate)"
+        "usage: cargo xtask <command>\n\n  setup            install what is missing (apt packages, eBPF toolchain, bpf-linker)\n  demo             sandboxed end-to-end demo of enforcement\n  test [--fuzz]    every test, including the privileged integration tests\n  lint             rustfmt check and clippy (host crates and the eBPF crate)\n  bench [--quick]  none / nftables / chokepoint side by side, ratios measured in one run"
     );
     std::process::exit(2)
 }
@@ -69,6 +70,7 @@ fn main() {
         "demo" => setup::setup().and_then(|()| demo::demo()),
         "test" => setup::setup().and_then(|()| test(rest)),
         "lint" => setup::setup().and_then(|()| lint()),
+        "bench" => setup::setup().and_then(|()| bench::bench(rest)),
         _ => usage(),
     };
     if let Err(e) = r {
