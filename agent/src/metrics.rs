@@ -58,21 +58,21 @@ pub struct Gauges {
 }
 
 impl Metrics {
-    /// Counts one delivered decision record.
-    pub fn decision(&self, identity: &str, verdict: &str, reason: &str) {
+    /// Counts `n` delivered decision records of one (identity, verdict, reason).
+    pub fn decisions(&self, identity: &str, verdict: &str, reason: &str, n: u64) {
         *self
             .decisions
             .lock()
             .expect("metrics lock")
             .entry((identity.into(), verdict.into(), reason.into()))
-            .or_default() += 1;
+            .or_default() += n;
         if verdict == "deny" || verdict == "audit" {
             *self
                 .bypass
                 .lock()
                 .expect("metrics lock")
                 .entry((identity.into(), reason.into()))
-                .or_default() += 1;
+                .or_default() += n;
         }
     }
 

@@ -305,6 +305,7 @@ pub fn record<F: FnOnce(&mut Event)>(verdict_code: u8, reason_code: u8, fill: F)
             ev.verdict = verdict_code;
             ev.reason = reason_code;
             fill(ev);
+            // Adaptive notification: the consumer is woken only when it had caught up.
             slot.submit(0);
         }
         None => count(STAT_LOST),

@@ -46,6 +46,22 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds the agent and the probe with the release profile (for benchmarks).
+pub fn build_release() -> anyhow::Result<(PathBuf, PathBuf)> {
+    run(Command::new("cargo").args([
+        "build",
+        "--quiet",
+        "--release",
+        "-p",
+        "chokepoint-agent",
+        "-p",
+        "chokepoint-tests",
+        "--bins",
+    ]))?;
+    let t = root().join("target/release");
+    Ok((t.join("chokepoint"), t.join("cp-probe")))
+}
+
 /// Builds the agent and the test probe (debug profile); returns (chokepoint, cp-probe) paths.
 pub fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
     run(Command::new("cargo").args([

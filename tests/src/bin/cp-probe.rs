@@ -560,7 +560,10 @@ fn serve(tcp_ports: &[u16], udp_ports: &[u16], icmp: bool) {
 
 /// Pins this process to the CPU in `CP_CPU`, if set.
 fn pin_cpu() {
-    if let Some(cpu) = std::env::var("CP_CPU").ok().and_then(|c| c.parse::<usize>().ok()) {
+    if let Some(cpu) = std::env::var("CP_CPU")
+        .ok()
+        .and_then(|c| c.parse::<usize>().ok())
+    {
         // SAFETY: a zeroed cpu_set_t with one bit set, passed to sched_setaffinity for ourselves.
         unsafe {
             let mut set: libc::cpu_set_t = zeroed();
@@ -657,7 +660,10 @@ fn bench_client(mode: &str, dst: SocketAddr, secs: f64) -> serde_json::Value {
             s.set_nodelay(true).expect("nodelay");
             while t0.elapsed() < dur {
                 let t = Instant::now();
-                if s.write_all(&req).and_then(|_| s.read_exact(&mut resp)).is_err() {
+                if s.write_all(&req)
+                    .and_then(|_| s.read_exact(&mut resp))
+                    .is_err()
+                {
                     errors += 1;
                     break;
                 }
