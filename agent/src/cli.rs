@@ -604,11 +604,14 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 })
                 .await?;
             if !follow {
-                let list = r.as_array().cloned().unwrap_or_default();
-                for rec in list {
-                    if json {
-                        println!("{rec}");
-                    } else {
+                // One JSON document: the array of the most recent records.
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&r).unwrap_or_else(|_| "[]".into())
+                    );
+                } else {
+                    for rec in r.as_array().cloned().unwrap_or_default() {
                         println!("{}", flow_line(&rec));
                     }
                 }
@@ -634,10 +637,13 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             let mut c = Client::connect(&socket).await?;
             let r = c.call(&Request::Alerts { follow }).await?;
             if !follow {
-                for a in r.as_array().cloned().unwrap_or_default() {
-                    if json {
-                        println!("{a}");
-                    } else {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string(&r).unwrap_or_else(|_| "[]".into())
+                    );
+                } else {
+                    for a in r.as_array().cloned().unwrap_or_default() {
                         println!("{}", alert_line(&a));
                     }
                 }

@@ -119,6 +119,8 @@ pub struct Shared {
     degraded: Vec<(String, String)>,
     webhook: Arc<WebhookStats>,
     shutting_down: AtomicBool,
+    /// eventfd that tells the cgroup watcher to re-arm (the policy changed).
+    rearm_fd: i32,
 }
 
 /// The empty policy of generation 0 (no identities: nothing is touched).
@@ -307,6 +309,8 @@ impl Shared {
             bindings,
             applied_at: meta.applied_at.clone(),
         };
+        // The watcher must watch this generation's selectors.
+        self.rearm_watcher();
         // Identity ids may have moved: rewrite grants for the new ids.
         if let Err(e) = self.sync_grants() {
             warn!(error = %e, "re-writing grants after apply failed");
@@ -327,13 +331,45 @@ impl Shared {
             return;
         }
         let mut maps = self.maps.lock().expect("maps lock");
-        match maps.apply(&policy, &now, generation) {
+        // The generation may have moved on while we computed: re-check under the maps lock.
+        if self.active.read().expect("active lock").generation != generation {
+            return;
+        }
+        match maps.rebind(&old, &now) {
             Ok(_) => {
                 info!(generation, cgroups = now.len(), "identity cgroups re-bound");
                 self.active.write().expect("active lock").bindings = now;
             }
             Err(e) => error!(error = %e, "re-binding identity cgroups failed"),
         }
+    }
+
+    /// Wakes the cgroup watcher so it re-arms for the current selectors.
+    fn rearm_watcher(&self) {
+        let one: u64 = 1;
+        // SAFETY: writing 8 bytes to our eventfd.
+        unsafe { libc::write(self.rearm_fd, std::ptr::from_ref(&one).cast(), 8) };
+    }
+
+    /// Directories whose changes can change the bindings: for every selector, the nearest
+    /// existing ancestor of the selected cgroup's parent (so creation, deletion and re-creation
+    /// of the cgroup are all seen).
+    fn watch_dirs(&self) -> Vec<PathBuf> {
+        let a = self.active.read().expect("active lock");
+        let mut dirs: Vec<PathBuf> = a
+            .policy
+            .identities
+            .iter()
+            .map(|i| {
+                let mut p = self.opts.cgroup_root.join(&i.cgroup_path);
+                p.pop();
+                while !p.is_dir() && p.starts_with(&self.opts.cgroup_root) && p.pop() {}
+                p
+            })
+            .collect();
+        dirs.sort();
+        dirs.dedup();
+        dirs
     }
 
     fn programs(&self) -> Vec<(String, bool)> {
@@ -667,9 +703,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         degraded,
         webhook: Arc::new(WebhookStats::default()),
         shutting_down: AtomicBool::new(false),
+        // SAFETY: eventfd has no preconditions; -1 (failure) is handled by the watcher's poll.
+        rearm_fd: unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) },
         opts: opts.clone(),
     });
     shared.sync_grants().context("restoring grants")?;
+    {
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("cgroup-watch".into())
+            .spawn(move || watch_cgroups(s))
+            .context("starting the cgroup watcher")?;
+    }
 
     // --policy: apply when it differs from the active generation.
     if let Some(path) = &opts.policy {
@@ -974,6 +1019,64 @@ async fn alert_flusher(shared: Arc<Shared>, dedup: Arc<Mutex<Deduper>>, q: mpsc:
             shared.webhook.failures.load(Ordering::Relaxed),
             Ordering::Relaxed,
         );
+    }
+}
+
+/// Watches the directories where selected cgroups live (inotify) and re-binds identities the
+/// moment a selected cgroup is created, deleted or recreated: the window between `mkdir` and the
+/// first process moving in is microseconds, not the housekeeping period.
+fn watch_cgroups(shared: Arc<Shared>) {
+    loop {
+        if shared.shutting_down.load(Ordering::Relaxed) {
+            return;
+        }
+        // SAFETY: inotify_init1 has no preconditions.
+        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
+        if fd < 0 {
+            warn!("inotify unavailable; selected cgroups are re-bound every 500 ms only");
+            return;
+        }
+        for d in shared.watch_dirs() {
+            let Ok(c) = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()) else {
+                continue;
+            };
+            // SAFETY: valid fd and C string.
+            unsafe {
+                libc::inotify_add_watch(
+                    fd,
+                    c.as_ptr(),
+                    libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_TO | libc::IN_ONLYDIR,
+                )
+            };
+        }
+        // Bindings may have changed between the last reconcile and arming the watches.
+        shared.reconcile();
+        let mut pfds = [
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: shared.rearm_fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // Until a selected cgroup changes, the policy changes (re-arm), or 500 ms pass.
+        // SAFETY: poll on our descriptors.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, 500) };
+        if n > 0 {
+            let mut buf = [0u8; 4096];
+            // SAFETY: reads into our buffer drain both descriptors; the contents are not needed.
+            unsafe {
+                while libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 0 {}
+                while libc::read(shared.rearm_fd, buf.as_mut_ptr().cast(), 8) > 0 {}
+            }
+            shared.reconcile();
+        }
+        // SAFETY: closing our own descriptor.
+        unsafe { libc::close(fd) };
     }
 }
 

@@ -62,7 +62,7 @@ pub mod names {
 
 /// Build identity of the eBPF object layout. Bumped whenever a map's key or value changes, so a
 /// daemon never adopts pins of a layout it does not understand.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Deepest cgroup level the identity walk inspects (level 0 is the root).
 pub const MAX_CGROUP_DEPTH: u32 = 16;
@@ -340,8 +340,10 @@ pub struct PortEntry {
     pub proto: u8,
     /// [`kind::GATEWAY`] or [`kind::RULE`]; 0 marks an unused entry.
     pub kind: u8,
+    /// Padding.
+    pub _pad: u16,
     /// Rule index within the identity (for records); gateways use the gateway index.
-    pub rule: u16,
+    pub rule: u32,
 }
 
 /// Value of [`names::RULES`]: everything allowed at this prefix, including what enclosing prefixes
@@ -524,8 +526,8 @@ assert_size!(IdentKey, 16);
 assert_size!(IdentVal, 8);
 assert_size!(CgCache, 16);
 assert_size!(LpmKey, 28);
-assert_size!(PortEntry, 8);
-assert_size!(RuleVal, 8 * MAX_PORT_ENTRIES);
+assert_size!(PortEntry, 12);
+assert_size!(RuleVal, 12 * MAX_PORT_ENTRIES);
 assert_size!(GrantEntry, 24);
 assert_size!(GrantVal, 24 * MAX_GRANT_ENTRIES);
 assert_size!(SockTag, 104);

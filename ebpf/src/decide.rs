@@ -210,7 +210,7 @@ pub fn decide(cfg: &Config, id: &Ident, d: &Dest) -> Decision {
                     } else {
                         reason::RULE
                     },
-                    rule: e.rule as u32,
+                    rule: e.rule,
                     task: 0,
                     expires_ns: 0,
                 };

@@ -858,9 +858,9 @@ impl Daemon {
     pub fn flows(&self) -> Vec<Value> {
         let (ok, out, err) = self.try_cli(&["flows", "--json"]);
         assert!(ok, "flows failed: {err}");
-        out.lines()
-            .filter_map(|l| serde_json::from_str(l).ok())
-            .collect()
+        // `flows --json` prints one JSON document: an array.
+        serde_json::from_str::<Vec<Value>>(out.trim())
+            .unwrap_or_else(|e| panic!("flows --json is not a JSON array: {e}\n{out}"))
     }
 
     /// Waits until a flow record satisfies `pred`, returning it.

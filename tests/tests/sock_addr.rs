@@ -361,3 +361,32 @@ fn processes_outside_identities_unaffected() {
         "records for traffic outside identities"
     );
 }
+
+#[test]
+fn selected_cgroup_created_after_the_policy_is_enforced_at_once() {
+    let sb = Sandbox::new();
+    let name = unique("cpt-late");
+    let rel = format!("/{name}");
+    let daemon = Daemon::start(&sb.policy(&[("agent", &rel, "enforce")]), &[]);
+    let st = daemon.cli_json(&["status", "--json"]);
+    assert!(st["identities"][0]["enforcing"] == false, "{st}");
+    for round in 0..3 {
+        // Created now, used at once: no waiting for the daemon.
+        let cg = Cgroup::new(&name);
+        let p = payload("late");
+        let r = probe(
+            Some(&cg.path),
+            None,
+            &["tcp", &a(sb.forbidden4(), OTHER_TCP)],
+            &p,
+        );
+        assert!(
+            eperm(&r),
+            "round {round}: a freshly created selected cgroup got out: {r}\n{}",
+            daemon.log_text()
+        );
+        drop(cg);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(sb.received.with_payload("late"), 0);
+}

@@ -282,6 +282,10 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
     let gw = format!("{SERVER}:{PORT}");
     let denied = "100.64.0.1:443".to_string();
     let mut results = json!({"machine": machine(), "quick": quick, "reps": reps, "secs_per_run": secs, "sizes": {}});
+    let dir = crate::root().join("bench-results");
+    std::fs::create_dir_all(&dir)?;
+    let stamp = chrono_stamp();
+    let json_path = dir.join(format!("bench-{stamp}.json"));
 
     for &n in &sizes {
         eprintln!("bench: N = {n}");
@@ -449,14 +453,11 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
             "nft_load_s": nft_load,
             "records": {"flood": flood, "emitted": emitted, "delivered": delivered, "lost": lost, "accounted": delivered + lost == emitted, "records_per_s": delivered as f64 / flood_s},
         });
+        // Written after every size, so a long run keeps what it measured.
+        std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
+        std::fs::write(dir.join(format!("bench-{stamp}.md")), markdown(&results))?;
     }
-    let dir = crate::root().join("bench-results");
-    std::fs::create_dir_all(&dir)?;
-    let stamp = chrono_stamp();
-    let json_path = dir.join(format!("bench-{stamp}.json"));
-    std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
     let md = markdown(&results);
-    std::fs::write(dir.join(format!("bench-{stamp}.md")), &md)?;
     println!("{md}");
     println!("results: {}", json_path.display());
     Ok(())

@@ -142,6 +142,44 @@ impl PolicyMaps {
         Ok(())
     }
 
+    /// Changes the identity bindings of the active generation in place (a selected cgroup
+    /// appeared, vanished or was recreated): one map write per changed cgroup, then an epoch bump
+    /// so cached resolutions are redone. The rules are untouched.
+    pub fn rebind(
+        &mut self,
+        old: &[IdentBinding],
+        new: &[IdentBinding],
+    ) -> Result<Config, MapsError> {
+        let slot = self.config()?.slot();
+        let key = |b: &IdentBinding| IdentKey {
+            cgroup_id: b.cgroup_id,
+            slot,
+            _pad: 0,
+        };
+        for b in new {
+            if !old
+                .iter()
+                .any(|o| o.cgroup_id == b.cgroup_id && o.ident == b.ident && o.mode == b.mode)
+            {
+                let val = IdentVal {
+                    ident: b.ident,
+                    mode: b.mode,
+                    _pad: [0; 3],
+                };
+                self.ident.insert(key(b), val, 0).map_err(m("CP_IDENT"))?;
+            }
+        }
+        for o in old {
+            if !new.iter().any(|b| b.cgroup_id == o.cgroup_id) {
+                match self.ident.remove(&key(o)) {
+                    Ok(()) | Err(MapError::KeyNotFound) => {}
+                    Err(e) => return Err(m("CP_IDENT")(e)),
+                }
+            }
+        }
+        self.bump_epoch()
+    }
+
     /// Bumps the epoch (invalidates every cached verdict) keeping slot and generation.
     pub fn bump_epoch(&mut self) -> Result<Config, MapsError> {
         let cur = self.config()?;

@@ -172,7 +172,14 @@ pub fn compile_source(file: &str, source: &[u8]) -> Result<CompiledPolicy, Polic
     if text.trim().is_empty() {
         return Err(fail(1, 1, "document", "the document is empty".into()));
     }
-    let doc: PolicyDoc = match serde_saphyr::from_str(text) {
+    // The parser's default budget (250k nodes) is below what MAX_PREFIXES rules need; the
+    // document size cap above bounds the work instead.
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = 4_000_000;
+    budget.max_events = 8_000_000;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    let doc: PolicyDoc = match serde_saphyr::from_str_with_options(text, options) {
         Ok(d) => d,
         Err(e) => {
             let (line, col) = e
@@ -352,7 +359,7 @@ fn compile_doc(file: &str, doc: PolicyDoc, text: &str) -> Result<CompiledPolicy,
             (None, None) => cx.at(sel, format!("{field}.selector"), "a selector needs cgroupPath"),
         }
 
-        let mut raw: BTreeMap<Cidr, BTreeSet<(PortSpec, u8, u16)>> = BTreeMap::new();
+        let mut raw: BTreeMap<Cidr, BTreeSet<(PortSpec, u8, u32)>> = BTreeMap::new();
         let mut gws = Vec::new();
         for (gi, g) in id.egress.gateways.iter().enumerate() {
             match gw_index.get(g.value.trim()) {
@@ -361,7 +368,7 @@ fn compile_doc(file: &str, doc: PolicyDoc, text: &str) -> Result<CompiledPolicy,
                     for (c, p) in &gw_endpoints[idx] {
                         raw.entry(*c)
                             .or_default()
-                            .insert((*p, kind::GATEWAY, idx as u16));
+                            .insert((*p, kind::GATEWAY, idx as u32));
                     }
                 }
                 None => cx.at(
@@ -396,13 +403,9 @@ fn compile_doc(file: &str, doc: PolicyDoc, text: &str) -> Result<CompiledPolicy,
                 None => format!("allow[{ri}]"),
             };
             rules.push(label);
-            if ri > u16::MAX as usize {
-                cx.at(&r.to, rf.clone(), "too many rules in one identity");
-                continue;
-            }
             if let Some(c) = cidr {
                 for s in specs {
-                    raw.entry(c).or_default().insert((s, kind::RULE, ri as u16));
+                    raw.entry(c).or_default().insert((s, kind::RULE, ri as u32));
                 }
             }
         }
@@ -439,6 +442,18 @@ fn compile_doc(file: &str, doc: PolicyDoc, text: &str) -> Result<CompiledPolicy,
     }
     if !cx.problems.is_empty() {
         cx.problems.sort_by_key(|p| (p.line, p.column));
+        const MAX_REPORTED: usize = 100;
+        if cx.problems.len() > MAX_REPORTED {
+            let more = cx.problems.len() - MAX_REPORTED;
+            let last = cx.problems[MAX_REPORTED - 1].clone();
+            cx.problems.truncate(MAX_REPORTED);
+            cx.problems.push(Problem {
+                line: last.line,
+                column: last.column,
+                field: "document".into(),
+                message: format!("… and {more} more problems"),
+            });
+        }
         return Err(PolicyError {
             file: file.to_string(),
             problems: cx.problems,
@@ -457,12 +472,12 @@ fn compile_doc(file: &str, doc: PolicyDoc, text: &str) -> Result<CompiledPolicy,
 /// Adds to every prefix the entries of every enclosing prefix, so the kernel's longest-prefix
 /// match alone finds everything allowed for an address.
 fn merge_ancestors(
-    raw: &BTreeMap<Cidr, BTreeSet<(PortSpec, u8, u16)>>,
+    raw: &BTreeMap<Cidr, BTreeSet<(PortSpec, u8, u32)>>,
 ) -> BTreeMap<Cidr, Vec<PortEntry>> {
     let lengths: BTreeSet<(u8, u8)> = raw.keys().map(|c| (c.family(), c.bits)).collect();
     let mut out = BTreeMap::new();
     for (cidr, own) in raw {
-        let mut all: BTreeSet<(PortSpec, u8, u16)> = own.clone();
+        let mut all: BTreeSet<(PortSpec, u8, u32)> = own.clone();
         for &(fam, bits) in &lengths {
             if fam != cidr.family() || bits >= cidr.bits {
                 continue;
@@ -472,7 +487,7 @@ fn merge_ancestors(
             }
         }
         // Gateways first, then rules; within each by port.
-        let mut v: Vec<(PortSpec, u8, u16)> = all.into_iter().collect();
+        let mut v: Vec<(PortSpec, u8, u32)> = all.into_iter().collect();
         v.sort_by_key(|(p, k, r)| (*k, *r, *p));
         v.dedup_by_key(|(p, k, _)| (*p, *k));
         out.insert(
@@ -483,6 +498,7 @@ fn merge_ancestors(
                     port_hi: p.hi,
                     proto: p.proto,
                     kind: k,
+                    _pad: 0,
                     rule: r,
                 })
                 .collect(),
@@ -570,6 +586,17 @@ spec:
         let s = e.to_string();
         assert!(s.contains("duplicate identity name"), "{s}");
         assert!(s.contains("overlaps"), "{s}");
+    }
+
+    #[test]
+    fn compiles_a_hundred_thousand_rules() {
+        let mut doc = GOOD.to_string();
+        for i in 0..100_000u32 {
+            let a = std::net::Ipv4Addr::from((100u32 << 24) | (64 << 16) | (i + 1));
+            doc += &format!("          - to: \"{a}/32\"\n            ports: [\"443/tcp\"]\n");
+        }
+        let p = compile_source("big.yaml", doc.as_bytes()).unwrap();
+        assert!(p.prefix_count() > 100_000);
     }
 
     #[test]
