@@ -238,6 +238,10 @@ pub struct DaemonArgs {
     /// Also serve attestation over HTTP on this address (keep it on loopback).
     #[arg(long)]
     pub attest_addr: Option<String>,
+    /// How often gateway host names are re-resolved (default 30s; old addresses stay allowed for
+    /// 10 minutes after they leave the answer).
+    #[arg(long)]
+    pub dns_refresh: Option<String>,
 }
 
 /// `--config` file: the same options as the flags.
@@ -264,6 +268,7 @@ struct ConfigFile {
     attest_socket_mode: Option<String>,
     attest_group: Option<String>,
     attest_addr: Option<String>,
+    dns_refresh: Option<String>,
 }
 
 impl DaemonArgs {
@@ -338,6 +343,13 @@ impl DaemonArgs {
                 },
                 attest_group: self.attest_group.or(cfg.attest_group),
                 attest_addr: self.attest_addr.or(cfg.attest_addr),
+                dns_refresh: util::parse_duration(
+                    &self
+                        .dns_refresh
+                        .or(cfg.dns_refresh)
+                        .unwrap_or_else(|| "30s".into()),
+                )
+                .map_err(|e| anyhow::anyhow!("--dns-refresh: {e}"))?,
             },
             self.log_format
                 .or(cfg.log_format)
@@ -405,6 +417,42 @@ fn alert_line(a: &Value) -> String {
         s("first_seen"),
         s("last_seen")
     )
+}
+
+/// Prints `flows`/`alerts` output: without `follow`, the entries the daemon returned (one JSON
+/// document with `json`); with `follow`, each streamed entry as it arrives (one JSON object per
+/// line with `json`).
+async fn print_entries(
+    c: &mut Client,
+    first: Value,
+    follow: bool,
+    json: bool,
+    human: fn(&Value) -> String,
+) -> anyhow::Result<()> {
+    if !follow {
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string(&first).unwrap_or_else(|_| "[]".into())
+            );
+        } else {
+            for e in first.as_array().cloned().unwrap_or_default() {
+                println!("{}", human(&e));
+            }
+        }
+        return Ok(());
+    }
+    while let Some(line) = c.next_line().await? {
+        let mut out = std::io::stdout().lock();
+        if json {
+            let _ = writeln!(out, "{line}");
+        } else {
+            let e: Value = serde_json::from_str(&line).unwrap_or(json!({}));
+            let _ = writeln!(out, "{}", human(&e));
+        }
+        let _ = out.flush();
+    }
+    Ok(())
 }
 
 /// Runs a client command.
@@ -603,31 +651,7 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                     verdict,
                 })
                 .await?;
-            if !follow {
-                // One JSON document: the array of the most recent records.
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&r).unwrap_or_else(|_| "[]".into())
-                    );
-                } else {
-                    for rec in r.as_array().cloned().unwrap_or_default() {
-                        println!("{}", flow_line(&rec));
-                    }
-                }
-                return Ok(());
-            }
-            while let Some(line) = c.next_line().await? {
-                let rec: Value = serde_json::from_str(&line).unwrap_or(json!({}));
-                let mut out = std::io::stdout().lock();
-                if json {
-                    let _ = writeln!(out, "{line}");
-                } else {
-                    let _ = writeln!(out, "{}", flow_line(&rec));
-                }
-                let _ = out.flush();
-            }
-            Ok(())
+            print_entries(&mut c, r, follow, json, flow_line).await
         }
         Command::Alerts {
             follow,
@@ -636,30 +660,7 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
         } => {
             let mut c = Client::connect(&socket).await?;
             let r = c.call(&Request::Alerts { follow }).await?;
-            if !follow {
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string(&r).unwrap_or_else(|_| "[]".into())
-                    );
-                } else {
-                    for a in r.as_array().cloned().unwrap_or_default() {
-                        println!("{}", alert_line(&a));
-                    }
-                }
-                return Ok(());
-            }
-            while let Some(line) = c.next_line().await? {
-                let a: Value = serde_json::from_str(&line).unwrap_or(json!({}));
-                let mut out = std::io::stdout().lock();
-                if json {
-                    let _ = writeln!(out, "{line}");
-                } else {
-                    let _ = writeln!(out, "{}", alert_line(&a));
-                }
-                let _ = out.flush();
-            }
-            Ok(())
+            print_entries(&mut c, r, follow, json, alert_line).await
         }
         Command::Grant {
             identity,

@@ -35,7 +35,7 @@ use crate::{
     cgroup::{self, PathCache},
     metrics::{Gauges, Metrics},
     policy::{
-        CompiledPolicy, compile_source,
+        CompiledPolicy,
         parse::{Cidr, parse_cidr},
     },
     state::{GenerationMeta, StateStore, StoredGrant},
@@ -68,6 +68,8 @@ pub struct Options {
     pub attest_group: Option<String>,
     /// Optional loopback HTTP address for the attestation endpoint.
     pub attest_addr: Option<String>,
+    /// How often gateway host names are re-resolved.
+    pub dns_refresh: Duration,
 }
 
 /// Records and alerts kept in memory for `flows` and `alerts` without `--follow`.
@@ -119,9 +121,14 @@ pub struct Shared {
     degraded: Vec<(String, String)>,
     webhook: Arc<WebhookStats>,
     shutting_down: AtomicBool,
+    /// Gateway host name cache.
+    dns: crate::dns::DnsCache,
     /// eventfd that tells the cgroup watcher to re-arm (the policy changed).
     rearm_fd: i32,
 }
+
+/// Compiled generations kept in memory to name identities and rules in records.
+const KEEP_GENERATIONS: usize = 4;
 
 /// The empty policy of generation 0 (no identities: nothing is touched).
 fn empty_policy() -> CompiledPolicy {
@@ -130,8 +137,20 @@ fn empty_policy() -> CompiledPolicy {
         digest: String::new(),
         gateways: Vec::new(),
         identities: Vec::new(),
+        resolved: BTreeMap::new(),
         source: String::new(),
     }
+}
+
+/// Compiles with gateway host names resolved through the daemon's cache (grace for rotations).
+fn compile_cached(
+    dns: &crate::dns::DnsCache,
+    file: &str,
+    src: &[u8],
+) -> Result<CompiledPolicy, crate::policy::compile::PolicyError> {
+    let resolve =
+        |h: &str, p: u16| dns.resolve(h, p, &crate::policy::parse::system_resolve, Instant::now());
+    crate::policy::compile_source_with(file, src, &resolve)
 }
 
 /// Resolves every identity's selector to its cgroup id; missing cgroups are skipped (the
@@ -189,7 +208,7 @@ pub fn parse_grant_dest(to: &str) -> Result<(Vec<Cidr>, crate::policy::parse::Po
         Err(_) => {
             let ep =
                 crate::policy::parse::parse_endpoint(&format!("{host}:{}/tcp", spec.lo.max(1)))?;
-            ep.addrs.into_iter().map(Cidr::host).collect()
+            ep.nets
         }
     };
     Ok((cidrs, spec))
@@ -299,10 +318,15 @@ impl Shared {
         }
         drop(maps);
         drop(store);
-        self.generations
-            .write()
-            .expect("generations lock")
-            .insert(generation, policy.clone());
+        {
+            let mut g = self.generations.write().expect("generations lock");
+            g.insert(generation, policy.clone());
+            // Records name identities of recent generations only (what the ring buffer may still
+            // hold); older compiled policies are dropped, not kept for the daemon's lifetime.
+            while g.len() > KEEP_GENERATIONS {
+                g.pop_first();
+            }
+        }
         *self.active.write().expect("active lock") = Active {
             generation,
             policy,
@@ -318,6 +342,41 @@ impl Shared {
         self.metrics.apply_seconds(t0.elapsed().as_secs_f64());
         info!(generation, action, digest = %meta.digest, by_uid = ?who.0, by_pid = ?who.1, "policy generation active");
         Ok(generation)
+    }
+
+    /// Re-resolves gateway host names; when the allowed addresses change (a new address, or an
+    /// old one past its grace period), the active policy is recompiled as a new generation.
+    fn refresh_dns(&self) {
+        let policy = self.active.read().expect("active lock").policy.clone();
+        if policy.resolved.is_empty() {
+            return;
+        }
+        let changed = policy.resolved.iter().any(|(host, compiled)| {
+            match self.dns.resolve(
+                host,
+                443,
+                &crate::policy::parse::system_resolve,
+                Instant::now(),
+            ) {
+                Ok(now) => &now != compiled,
+                Err(_) => false,
+            }
+        });
+        if !changed {
+            return;
+        }
+        match compile_cached(&self.dns, "dns-refresh", policy.source.as_bytes()) {
+            Ok(p) => match self.apply(p, "dns-refresh", (None, Some(std::process::id()))) {
+                Ok(g) => info!(
+                    generation = g,
+                    "gateway addresses changed; policy recompiled"
+                ),
+                Err(e) => error!(error = %e, "applying re-resolved gateway addresses failed"),
+            },
+            Err(e) => {
+                warn!(error = %e, "re-resolving gateway host names failed; keeping the active generation")
+            }
+        }
     }
 
     /// Re-binds identities whose cgroups appeared, vanished or were recreated.
@@ -536,6 +595,7 @@ impl Shared {
             "digest": policy.digest,
             "gateways": policy.gateways,
             "identities": policy.identities,
+            "resolved": policy.resolved,
             "source": policy.source,
         })
     }
@@ -607,11 +667,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let store = StateStore::open(&opts.state_dir)?;
     // The policy to bring up: the state's current generation, then --policy if it differs.
     let current = store.current()?;
+    let dns = crate::dns::DnsCache::new(crate::dns::DEFAULT_GRACE);
     let mut generations = BTreeMap::new();
     let (start_gen, start_policy) = match current {
         Some(g) => {
             let src = store.source(g).with_context(|| format!("state dir {}: generation {g} is recorded as current but its source is unreadable; refusing to start (pinned enforcement stays as it is)", opts.state_dir.display()))?;
-            let p = compile_source(
+            let p = compile_cached(
+                &dns,
                 &format!("{}/generations/{g}.yaml", opts.state_dir.display()),
                 &src,
             )
@@ -620,12 +682,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         }
         None => (0, empty_policy()),
     };
-    for m in store.history()? {
+    let history = store.history()?;
+    let recent = history.len().saturating_sub(KEEP_GENERATIONS);
+    for m in &history[recent..] {
         if m.generation == start_gen {
             continue;
         }
         if let Ok(src) = store.source(m.generation)
-            && let Ok(p) = compile_source("history", &src)
+            // Older generations only name things in records: no DNS for them.
+            && let Ok(p) = crate::policy::compile_source_with("history", &src, &|_, _| Ok(Vec::new()))
         {
             generations.insert(m.generation, Arc::new(p));
         }
@@ -703,6 +768,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         degraded,
         webhook: Arc::new(WebhookStats::default()),
         shutting_down: AtomicBool::new(false),
+        dns,
         // SAFETY: eventfd has no preconditions; -1 (failure) is handled by the watcher's poll.
         rearm_fd: unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) },
         opts: opts.clone(),
@@ -719,7 +785,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // --policy: apply when it differs from the active generation.
     if let Some(path) = &opts.policy {
         let src = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-        let p = compile_source(&path.display().to_string(), &src)
+        let p = compile_cached(&shared.dns, &path.display().to_string(), &src)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         if p.digest != start_policy.digest {
             shared.apply(p, "startup", (Some(0), Some(std::process::id())))?;
@@ -861,7 +927,6 @@ async fn consume(
         )?),
         None => None,
     };
-    let mut batch: Vec<Event> = Vec::with_capacity(4096);
     // Test knob: slow the consumer down to exercise loss accounting.
     let delay = std::env::var("CHOKEPOINT_CONSUMER_DELAY_MS")
         .ok()
@@ -903,36 +968,42 @@ async fn consume(
             }
         }
         drained = true;
+        let mut records = Vec::new();
         {
+            let mut names = EnrichNames {
+                shared: &shared,
+                paths: Some(&mut paths),
+            };
             let rb = afd.get_mut();
             while let Some(item) = rb.next() {
                 if item.len() >= size_of::<Event>() {
                     // SAFETY: the kernel wrote a whole Event; read_unaligned copes with alignment.
                     let ev = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<Event>()) };
-                    batch.push(ev);
+                    let r = Arc::new(audit::enrich(&ev, &shared.node, &mut names));
+                    // The line reaches the file (page cache) before the ring slot is released
+                    // (when `item` drops): a killed daemon loses no consumed record.
+                    if let Some(l) = audit_log.as_mut()
+                        && let Err(e) = l.write(r.as_ref())
+                    {
+                        shared.metrics.lost_user.fetch_add(1, Ordering::Relaxed);
+                        error!(error = %e, "audit log write failed (record counted as lost)");
+                    }
+                    records.push(r);
                 }
-                if batch.len() >= limit {
+                if records.len() >= limit {
                     drained = false;
                     break;
                 }
             }
         }
-        if batch.is_empty() {
+        if records.is_empty() {
             continue;
-        }
-        let mut names = EnrichNames {
-            shared: &shared,
-            paths: Some(&mut paths),
-        };
-        let mut records = Vec::with_capacity(batch.len());
-        for ev in batch.drain(..) {
-            records.push(Arc::new(audit::enrich(&ev, &shared.node, &mut names)));
         }
         shared
             .metrics
             .delivered
             .fetch_add(records.len() as u64, Ordering::Relaxed);
-        deliver(&shared, &records, audit_log.as_mut(), &dedup);
+        deliver(&shared, &records, &dedup);
         dirty = true;
         if last_sync.elapsed() >= SYNC {
             if let Some(l) = audit_log.as_mut() {
@@ -944,23 +1015,12 @@ async fn consume(
     }
 }
 
-fn deliver(
-    shared: &Shared,
-    records: &[Arc<FlowRecord>],
-    mut audit_log: Option<&mut JsonLines>,
-    dedup: &Mutex<Deduper>,
-) {
+fn deliver(shared: &Shared, records: &[Arc<FlowRecord>], dedup: &Mutex<Deduper>) {
     let mut d = dedup.lock().expect("dedup lock");
     let mut ring = shared.flows.lock().expect("flows lock");
     // Counted per batch: one metrics update per distinct (identity, verdict, reason).
     let mut counts: HashMap<(&str, &str, &str), u64> = HashMap::new();
     for r in records {
-        if let Some(l) = audit_log.as_deref_mut()
-            && let Err(e) = l.write(r.as_ref())
-        {
-            shared.metrics.lost_user.fetch_add(1, Ordering::Relaxed);
-            error!(error = %e, "audit log write failed (record counted as lost)");
-        }
         if shared.opts.audit_stdout
             && let Ok(s) = serde_json::to_string(r.as_ref())
         {
@@ -1084,6 +1144,7 @@ fn watch_cgroups(shared: Arc<Shared>) {
 /// grants pruned from state.
 async fn housekeeping(shared: Arc<Shared>, baseline_lost: u64) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last_dns = Instant::now();
     let mut last_lost: Option<u64> = Some(baseline_lost);
     loop {
         tick.tick().await;
@@ -1123,6 +1184,11 @@ async fn housekeeping(shared: Arc<Shared>, baseline_lost: u64) {
         }
         let reconcile = shared.clone();
         let _ = tokio::task::spawn_blocking(move || reconcile.reconcile()).await;
+        if last_dns.elapsed() >= shared.opts.dns_refresh {
+            last_dns = Instant::now();
+            let s = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || s.refresh_dns()).await;
+        }
         let prune = {
             let store = shared.store.lock().expect("store lock");
             match store.grants() {
@@ -1386,14 +1452,16 @@ fn handle_request(
             Ok(shared.policy_json(a.generation, &a.policy))
         }
         Request::PolicyApply { file, source } => {
-            let p = compile_source(&file, source.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let p = compile_cached(&shared.dns, &file, source.as_bytes())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let previous = shared.active.read().expect("active lock").generation;
             let g = shared.apply(p, "apply", who)?;
             let a = shared.active.read().expect("active lock");
             Ok(json!({"generation": g, "previous": previous, "digest": a.policy.digest}))
         }
         Request::PolicyDiff { file, source } => {
-            let p = compile_source(&file, source.as_bytes()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            let p = compile_cached(&shared.dns, &file, source.as_bytes())
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let a = shared.active.read().expect("active lock");
             Ok(crate::cli::diff_policies(&a.policy, &p))
         }
@@ -1425,7 +1493,7 @@ fn handle_request(
                 (cur, target)
             };
             let src = shared.store.lock().expect("store lock").source(target)?;
-            let p = compile_source(&format!("generation {target}"), &src)
+            let p = compile_cached(&shared.dns, &format!("generation {target}"), &src)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let g = shared.apply(p, &format!("rollback to {target}"), who)?;
             Ok(json!({"generation": g, "previous": current, "restored": target}))

@@ -10,6 +10,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod cli;
 pub mod daemon;
+pub mod dns;
 pub mod metrics;
 pub mod policy;
 pub mod state;

@@ -425,3 +425,71 @@ fn malformed_policies_and_requests_change_nothing() {
 }
 
 use std::os::unix::process::CommandExt;
+
+#[test]
+fn gateway_by_host_name_and_by_cidr() {
+    let sb = Sandbox::new();
+    let cg = Cgroup::new(&unique("cpt-named"));
+    // A gateway on the host's loopback, named `localhost`; a second gateway given as a CIDR.
+    let gw = std::net::TcpListener::bind("127.0.0.1:0").expect("gateway");
+    gw.set_nonblocking(true).expect("nonblocking");
+    let port = gw.local_addr().expect("addr").port();
+    let policy = sb.policy(&[("agent", &cg.rel, "enforce")]).replace(
+        &format!(
+            "endpoints: [\"{}:{GATEWAY_PORT}/tcp\", \"[{}]:{GATEWAY_PORT}/tcp\"]",
+            sb.gateway4(),
+            sb.gateway6()
+        ),
+        &format!(
+            "endpoints: [\"localhost:{port}/tcp\", \"10.201.{}.0/30:{GATEWAY_PORT}/tcp\"]",
+            sb.n
+        ),
+    );
+    let daemon = Daemon::start(&policy, &[]);
+    let r = probe(
+        Some(&cg.path),
+        None,
+        &["tcp", &format!("127.0.0.1:{port}")],
+        "named",
+    );
+    assert!(ok(&r), "the named gateway was refused: {r}");
+    let rec = daemon.wait_flow(Duration::from_secs(5), |f| {
+        f["reason"] == "gateway" && f["dst"] == format!("127.0.0.1:{port}").as_str()
+    });
+    assert!(rec.is_some(), "{:#?}", daemon.flows());
+    // Another loopback port is not the gateway.
+    assert!(eperm(&probe(
+        Some(&cg.path),
+        None,
+        &["tcp", &format!("127.0.0.1:{}", port.wrapping_add(1))],
+        "x"
+    )));
+    // The CIDR endpoint covers .2 (the world's gateway address) but not .5.
+    let p = payload("cidr");
+    let r = probe(
+        Some(&cg.path),
+        None,
+        &[
+            "tcp",
+            &SocketAddr::new(sb.gateway4(), GATEWAY_PORT).to_string(),
+        ],
+        &p,
+    );
+    assert!(ok(&r), "{r}");
+    assert!(eperm(&probe(
+        Some(&cg.path),
+        None,
+        &[
+            "tcp",
+            &SocketAddr::new(sb.other_resolver4(), GATEWAY_PORT).to_string()
+        ],
+        "y"
+    )));
+    let show = daemon.cli_json(&["policy", "show", "--json"]);
+    assert!(
+        show["resolved"]["localhost"]
+            .as_array()
+            .is_some_and(|a| a.iter().any(|x| x == "127.0.0.1")),
+        "{show}"
+    );
+}

@@ -277,6 +277,17 @@ fn pin_replace(link: FdLink, path: &Path) -> Result<(), LoadError> {
     Ok(())
 }
 
+/// Turns a program's link into an `FdLink` (every link this agent makes is fd-based).
+fn fd_link<L>(link: L, path: &Path) -> Result<FdLink, LoadError>
+where
+    FdLink: TryFrom<L, Error = aya::programs::links::LinkError>,
+{
+    FdLink::try_from(link).map_err(|e| LoadError::Pin {
+        path: path.to_path_buf(),
+        source: Box::new(e),
+    })
+}
+
 /// Options for [`start`].
 pub struct StartOptions<'a> {
     pub bpffs: &'a Path,
@@ -412,23 +423,13 @@ pub fn start(
                         let id = p
                             .attach(cgroup.as_fd(), CgroupAttachMode::Single)
                             .map_err(perr)?;
-                        FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(|e| {
-                            LoadError::Pin {
-                                path: path.clone(),
-                                source: Box::new(e),
-                            }
-                        })?
+                        fd_link(p.take_link(id).map_err(perr)?, &path)?
                     }
                     Program::CgroupSockAddr(p) => {
                         let id = p
                             .attach(cgroup.as_fd(), CgroupAttachMode::Single)
                             .map_err(perr)?;
-                        FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(|e| {
-                            LoadError::Pin {
-                                path: path.clone(),
-                                source: Box::new(e),
-                            }
-                        })?
+                        fd_link(p.take_link(id).map_err(perr)?, &path)?
                     }
                     Program::CgroupSkb(p) => {
                         let id = p
@@ -438,12 +439,7 @@ pub fn start(
                                 CgroupAttachMode::Single,
                             )
                             .map_err(perr)?;
-                        FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(|e| {
-                            LoadError::Pin {
-                                path: path.clone(),
-                                source: Box::new(e),
-                            }
-                        })?
+                        fd_link(p.take_link(id).map_err(perr)?, &path)?
                     }
                     Program::SchedClassifier(p) => {
                         let spec = target.as_deref().unwrap_or_default();
@@ -453,23 +449,13 @@ pub fn start(
                             _ => (spec, TcAttachType::Egress),
                         };
                         let id = p.attach(iface, dir).map_err(perr)?;
-                        FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(|e| {
-                            LoadError::Pin {
-                                path: path.clone(),
-                                source: Box::new(e),
-                            }
-                        })?
+                        fd_link(p.take_link(id).map_err(perr)?, &path)?
                     }
                     Program::SockOps(p) => {
                         let id = p
                             .attach(cgroup.as_fd(), CgroupAttachMode::Single)
                             .map_err(perr)?;
-                        FdLink::try_from(p.take_link(id).map_err(perr)?).map_err(|e| {
-                            LoadError::Pin {
-                                path: path.clone(),
-                                source: Box::new(e),
-                            }
-                        })?
+                        fd_link(p.take_link(id).map_err(perr)?, &path)?
                     }
                     Program::Lsm(p) => {
                         let id = p.attach().map_err(perr)?;

@@ -12,7 +12,9 @@ use sha2::{Digest, Sha256};
 
 use super::{
     model::PolicyDoc,
-    parse::{Cidr, PortSpec, parse_cidr, parse_endpoint, parse_ports},
+    parse::{
+        Cidr, PortSpec, Resolver, parse_cidr, parse_endpoint_with, parse_ports, system_resolve,
+    },
 };
 
 /// Largest accepted document.
@@ -99,6 +101,8 @@ pub struct CompiledPolicy {
     /// Gateway names, by gateway index.
     pub gateways: Vec<String>,
     pub identities: Vec<CompiledIdentity>,
+    /// Gateway host names and the addresses compiled in for them.
+    pub resolved: BTreeMap<String, Vec<std::net::IpAddr>>,
     #[serde(skip)]
     pub source: String,
 }
@@ -137,8 +141,18 @@ impl Ctx<'_> {
     }
 }
 
-/// Parses, validates and compiles `source` (named `file` in errors).
+/// Parses, validates and compiles `source` (named `file` in errors), resolving gateway host
+/// names with the system resolver.
 pub fn compile_source(file: &str, source: &[u8]) -> Result<CompiledPolicy, PolicyError> {
+    compile_source_with(file, source, &system_resolve)
+}
+
+/// [`compile_source`] with a given resolver for gateway host names.
+pub fn compile_source_with(
+    file: &str,
+    source: &[u8],
+    resolve: Resolver<'_>,
+) -> Result<CompiledPolicy, PolicyError> {
     let fail = |line: u32, column: u32, field: &str, message: String| PolicyError {
         file: file.to_string(),
         problems: vec![Problem {
@@ -191,7 +205,7 @@ pub fn compile_source(file: &str, source: &[u8]) -> Result<CompiledPolicy, Polic
             return Err(fail(line, col, "document", first));
         }
     };
-    compile_doc(file, doc, text)
+    compile_doc(file, doc, text, resolve)
 }
 
 fn norm_cgroup_path(p: &str) -> Result<String, String> {
@@ -214,7 +228,13 @@ fn is_ancestor_or_same(a: &str, b: &str) -> bool {
     a == b || b.starts_with(&format!("{a}/"))
 }
 
-fn compile_doc(file: &str, doc: PolicyDoc, text: &str) -> Result<CompiledPolicy, PolicyError> {
+fn compile_doc(
+    file: &str,
+    doc: PolicyDoc,
+    text: &str,
+    resolve: Resolver<'_>,
+) -> Result<CompiledPolicy, PolicyError> {
+    let mut resolved: BTreeMap<String, Vec<std::net::IpAddr>> = BTreeMap::new();
     let mut cx = Ctx {
         problems: Vec::new(),
         _src: text,
@@ -268,11 +288,17 @@ fn compile_doc(file: &str, doc: PolicyDoc, text: &str) -> Result<CompiledPolicy,
         }
         let mut eps = Vec::new();
         for (ei, ep) in gw.endpoints.value.iter().enumerate() {
-            match parse_endpoint(&ep.value) {
+            match parse_endpoint_with(&ep.value, resolve) {
                 Ok(e) => {
-                    for a in e.addrs {
+                    if let Some(h) = &e.host {
+                        let list = resolved.entry(h.clone()).or_default();
+                        list.extend(e.nets.iter().map(|c| c.addr));
+                        list.sort();
+                        list.dedup();
+                    }
+                    for c in e.nets {
                         eps.push((
-                            Cidr::host(a),
+                            c,
                             PortSpec {
                                 lo: e.port,
                                 hi: e.port,
@@ -465,6 +491,7 @@ fn compile_doc(file: &str, doc: PolicyDoc, text: &str) -> Result<CompiledPolicy,
         digest,
         gateways: gw_names,
         identities: compiled,
+        resolved,
         source: text.to_string(),
     })
 }

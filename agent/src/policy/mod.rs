@@ -5,4 +5,4 @@ pub mod compile;
 pub mod model;
 pub mod parse;
 
-pub use compile::{CompiledPolicy, compile_source};
+pub use compile::{CompiledPolicy, compile_source, compile_source_with};

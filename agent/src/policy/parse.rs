@@ -232,23 +232,45 @@ pub fn parse_ports(s: &str) -> Result<Vec<PortSpec>, String> {
     })
 }
 
-/// A gateway endpoint: one or more addresses (a host name resolves to several), a port and a
-/// protocol.
+/// Resolves a host name to addresses (the system resolver, or the daemon's cache with grace).
+pub type Resolver<'a> = &'a dyn Fn(&str, u16) -> Result<Vec<IpAddr>, String>;
+
+/// The system resolver (`getaddrinfo`).
+pub fn system_resolve(host: &str, port: u16) -> Result<Vec<IpAddr>, String> {
+    let addrs: Vec<IpAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+        .map(|sa| normalise(sa.ip()))
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("`{host}` resolves to no address"));
+    }
+    Ok(addrs)
+}
+
+/// A gateway endpoint: one or more networks (an address, a CIDR, or what a host name resolves
+/// to), a port and a protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
-    pub addrs: Vec<IpAddr>,
+    pub nets: Vec<Cidr>,
     pub port: u16,
     pub proto: u8,
     /// The host name, when the endpoint was given by name.
     pub host: Option<String>,
 }
 
-/// Parses `10.77.0.1:8080/tcp`, `[fd77::1]:8080/tcp`, `gateway.example:443/tcp` (resolved now).
+/// Parses `10.77.0.1:8080/tcp`, `10.77.0.0/28:8080/tcp`, `[fd77::1]:8080/tcp`,
+/// `[fd77::/64]:8080/tcp` and `gateway.example:443/tcp` (resolved with the system resolver).
 pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
+    parse_endpoint_with(s, &system_resolve)
+}
+
+/// [`parse_endpoint`] with a given resolver for host names.
+pub fn parse_endpoint_with(s: &str, resolve: Resolver<'_>) -> Result<Endpoint, String> {
     let s = s.trim();
     let (hostport, proto) = match s.rsplit_once('/') {
-        Some((hp, p)) => (hp, parse_proto(p)?),
-        None => (s, PROTO_TCP),
+        Some((hp, p)) if !p.contains(':') => (hp, parse_proto(p)?),
+        _ => (s, PROTO_TCP),
     };
     if proto == PROTO_ANY {
         return Err(format!("`{s}`: a gateway endpoint needs tcp, udp or sctp"));
@@ -269,9 +291,18 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
         ));
     }
     let port = parse_port(port, s)?;
+    if host.contains('/') {
+        let c = parse_cidr(host).map_err(|e| format!("`{s}`: {e}"))?;
+        return Ok(Endpoint {
+            nets: vec![c],
+            port,
+            proto,
+            host: None,
+        });
+    }
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(Endpoint {
-            addrs: vec![normalise(ip)],
+            nets: vec![Cidr::host(ip)],
             port,
             proto,
             host: None,
@@ -283,18 +314,13 @@ pub fn parse_endpoint(s: &str) -> Result<Endpoint, String> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
     {
-        return Err(format!("`{s}`: `{host}` is not an IP address or host name"));
+        return Err(format!(
+            "`{s}`: `{host}` is not an IP address, CIDR or host name"
+        ));
     }
-    let addrs: Vec<IpAddr> = (host, port)
-        .to_socket_addrs()
-        .map_err(|e| format!("`{s}`: cannot resolve `{host}`: {e}"))?
-        .map(|sa| normalise(sa.ip()))
-        .collect();
-    if addrs.is_empty() {
-        return Err(format!("`{s}`: `{host}` resolves to no address"));
-    }
+    let addrs = resolve(host, port).map_err(|e| format!("`{s}`: {e}"))?;
     Ok(Endpoint {
-        addrs,
+        nets: addrs.into_iter().map(Cidr::host).collect(),
         port,
         proto,
         host: Some(host.to_string()),
@@ -339,7 +365,15 @@ mod tests {
         let e = parse_endpoint("10.77.0.1:8080/tcp").unwrap();
         assert_eq!((e.port, e.proto), (8080, 6));
         let e = parse_endpoint("[fd77::1]:8080/tcp").unwrap();
-        assert!(e.addrs[0].is_ipv6());
+        assert_eq!(e.nets[0].family(), 6);
+        let e = parse_endpoint("10.77.0.0/28:8080/tcp").unwrap();
+        assert_eq!(e.nets[0].bits, 28);
+        let e = parse_endpoint_with("gw.example:443/tcp", &|_, _| {
+            Ok(vec!["10.1.1.1".parse().unwrap()])
+        })
+        .unwrap();
+        assert_eq!(e.host.as_deref(), Some("gw.example"));
+        assert!(parse_endpoint("10.77.0.1/28:8080/tcp").is_err());
         assert!(parse_endpoint("fd77::1:8080/tcp").is_err());
         assert!(parse_endpoint("10.0.0.1/tcp").is_err());
         assert!(parse_endpoint("localhost:80/tcp").is_ok());
