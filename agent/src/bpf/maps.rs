@@ -35,6 +35,16 @@ pub struct PolicyMaps {
     pub ident: HashMap<MapData, IdentKey, IdentVal>,
     pub rules: LpmTrie<MapData, [u8; LPM_DATA_LEN], RuleVal>,
     pub grants: LpmTrie<MapData, [u8; LPM_DATA_LEN], GrantVal>,
+    /// Keys this process wrote into each slot; `None` until known (after an adoption the slot is
+    /// cleared by walking the maps once).
+    pub written: [Option<SlotKeys>; 2],
+}
+
+/// The keys of one policy slot.
+#[derive(Default)]
+pub struct SlotKeys {
+    ident: Vec<IdentKey>,
+    rules: Vec<Key<[u8; LPM_DATA_LEN]>>,
 }
 
 /// One cgroup an identity covers in a generation.
@@ -60,32 +70,38 @@ impl PolicyMaps {
         self.config.set(0, c, 0).map_err(m("CP_CONFIG"))
     }
 
-    /// Removes every entry of `slot` from the identity and rules maps.
+    /// Removes every entry of `slot` from the identity and rules maps: the keys this process
+    /// wrote there when known, else every key of the slot found by walking the maps.
     fn clear_slot(&mut self, slot: u32) -> Result<(), MapsError> {
-        let keys: Vec<IdentKey> = self
-            .ident
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.slot == slot)
-            .collect();
-        for k in keys {
+        let known = self.written[slot as usize].take();
+        let (ident_keys, rule_keys) = match known {
+            Some(k) => (k.ident, k.rules),
+            None => (
+                self.ident
+                    .keys()
+                    .filter_map(Result::ok)
+                    .filter(|k| k.slot == slot)
+                    .collect(),
+                self.rules
+                    .keys()
+                    .filter_map(Result::ok)
+                    .filter(|k| k.data()[0] as u32 == slot)
+                    .collect(),
+            ),
+        };
+        for k in ident_keys {
             match self.ident.remove(&k) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(m("CP_IDENT")(e)),
             }
         }
-        let keys: Vec<Key<[u8; LPM_DATA_LEN]>> = self
-            .rules
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.data()[0] as u32 == slot)
-            .collect();
-        for k in keys {
+        for k in rule_keys {
             match self.rules.remove(&k) {
                 Ok(()) | Err(MapError::KeyNotFound) => {}
                 Err(e) => return Err(m("CP_RULES")(e)),
             }
         }
+        self.written[slot as usize] = Some(SlotKeys::default());
         Ok(())
     }
 
@@ -115,31 +131,37 @@ impl PolicyMaps {
         policy: &CompiledPolicy,
         bindings: &[IdentBinding],
     ) -> Result<(), MapsError> {
-        for b in bindings {
-            let key = IdentKey {
-                cgroup_id: b.cgroup_id,
-                slot,
-                _pad: 0,
-            };
-            let val = IdentVal {
-                ident: b.ident,
-                mode: b.mode,
-                _pad: [0; 3],
-            };
-            self.ident.insert(key, val, 0).map_err(m("CP_IDENT"))?;
-        }
-        for id in &policy.identities {
-            for (cidr, entries) in &id.entries {
-                let mut v = RuleVal::default();
-                for (i, e) in entries.iter().enumerate() {
-                    v.entries[i] = *e;
-                }
-                self.rules
-                    .insert(&lpm(slot as u8, id.id, cidr), v, 0)
-                    .map_err(m("CP_RULES"))?;
+        let mut keys = self.written[slot as usize].take().unwrap_or_default();
+        let result = (|| {
+            for b in bindings {
+                let key = IdentKey {
+                    cgroup_id: b.cgroup_id,
+                    slot,
+                    _pad: 0,
+                };
+                let val = IdentVal {
+                    ident: b.ident,
+                    mode: b.mode,
+                    _pad: [0; 3],
+                };
+                keys.ident.push(key);
+                self.ident.insert(key, val, 0).map_err(m("CP_IDENT"))?;
             }
-        }
-        Ok(())
+            for id in &policy.identities {
+                for (cidr, entries) in &id.entries {
+                    let mut v = RuleVal::default();
+                    for (i, e) in entries.iter().enumerate() {
+                        v.entries[i] = *e;
+                    }
+                    let key = lpm(slot as u8, id.id, cidr);
+                    keys.rules.push(key);
+                    self.rules.insert(&key, v, 0).map_err(m("CP_RULES"))?;
+                }
+            }
+            Ok(())
+        })();
+        self.written[slot as usize] = Some(keys);
+        result
     }
 
     /// Changes the identity bindings of the active generation in place (a selected cgroup
@@ -167,6 +189,9 @@ impl PolicyMaps {
                     _pad: [0; 3],
                 };
                 self.ident.insert(key(b), val, 0).map_err(m("CP_IDENT"))?;
+                if let Some(w) = self.written[slot as usize].as_mut() {
+                    w.ident.push(key(b));
+                }
             }
         }
         for o in old {

@@ -341,6 +341,7 @@ pub fn start(
         ident: take(&mut bpf, names::IDENT, HashMap::try_from)?,
         rules: take(&mut bpf, names::RULES, LpmTrie::try_from)?,
         grants: take(&mut bpf, names::GRANTS, LpmTrie::try_from)?,
+        written: [None, None],
     };
     if !adopted {
         fill(&mut policy)?;
