@@ -372,10 +372,28 @@ async fn call(socket: &Path, req: Request) -> anyhow::Result<Value> {
 fn read_policy(file: &Path) -> anyhow::Result<(String, String)> {
     let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
     let name = file.display().to_string();
-    // Validate locally first: precise errors without a daemon round trip.
-    compile_source(&name, &bytes).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let text = String::from_utf8(bytes).expect("validated as UTF-8");
-    Ok((name, text))
+    // The daemon validates and reports every problem with file, line and column; only what
+    // cannot travel as a JSON string is checked here.
+    if bytes.len() > crate::policy::compile::MAX_DOCUMENT_BYTES {
+        // Same wording as the compiler's, without shipping the document first.
+        return Err(anyhow::anyhow!(
+            "{}",
+            crate::policy::compile_source(&name, &bytes)
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        ));
+    }
+    match String::from_utf8(bytes) {
+        Ok(text) => Ok((name, text)),
+        Err(e) => Err(anyhow::anyhow!(
+            "{}",
+            crate::policy::compile_source(&name, e.as_bytes())
+                .err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+        )),
+    }
 }
 
 fn flow_line(r: &Value) -> String {

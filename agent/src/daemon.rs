@@ -128,7 +128,7 @@ pub struct Shared {
 }
 
 /// Compiled generations kept in memory to name identities and rules in records.
-const KEEP_GENERATIONS: usize = 4;
+const KEEP_GENERATIONS: usize = 3;
 
 /// The empty policy of generation 0 (no identities: nothing is touched).
 fn empty_policy() -> CompiledPolicy {
@@ -340,6 +340,9 @@ impl Shared {
             warn!(error = %e, "re-writing grants after apply failed");
         }
         self.metrics.apply_seconds(t0.elapsed().as_secs_f64());
+        // Parsing and compiling a large document leaves freed heap behind: return it.
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
         info!(generation, action, digest = %meta.digest, by_uid = ?who.0, by_pid = ?who.1, "policy generation active");
         Ok(generation)
     }
