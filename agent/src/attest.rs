@@ -226,39 +226,40 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut io: S) {
     let _ = io.shutdown().await;
 }
 
-/// Serves the Unix socket endpoint.
-pub async fn serve_unix(shared: Arc<Shared>, l: UnixListener) {
-    let limit = Arc::new(Semaphore::new(4096));
-    loop {
-        let Ok((s, _)) = l.accept().await else {
-            continue;
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            continue;
-        };
-        let sh = shared.clone();
-        tokio::spawn(async move {
-            let _p = permit;
-            handle(&sh, s).await;
-        });
-    }
+/// Where the endpoint listens: the Unix socket, or the optional loopback TCP port.
+pub enum Listener {
+    Unix(UnixListener),
+    Tcp(TcpListener),
 }
 
-/// Serves the optional loopback TCP endpoint.
-pub async fn serve_tcp(shared: Arc<Shared>, l: TcpListener) {
+/// Serves the endpoint: one task per connection, at most 4,096 at once.
+pub async fn serve(shared: Arc<Shared>, l: Listener) {
     let limit = Arc::new(Semaphore::new(4096));
     loop {
-        let Ok((s, _)) = l.accept().await else {
-            continue;
-        };
-        let Ok(permit) = limit.clone().try_acquire_owned() else {
-            continue;
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            return;
         };
         let sh = shared.clone();
-        tokio::spawn(async move {
-            let _p = permit;
-            handle(&sh, s).await;
-        });
+        match &l {
+            Listener::Unix(u) => {
+                let Ok((s, _)) = u.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let _p = permit;
+                    handle(&sh, s).await;
+                });
+            }
+            Listener::Tcp(t) => {
+                let Ok((s, _)) = t.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let _p = permit;
+                    handle(&sh, s).await;
+                });
+            }
+        }
     }
 }
 

@@ -852,14 +852,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     )?;
     {
         let s = shared.clone();
-        set.spawn(async move { crate::attest::serve_unix(s, attest_listener).await });
+        set.spawn(async move {
+            crate::attest::serve(s, crate::attest::Listener::Unix(attest_listener)).await
+        });
     }
     if let Some(addr) = &opts.attest_addr {
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("binding the attestation endpoint on {addr}"))?;
         let s = shared.clone();
-        set.spawn(async move { crate::attest::serve_tcp(s, l).await });
+        set.spawn(async move { crate::attest::serve(s, crate::attest::Listener::Tcp(l)).await });
     }
     let metrics_listener = TcpListener::bind(&opts.metrics_addr)
         .await
