@@ -344,6 +344,26 @@ impl Shared {
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
         info!(generation, action, digest = %meta.digest, by_uid = ?who.0, by_pid = ?who.1, "policy generation active");
+        // The change is itself an audit record (who, when, old → new generation, digest).
+        if let Some(p) = &self.opts.audit_log
+            && let Ok(mut l) =
+                JsonLines::open(p, self.opts.audit_log_max_bytes, self.opts.audit_log_keep)
+        {
+            let rec = json!({
+                "schema": audit::SCHEMA_VERSION,
+                "event": "policy_change",
+                "time": meta.applied_at,
+                "node": self.node,
+                "action": action,
+                "policy_generation": generation,
+                "previous_generation": meta.previous,
+                "digest": meta.digest,
+                "policy": meta.name,
+                "uid": who.0,
+                "pid": who.1,
+            });
+            let _ = l.write(&rec).and_then(|_| l.sync());
+        }
         Ok(generation)
     }
 

@@ -493,3 +493,39 @@ fn gateway_by_host_name_and_by_cidr() {
         "{show}"
     );
 }
+
+#[test]
+fn policy_changes_are_audit_records() {
+    let fx = Fixture::new("enforce");
+    fx.daemon.apply(&with_forbidden_allowed(&fx));
+    let t0 = std::time::Instant::now();
+    loop {
+        let log = std::fs::read_to_string(&fx.daemon.audit_log).unwrap_or_default();
+        let changes: Vec<serde_json::Value> = log
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["event"] == "policy_change")
+            .collect();
+        if let Some(c) = changes.iter().find(|c| c["policy_generation"] == 2) {
+            assert_eq!(c["previous_generation"], 1);
+            assert_eq!(c["action"], "apply");
+            assert_eq!(c["uid"], 0);
+            assert!(
+                c["digest"]
+                    .as_str()
+                    .is_some_and(|d| d.starts_with("sha256:"))
+            );
+            assert!(
+                changes
+                    .iter()
+                    .any(|c| c["policy_generation"] == 1 && c["action"] == "startup")
+            );
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no policy_change record: {log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
