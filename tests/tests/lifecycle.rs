@@ -169,12 +169,8 @@ fn uninstall_is_the_only_way_enforcement_stops() {
     fx.assert_allowed("after uninstall", &r, &p);
 }
 
-#[test]
-fn corrupt_state_fails_closed() {
-    let mut fx = Fixture::new("enforce");
-    let (_, bad) = addrs(&fx);
-    fx.daemon.kill(libc::SIGTERM);
-    std::fs::write(fx.daemon.state.join("current"), "not-a-number").expect("corrupt");
+/// Starts a daemon on the fixture's pins and state, expects it to refuse, returns its stderr.
+fn start_must_fail(fx: &Fixture) -> String {
     let out = std::process::Command::new(chokepoint_bin())
         .args(["daemon", "--bpffs"])
         .arg(&fx.daemon.bpffs)
@@ -184,8 +180,17 @@ fn corrupt_state_fails_closed() {
         .arg(&fx.daemon.socket)
         .output()
         .expect("daemon");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the daemon started on bad state");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn corrupt_state_fails_closed() {
+    let mut fx = Fixture::new("enforce");
+    let (_, bad) = addrs(&fx);
+    fx.daemon.kill(libc::SIGTERM);
+    std::fs::write(fx.daemon.state.join("current"), "not-a-number").expect("corrupt");
+    let err = start_must_fail(&fx);
     assert!(
         err.contains("corrupt") && err.contains("current"),
         "unclear error: {err}"
@@ -196,17 +201,7 @@ fn corrupt_state_fails_closed() {
     );
     // A wiped state dir while enforcement is pinned: refuse, keep enforcing.
     std::fs::remove_dir_all(&fx.daemon.state).expect("wipe");
-    let out = std::process::Command::new(chokepoint_bin())
-        .args(["daemon", "--bpffs"])
-        .arg(&fx.daemon.bpffs)
-        .arg("--state-dir")
-        .arg(&fx.daemon.state)
-        .arg("--socket")
-        .arg(&fx.daemon.socket)
-        .output()
-        .expect("daemon");
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = start_must_fail(&fx);
     assert!(err.contains("no record of it"), "unclear error: {err}");
     assert!(
         eperm(&fx.attempt(false, &["tcp", &bad], "y")),

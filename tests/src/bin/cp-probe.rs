@@ -167,38 +167,44 @@ fn sendmmsg(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
     Ok(())
 }
 
-fn tfo(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
-    let fd = socket(fam(&dst), libc::SOCK_STREAM, 0)?;
-    let (ss, len) = sockaddr(&dst);
-    let data = payload.as_bytes();
-    // SAFETY: sendto(2) with MSG_FASTOPEN and a valid address.
+/// `sendto(2)` of `buf` on `fd` to the socket address `addr` of `len` bytes.
+fn send_to<T>(
+    fd: &OwnedFd,
+    buf: &[u8],
+    flags: i32,
+    addr: &T,
+    len: libc::socklen_t,
+) -> std::io::Result<()> {
+    assert!(
+        len as usize <= size_of::<T>(),
+        "address length beyond the address"
+    );
+    // SAFETY: `buf` and `addr` are valid for the lengths passed.
     let n = unsafe {
         libc::sendto(
             fd.as_raw_fd(),
-            data.as_ptr().cast(),
-            data.len(),
-            libc::MSG_FASTOPEN,
-            std::ptr::from_ref(&ss).cast(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            flags,
+            std::ptr::from_ref(addr).cast(),
             len,
         )
     };
     if n < 0 {
         return Err(std::io::Error::last_os_error());
     }
+    Ok(())
+}
+
+fn tfo(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
+    let fd = socket(fam(&dst), libc::SOCK_STREAM, 0)?;
+    let (ss, len) = sockaddr(&dst);
+    send_to(&fd, payload.as_bytes(), libc::MSG_FASTOPEN, &ss, len)?;
     let mut s = TcpStream::from(fd);
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut buf = [0u8; 16];
     // Wait for the handshake to finish (or fail).
-    match s.read(&mut buf) {
-        Ok(_) => Ok(()),
-        Err(e)
-            if e.kind() == std::io::ErrorKind::WouldBlock
-                || e.kind() == std::io::ErrorKind::TimedOut =>
-        {
-            Err(e)
-        }
-        Err(e) => Err(e),
-    }
+    s.read(&mut buf).map(|_| ())
 }
 
 fn uring_connect(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
@@ -284,21 +290,7 @@ fn raw_icmp(dst: IpAddr) -> std::io::Result<()> {
     pkt[2] = (c >> 8) as u8;
     pkt[3] = c as u8;
     let (ss, len) = sockaddr(&SocketAddr::new(IpAddr::V4(v4), 0));
-    // SAFETY: sendto(2) with a valid buffer and address.
-    let n = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            pkt.as_ptr().cast(),
-            pkt.len(),
-            0,
-            std::ptr::from_ref(&ss).cast(),
-            len,
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    send_to(&fd, &pkt, 0, &ss, len)
 }
 
 /// Unprivileged ICMP "ping socket" (SOCK_DGRAM, IPPROTO_ICMP).
@@ -309,21 +301,7 @@ fn ping_sock(dst: IpAddr) -> std::io::Result<()> {
     let fd = socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_ICMP)?;
     let pkt = [8u8, 0, 0, 0, 0, 0, 0, 1, b'c', b'p'];
     let (ss, len) = sockaddr(&SocketAddr::new(IpAddr::V4(v4), 0));
-    // SAFETY: sendto(2).
-    let n = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            pkt.as_ptr().cast(),
-            pkt.len(),
-            0,
-            std::ptr::from_ref(&ss).cast(),
-            len,
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    send_to(&fd, &pkt, 0, &ss, len)
 }
 
 /// AF_PACKET (cooked) frame carrying IPv4/UDP from `src` to `dst`, sent on `iface` to `mac`.
@@ -363,21 +341,7 @@ fn packet(
     sll.sll_ifindex = ifindex as i32;
     sll.sll_halen = 6;
     sll.sll_addr[..6].copy_from_slice(&mac);
-    // SAFETY: sendto(2) with a valid sockaddr_ll.
-    let n = unsafe {
-        libc::sendto(
-            fd.as_raw_fd(),
-            frame.as_ptr().cast(),
-            frame.len(),
-            0,
-            std::ptr::from_ref(&sll).cast(),
-            size_of::<libc::sockaddr_ll>() as u32,
-        )
-    };
-    if n < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
+    send_to(&fd, &frame, 0, &sll, size_of::<libc::sockaddr_ll>() as u32)
 }
 
 /// Connects, then sends a line every 100 ms for `secs`, reporting each send.
