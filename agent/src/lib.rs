@@ -1,6 +1,7 @@
 //! The Chokepoint agent as a library: the daemon, the CLI client, the policy compiler and the
 //! audit pipeline. The `chokepoint` binary is a thin `main` over it; fuzz targets and property
-//! tests use the parsers directly.
+//! tests use the parsers directly. `docs/architecture.md` shows the module map and what may
+//! depend on what.
 
 pub mod alerts;
 pub mod api;
@@ -12,6 +13,7 @@ pub mod cli;
 pub mod daemon;
 pub mod dns;
 pub mod metrics;
+pub mod options;
 pub mod policy;
 pub mod state;
 pub mod util;

@@ -9,6 +9,7 @@
 //! program).
 
 pub mod maps;
+pub mod pins;
 
 use std::{
     fs,

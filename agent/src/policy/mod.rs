@@ -2,6 +2,7 @@
 //! compile into the entries of one kernel generation.
 
 pub mod compile;
+pub mod diff;
 pub mod model;
 pub mod parse;
 

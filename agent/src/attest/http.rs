@@ -1,17 +1,8 @@
-//! Gateway attestation: "which identity, tenant and task is behind this live connection?",
-//! answered from the kernel-maintained map of established gateway connections.
-//!
-//! A read-only HTTP endpoint, separate from the admin API, on a Unix socket (default
-//! `/run/chokepoint/attest.sock`, mode 0660, optional group) and optionally a loopback TCP port:
-//!
-//! `GET /v1/attest?peer=IP:PORT&local=IP:PORT` → `200 {identity, tenant, task, pid, cgroup, since,
-//! policy_generation, socket_cookie}` or `404` when no live connection of an identity matches;
-//! `400` for a malformed request, `405` for another method, `408` for a slow one, `431` for an
-//! oversized head.
+//! The attestation endpoint's HTTP side: the Unix socket (mode, group), the optional loopback
+//! TCP port, and one request per connection.
 
 use std::{
     ffi::CString,
-    net::SocketAddr,
     os::unix::fs::PermissionsExt,
     path::Path,
     sync::{Arc, atomic::Ordering},
@@ -26,63 +17,12 @@ use tokio::{
     sync::Semaphore,
 };
 
-use crate::{daemon::Shared, util};
+use super::Source;
 
 /// Longest request head accepted.
 pub const MAX_HEAD: usize = 8192;
 /// Time a client has to send its request head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Looks up a connection: `Ok(answer)` or `Err((http status, message))`.
-pub fn answer(shared: &Shared, peer: &str, local: &str) -> Result<Value, (u16, String)> {
-    let bad = |what: &str, v: &str| {
-        (
-            400,
-            format!("`{what}` must be IP:PORT or [IPv6]:PORT, got `{v}`"),
-        )
-    };
-    let p: SocketAddr = peer.parse().map_err(|_| {
-        shared
-            .metrics
-            .attest_bad_request
-            .fetch_add(1, Ordering::Relaxed);
-        bad("peer", peer)
-    })?;
-    let l: SocketAddr = local.parse().map_err(|_| {
-        shared
-            .metrics
-            .attest_bad_request
-            .fetch_add(1, Ordering::Relaxed);
-        bad("local", local)
-    })?;
-    let found = shared.attest.lock().expect("attest lock").lookup(p, l);
-    let Some(v) = found else {
-        shared
-            .metrics
-            .attest_not_found
-            .fetch_add(1, Ordering::Relaxed);
-        return Err((
-            404,
-            format!("no live connection of an enforced identity from {p} to {l}"),
-        ));
-    };
-    shared.metrics.attest_found.fetch_add(1, Ordering::Relaxed);
-    let (identity, tenant) = shared
-        .identity_of(v.generation, v.ident)
-        .map_or((None, None), |(n, t)| (Some(n), t));
-    let mut paths = crate::cgroup::PathCache::new(shared.opts.cgroup_root.clone());
-    Ok(json!({
-        "identity": identity,
-        "tenant": tenant,
-        "task": if v.task != 0 { shared.task_name(v.task) } else { None },
-        "pid": (v.pid_tgid >> 32) as u32,
-        "cgroup": paths.path(v.cgroup_id),
-        "since": util::rfc3339_ns(util::boot_to_wall_ns(v.since_ns)),
-        "policy_generation": v.generation,
-        "socket_cookie": v.cookie,
-        "node": shared.node,
-    }))
-}
 
 /// Binds the Unix socket with `mode` and, when given, `group`.
 pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<UnixListener> {
@@ -154,7 +94,7 @@ fn unescape(s: &str) -> Option<String> {
 }
 
 /// Handles one HTTP request on `io`.
-async fn handle<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut io: S) {
+async fn handle<A: Source, S: AsyncRead + AsyncWrite + Unpin>(shared: &A, mut io: S) {
     let mut buf = Vec::with_capacity(512);
     let mut chunk = [0u8; 1024];
     let head = tokio::time::timeout(HEAD_TIMEOUT, async {
@@ -204,13 +144,13 @@ async fn handle<S: AsyncRead + AsyncWrite + Unpin>(shared: &Shared, mut io: S) {
                     query_param(query, "peer").and_then(unescape),
                     query_param(query, "local").and_then(unescape),
                 ) {
-                    (Some(p), Some(l)) => match answer(shared, &p, &l) {
+                    (Some(p), Some(l)) => match super::answer(shared, &p, &l) {
                         Ok(v) => (200, v),
                         Err((code, msg)) => (code, json!({"error": msg})),
                     },
                     _ => {
                         shared
-                            .metrics
+                            .metrics()
                             .attest_bad_request
                             .fetch_add(1, Ordering::Relaxed);
                         (
@@ -233,7 +173,7 @@ pub enum Listener {
 }
 
 /// Serves the endpoint: one task per connection, at most 4,096 at once.
-pub async fn serve(shared: Arc<Shared>, l: Listener) {
+pub async fn serve<A: Source>(shared: Arc<A>, l: Listener) {
     let limit = Arc::new(Semaphore::new(4096));
     loop {
         let Ok(permit) = limit.clone().acquire_owned().await else {
@@ -247,7 +187,7 @@ pub async fn serve(shared: Arc<Shared>, l: Listener) {
                 };
                 tokio::spawn(async move {
                     let _p = permit;
-                    handle(&sh, s).await;
+                    handle(sh.as_ref(), s).await;
                 });
             }
             Listener::Tcp(t) => {
@@ -256,7 +196,7 @@ pub async fn serve(shared: Arc<Shared>, l: Listener) {
                 };
                 tokio::spawn(async move {
                     let _p = permit;
-                    handle(&sh, s).await;
+                    handle(sh.as_ref(), s).await;
                 });
             }
         }

@@ -1,6 +1,8 @@
 //! Prometheus text exposition (DESIGN.md §6). Labels are bounded: identity, verdict, reason,
 //! program — never addresses.
 
+pub mod server;
+
 use std::{
     collections::BTreeMap,
     fmt::Write,

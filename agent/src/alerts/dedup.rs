@@ -1,0 +1,156 @@
+//! The alert window: one alert per (identity, destination, reason) per window, with a count and
+//! first/last seen.
+
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{audit::FlowRecord, util};
+
+/// One alert.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct Alert {
+    pub time: String,
+    pub node: String,
+    pub severity: String,
+    pub identity: Option<String>,
+    pub tenant: Option<String>,
+    pub task: Option<String>,
+    pub dst: Option<String>,
+    pub reason: String,
+    pub verdict: String,
+    pub count: u64,
+    pub first_seen: String,
+    pub last_seen: String,
+    pub policy_generation: u32,
+    pub pid: Option<u32>,
+    pub comm: Option<String>,
+}
+
+struct Pending {
+    alert: Alert,
+    opened: Instant,
+}
+
+/// The deduplicating window.
+pub struct Deduper {
+    window: Duration,
+    open: HashMap<(Option<String>, Option<String>, String), Pending>,
+}
+
+/// Severity of a bypass reason.
+pub fn severity(reason: &str, verdict: &str) -> &'static str {
+    if verdict == "audit" {
+        return "warning";
+    }
+    match reason {
+        "raw_socket" | "link_local" | "dns_resolver" | "malformed" => "critical",
+        _ => "high",
+    }
+}
+
+impl Deduper {
+    pub fn new(window: Duration) -> Self {
+        Self {
+            window,
+            open: HashMap::new(),
+        }
+    }
+
+    /// Takes a record; only deny and audit records are bypass attempts.
+    pub fn observe(&mut self, r: &FlowRecord) {
+        if r.verdict != "deny" && r.verdict != "audit" {
+            return;
+        }
+        let key = (r.identity.clone(), r.dst.clone(), r.reason.clone());
+        match self.open.get_mut(&key) {
+            Some(p) => {
+                p.alert.count += 1;
+                p.alert.last_seen = r.time.clone();
+            }
+            None => {
+                self.open.insert(
+                    key,
+                    Pending {
+                        alert: Alert {
+                            time: r.time.clone(),
+                            node: r.node.clone(),
+                            severity: severity(&r.reason, &r.verdict).into(),
+                            identity: r.identity.clone(),
+                            tenant: r.tenant.clone(),
+                            task: r.task.clone(),
+                            dst: r.dst.clone(),
+                            reason: r.reason.clone(),
+                            verdict: r.verdict.clone(),
+                            count: 1,
+                            first_seen: r.time.clone(),
+                            last_seen: r.time.clone(),
+                            policy_generation: r.policy_generation,
+                            pid: r.pid,
+                            comm: r.comm.clone(),
+                        },
+                        opened: Instant::now(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Alerts whose window has closed (all of them with `all`).
+    pub fn due(&mut self, all: bool) -> Vec<Alert> {
+        let window = self.window;
+        let keys: Vec<_> = self
+            .open
+            .iter()
+            .filter(|(_, p)| all || p.opened.elapsed() >= window)
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out: Vec<Alert> = keys
+            .into_iter()
+            .filter_map(|k| self.open.remove(&k))
+            .map(|p| {
+                let mut a = p.alert;
+                a.time = util::rfc3339_ns(util::wall_ns());
+                a
+            })
+            .collect();
+        out.sort_by(|a, b| a.first_seen.cmp(&b.first_seen));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(dst: &str, verdict: &str) -> FlowRecord {
+        crate::audit::FlowRecord {
+            verdict: verdict.into(),
+            dst: Some(dst.into()),
+            identity: Some("a".into()),
+            reason: "not_gateway".into(),
+            ..crate::audit::lost_record("n", 0, "x", 1)
+        }
+    }
+
+    #[test]
+    fn dedupes_per_window() {
+        let mut d = Deduper::new(Duration::from_secs(3600));
+        for _ in 0..5 {
+            d.observe(&rec("1.2.3.4:80", "deny"));
+        }
+        d.observe(&rec("1.2.3.5:80", "deny"));
+        d.observe(&rec("1.2.3.5:80", "allow"));
+        assert!(d.due(false).is_empty());
+        let all = d.due(true);
+        assert_eq!(all.len(), 2);
+        let a = all
+            .iter()
+            .find(|a| a.dst.as_deref() == Some("1.2.3.4:80"))
+            .unwrap();
+        assert_eq!(a.count, 5);
+    }
+}

@@ -1,0 +1,78 @@
+//! The client side of the local API (used by the CLI).
+
+use std::path::Path;
+
+use tokio::{
+    io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
+    net::UnixStream,
+};
+
+use super::protocol::{Request, Response, encode};
+
+/// Client errors.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot reach the daemon at {path}: {source} (is `chokepoint daemon` running?)")]
+    Connect {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the daemon: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the daemon sent an unreadable response: {0}")]
+    Protocol(String),
+    #[error("{0}")]
+    Daemon(String),
+}
+
+/// A connected client.
+pub struct Client {
+    reader: BufReader<tokio::net::unix::OwnedReadHalf>,
+    writer: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Client {
+    /// Connects to the daemon's socket.
+    pub async fn connect(path: &Path) -> Result<Self, ClientError> {
+        let s = UnixStream::connect(path)
+            .await
+            .map_err(|source| ClientError::Connect {
+                path: path.display().to_string(),
+                source,
+            })?;
+        let (r, w) = s.into_split();
+        Ok(Self {
+            reader: BufReader::new(r),
+            writer: w,
+        })
+    }
+
+    /// Sends a request and returns the result (or the daemon's error).
+    pub async fn call(&mut self, req: &Request) -> Result<serde_json::Value, ClientError> {
+        self.writer.write_all(&encode(req)).await?;
+        let line = self
+            .next_line()
+            .await?
+            .ok_or_else(|| ClientError::Protocol("connection closed before a response".into()))?;
+        let resp: Response =
+            serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if resp.ok {
+            Ok(resp.result.unwrap_or(serde_json::Value::Null))
+        } else {
+            Err(ClientError::Daemon(
+                resp.error.unwrap_or_else(|| "unknown error".into()),
+            ))
+        }
+    }
+
+    /// Next streamed line (after a `follow` request).
+    pub async fn next_line(&mut self) -> Result<Option<String>, ClientError> {
+        let mut line = String::new();
+        let n = self.reader.read_line(&mut line).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        Ok(Some(line.trim_end().to_string()))
+    }
+}

@@ -1,0 +1,18 @@
+//! The local API: newline-delimited JSON over a Unix socket (mode 0600, peer credentials
+//! checked). Protocol version 1.
+//!
+//! Request: one line, a JSON object `{"v":1,"cmd":"<command>", ...arguments}`.
+//! Response: one line `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`; a `follow`
+//! request then streams one JSON object per line until the client closes.
+//!
+//! [`protocol`] holds the wire types shared by both sides, [`client`] the CLI's side and
+//! [`server`] the daemon's listener; what each command does lives in `daemon::handlers`.
+
+pub mod client;
+pub mod protocol;
+pub mod server;
+
+pub use client::{Client, ClientError};
+pub use protocol::{
+    DecodeError, MAX_REQUEST_BYTES, REQUEST_TIMEOUT, Request, Response, VERSION, decode, encode,
+};

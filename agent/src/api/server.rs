@@ -1,0 +1,231 @@
+//! The server side of the local API: accepts connections on the 0600 Unix socket, checks the
+//! peer (root only), decodes one request line and hands it to a [`Service`]; `flows`/`alerts`
+//! with `follow` then stream.
+
+use std::{
+    os::unix::fs::PermissionsExt,
+    path::Path,
+    sync::{Arc, atomic::Ordering},
+};
+
+use anyhow::{Context, bail};
+use serde_json::json;
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
+    net::{UnixListener, UnixStream},
+    sync::{Semaphore, broadcast},
+};
+
+use super::protocol::{MAX_REQUEST_BYTES, REQUEST_TIMEOUT, Request, decode};
+use crate::{alerts::Alert, audit::FlowRecord, metrics::Metrics};
+
+/// Who sent a request: the peer's uid and pid (from `SO_PEERCRED`).
+pub type Peer = (Option<u32>, Option<u32>);
+
+/// What the server needs from the daemon.
+pub trait Service: Send + Sync + 'static {
+    /// The counters of requests and errors.
+    fn metrics(&self) -> &Metrics;
+    /// A live subscription to flow records (taken before [`Service::recent_flows`]).
+    fn subscribe_flows(&self) -> broadcast::Receiver<Arc<FlowRecord>>;
+    /// The records kept in memory.
+    fn recent_flows(&self) -> Vec<Arc<FlowRecord>>;
+    /// A live subscription to alerts.
+    fn subscribe_alerts(&self) -> broadcast::Receiver<Arc<Alert>>;
+    /// The alerts kept in memory.
+    fn recent_alerts(&self) -> Vec<Arc<Alert>>;
+    /// The `lost` record sent to a subscriber that fell `n` records behind.
+    fn lagged_record(&self, n: u64) -> FlowRecord;
+    /// Handles a non-streaming request (called on a blocking thread).
+    fn handle(&self, req: Request, who: Peer) -> anyhow::Result<serde_json::Value>;
+}
+
+/// Serves the API on `listener`: one task per connection, at most 4,096 at once (more are
+/// closed at once).
+pub async fn serve<S: Service>(shared: Arc<S>, listener: UnixListener) {
+    let limit = Arc::new(Semaphore::new(4096));
+    loop {
+        let Ok((sock, _)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            drop(sock);
+            continue;
+        };
+        let s = shared.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            if let Err(e) = handle_conn(s, sock).await {
+                tracing::debug!(error = %e, "api connection ended");
+            }
+        });
+    }
+}
+
+async fn write_line(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    v: &serde_json::Value,
+) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(v).expect("serialisable");
+    line.push(b'\n');
+    w.write_all(&line).await
+}
+
+fn err_json(msg: impl std::fmt::Display) -> serde_json::Value {
+    json!({"ok": false, "error": msg.to_string()})
+}
+
+async fn handle_conn<S: Service>(shared: Arc<S>, sock: UnixStream) -> anyhow::Result<()> {
+    let cred = sock.peer_cred()?;
+    let (r, mut w) = sock.into_split();
+    let mut reader = BufReader::new(r).take(MAX_REQUEST_BYTES as u64 + 1);
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
+    shared
+        .metrics()
+        .api_requests
+        .fetch_add(1, Ordering::Relaxed);
+    match read {
+        Err(_) => {
+            write_line(
+                &mut w,
+                &err_json(format!(
+                    "request not received within {}s",
+                    REQUEST_TIMEOUT.as_secs()
+                )),
+            )
+            .await?;
+            return Ok(());
+        }
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(_)) => {}
+    }
+    if line.len() > MAX_REQUEST_BYTES {
+        write_line(
+            &mut w,
+            &err_json(format!("request larger than {} bytes", MAX_REQUEST_BYTES)),
+        )
+        .await?;
+        return Ok(());
+    }
+    if line.last() != Some(&b'\n') {
+        write_line(
+            &mut w,
+            &err_json("truncated request: no terminating newline before the connection closed"),
+        )
+        .await?;
+        return Ok(());
+    }
+    if cred.uid() != 0 {
+        write_line(
+            &mut w,
+            &err_json(format!(
+                "permission denied: uid {} is not root; the local API is for root only",
+                cred.uid()
+            )),
+        )
+        .await?;
+        return Ok(());
+    }
+    let req = match decode(&line) {
+        Ok(r) => r,
+        Err(e) => {
+            shared.metrics().api_errors.fetch_add(1, Ordering::Relaxed);
+            write_line(&mut w, &err_json(e)).await?;
+            return Ok(());
+        }
+    };
+    let who = (Some(cred.uid()), cred.pid().map(|p| p as u32));
+    match req {
+        Request::Flows {
+            follow,
+            identity,
+            verdict,
+        } => {
+            let matches = |r: &FlowRecord| {
+                identity
+                    .as_ref()
+                    .is_none_or(|i| r.identity.as_deref() == Some(i.as_str()))
+                    && verdict.as_ref().is_none_or(|v| &r.verdict == v)
+            };
+            let mut rx = shared.subscribe_flows();
+            let recent: Vec<Arc<FlowRecord>> = shared
+                .recent_flows()
+                .into_iter()
+                .filter(|r| matches(r))
+                .collect();
+            if !follow {
+                write_line(&mut w, &json!({"ok": true, "result": recent})).await?;
+                return Ok(());
+            }
+            write_line(&mut w, &json!({"ok": true, "result": null})).await?;
+            loop {
+                match rx.recv().await {
+                    Ok(r) if matches(&r) => {
+                        write_line(&mut w, &serde_json::to_value(r.as_ref())?).await?
+                    }
+                    Ok(_) => {}
+                    Err(broadcast::error::RecvError::Lagged(n)) => {
+                        let lost = shared.lagged_record(n);
+                        write_line(&mut w, &serde_json::to_value(&lost)?).await?;
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                }
+            }
+        }
+        Request::Alerts { follow } => {
+            let mut rx = shared.subscribe_alerts();
+            let recent: Vec<Arc<Alert>> = shared.recent_alerts();
+            if !follow {
+                write_line(&mut w, &json!({"ok": true, "result": recent})).await?;
+                return Ok(());
+            }
+            write_line(&mut w, &json!({"ok": true, "result": null})).await?;
+            loop {
+                match rx.recv().await {
+                    Ok(a) => write_line(&mut w, &serde_json::to_value(a.as_ref())?).await?,
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                }
+            }
+        }
+        other => {
+            let s = shared.clone();
+            let resp = tokio::task::spawn_blocking(move || s.handle(other, who))
+                .await
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("internal error: {e}")));
+            let v = match resp {
+                Ok(result) => json!({"ok": true, "result": result}),
+                Err(e) => {
+                    shared.metrics().api_errors.fetch_add(1, Ordering::Relaxed);
+                    err_json(format!("{e:#}"))
+                }
+            };
+            write_line(&mut w, &v).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Binds the API socket (mode 0600); refuses when a live daemon answers on it, replaces a stale
+/// one.
+pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    if path.exists() {
+        // A live daemon answers; a stale socket does not.
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another daemon is listening on {}", path.display());
+        }
+        std::fs::remove_file(path)?;
+    }
+    // SAFETY: umask has no preconditions; it makes the socket 0600 from creation on.
+    let old = unsafe { libc::umask(0o177) };
+    let l = UnixListener::bind(path);
+    // SAFETY: as above.
+    unsafe { libc::umask(old) };
+    let l = l.with_context(|| format!("binding {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}

@@ -1,0 +1,152 @@
+//! Generations: binding identities to cgroups, applying a compiled policy as a new generation
+//! (kernel maps, state store, audit record), and re-binding when selected cgroups change.
+
+use std::{path::Path, sync::Arc, time::Instant};
+
+use anyhow::Context;
+use serde_json::json;
+use tracing::{error, info, warn};
+
+use super::{Active, KEEP_GENERATIONS, Shared};
+use crate::{
+    audit::{self, JsonLines},
+    bpf::IdentBinding,
+    cgroup,
+    policy::CompiledPolicy,
+    state::GenerationMeta,
+    util,
+};
+
+/// Resolves every identity's selector to its cgroup id; missing cgroups are skipped (the
+/// reconciler binds them when they appear).
+pub(crate) fn bind(root: &Path, policy: &CompiledPolicy) -> Vec<IdentBinding> {
+    policy
+        .identities
+        .iter()
+        .filter_map(|id| {
+            let path = root.join(&id.cgroup_path);
+            cgroup::id_of(&path).ok().map(|cgroup_id| IdentBinding {
+                cgroup_id,
+                ident: id.id,
+                mode: id.mode.code(),
+            })
+        })
+        .collect()
+}
+
+pub(crate) fn same_bindings(a: &[IdentBinding], b: &[IdentBinding]) -> bool {
+    a.len() == b.len()
+        && a.iter()
+            .zip(b)
+            .all(|(x, y)| x.cgroup_id == y.cgroup_id && x.ident == y.ident && x.mode == y.mode)
+}
+
+impl Shared {
+    /// Compiles, writes and switches to a new generation. Nothing changes on error.
+    pub(crate) fn apply(
+        &self,
+        policy: CompiledPolicy,
+        action: &str,
+        who: (Option<u32>, Option<u32>),
+    ) -> anyhow::Result<u32> {
+        let t0 = Instant::now();
+        let policy = Arc::new(policy);
+        let bindings = bind(&self.opts.cgroup_root, &policy);
+        let store = self.store.lock().expect("store lock");
+        let mut maps = self.maps.lock().expect("maps lock");
+        let previous = self.active.read().expect("active lock").generation;
+        let generation = store.last_generation()?.max(previous) + 1;
+        maps.apply(&policy, &bindings, generation)?;
+        let meta = GenerationMeta {
+            generation,
+            name: policy.name.clone(),
+            digest: policy.digest.clone(),
+            applied_at: util::rfc3339_ns(util::wall_ns()),
+            by_uid: who.0,
+            by_pid: who.1,
+            previous: (previous > 0).then_some(previous),
+            action: action.into(),
+        };
+        if let Err(e) = store.commit(&meta, &policy.source) {
+            // Put the previous generation back so kernel and state agree.
+            let prev = self.active.read().expect("active lock");
+            let _ = maps.apply(&prev.policy, &prev.bindings, prev.generation);
+            return Err(e).context(
+                "recording the new generation failed; the previous generation stays active",
+            );
+        }
+        drop(maps);
+        drop(store);
+        {
+            let mut g = self.generations.write().expect("generations lock");
+            g.insert(generation, policy.clone());
+            // Records name identities of recent generations only (what the ring buffer may still
+            // hold); older compiled policies are dropped, not kept for the daemon's lifetime.
+            while g.len() > KEEP_GENERATIONS {
+                g.pop_first();
+            }
+        }
+        *self.active.write().expect("active lock") = Active {
+            generation,
+            policy,
+            bindings,
+            applied_at: meta.applied_at.clone(),
+        };
+        // The watcher must watch this generation's selectors.
+        self.rearm_watcher();
+        // Identity ids may have moved: rewrite grants for the new ids.
+        if let Err(e) = self.sync_grants() {
+            warn!(error = %e, "re-writing grants after apply failed");
+        }
+        self.metrics.apply_seconds(t0.elapsed().as_secs_f64());
+        // Parsing and compiling a large document leaves freed heap behind: return it.
+        // SAFETY: malloc_trim has no preconditions.
+        unsafe { libc::malloc_trim(0) };
+        info!(generation, action, digest = %meta.digest, by_uid = ?who.0, by_pid = ?who.1, "policy generation active");
+        // The change is itself an audit record (who, when, old → new generation, digest).
+        if let Some(p) = &self.opts.audit_log
+            && let Ok(mut l) =
+                JsonLines::open(p, self.opts.audit_log_max_bytes, self.opts.audit_log_keep)
+        {
+            let rec = json!({
+                "schema": audit::SCHEMA_VERSION,
+                "event": "policy_change",
+                "time": meta.applied_at,
+                "node": self.node,
+                "action": action,
+                "policy_generation": generation,
+                "previous_generation": meta.previous,
+                "digest": meta.digest,
+                "policy": meta.name,
+                "uid": who.0,
+                "pid": who.1,
+            });
+            let _ = l.write(&rec).and_then(|_| l.sync());
+        }
+        Ok(generation)
+    }
+
+    /// Re-binds identities whose cgroups appeared, vanished or were recreated.
+    pub(crate) fn reconcile(&self) {
+        let (policy, generation, old) = {
+            let a = self.active.read().expect("active lock");
+            (a.policy.clone(), a.generation, a.bindings.clone())
+        };
+        let now = bind(&self.opts.cgroup_root, &policy);
+        if same_bindings(&now, &old) {
+            return;
+        }
+        let mut maps = self.maps.lock().expect("maps lock");
+        // The generation may have moved on while we computed: re-check under the maps lock.
+        if self.active.read().expect("active lock").generation != generation {
+            return;
+        }
+        match maps.rebind(&old, &now) {
+            Ok(_) => {
+                info!(generation, cgroups = now.len(), "identity cgroups re-bound");
+                self.active.write().expect("active lock").bindings = now;
+            }
+            Err(e) => error!(error = %e, "re-binding identity cgroups failed"),
+        }
+    }
+}

@@ -1,0 +1,89 @@
+//! Housekeeping every 500 ms: kernel loss counters become `lost` records, cgroups are reconciled,
+//! gateway names re-resolved, expired grants pruned.
+
+use std::{
+    sync::{Arc, atomic::Ordering},
+    time::{Duration, Instant},
+};
+
+use super::Shared;
+use crate::{
+    audit::{self, JsonLines},
+    state::StoredGrant,
+    util,
+};
+
+/// Every 500 ms: kernel loss counters → `lost` records, identity cgroup reconciliation, expired
+/// grants pruned from state.
+pub(crate) async fn housekeeping(shared: Arc<Shared>, baseline_lost: u64) {
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    let mut last_dns = Instant::now();
+    let mut last_lost: Option<u64> = Some(baseline_lost);
+    loop {
+        tick.tick().await;
+        let snap = shared.stats.lock().expect("stats lock").snapshot();
+        if let Ok(s) = snap {
+            shared.metrics.lost_kernel.store(s.lost, Ordering::Relaxed);
+            if let Some(prev) = last_lost
+                && s.lost > prev
+            {
+                let g = shared.active.read().expect("active lock").generation;
+                let r = Arc::new(audit::lost_record(
+                    &shared.node,
+                    s.lost - prev,
+                    "ring_buffer_full",
+                    g,
+                ));
+                let mut ring = shared.flows.lock().expect("flows lock");
+                ring.push(r.clone());
+                drop(ring);
+                let _ = shared.flow_tx.send(r.clone());
+                if let Some(p) = &shared.opts.audit_log
+                    && let Ok(mut l) = JsonLines::open(
+                        p,
+                        shared.opts.audit_log_max_bytes,
+                        shared.opts.audit_log_keep,
+                    )
+                {
+                    let _ = l.write(r.as_ref()).and_then(|_| l.sync());
+                }
+                let _ = shared
+                    .store
+                    .lock()
+                    .expect("store lock")
+                    .set_lost_reported(s.lost);
+            }
+            last_lost = Some(s.lost);
+        }
+        let reconcile = shared.clone();
+        let _ = tokio::task::spawn_blocking(move || reconcile.reconcile()).await;
+        if last_dns.elapsed() >= shared.opts.dns_refresh {
+            last_dns = Instant::now();
+            let s = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || s.refresh_dns()).await;
+        }
+        let prune = {
+            let store = shared.store.lock().expect("store lock");
+            match store.grants() {
+                Ok(g) => {
+                    let now = util::wall_ns();
+                    let live: Vec<StoredGrant> = g
+                        .iter()
+                        .filter(|x| x.expires_wall_ns > now)
+                        .cloned()
+                        .collect();
+                    if live.len() != g.len() {
+                        let _ = store.set_grants(&live);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                Err(_) => false,
+            }
+        };
+        if prune {
+            let _ = shared.sync_grants();
+        }
+    }
+}

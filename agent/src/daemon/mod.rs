@@ -1,0 +1,302 @@
+//! `chokepoint daemon`: loads and pins the kernel side, applies policy, consumes records, serves
+//! the local API and the metrics endpoint.
+//!
+//! What a failed task means for enforcement: nothing. Enforcement lives in pinned links and
+//! maps; the daemon's tasks only observe and change it. A failed record consumer or API task is
+//! logged and ends the daemon (so a supervisor restarts it), and the programs keep enforcing the
+//! last applied generation throughout.
+//!
+//! This file is the supervisor ([`run`]); each job has its own file: [`shared`] (the state the
+//! tasks share), [`generations`] (apply, bind, reconcile), [`grants`], [`dns_refresh`],
+//! [`cgroup_watch`], [`views`] (status, identities, gauges), [`enrich`], [`records`] (the ring
+//! consumer), [`alerting`], [`housekeeping`], [`handlers`] (API commands) and [`services`] (what
+//! the API, metrics and attestation servers read).
+
+mod alerting;
+mod cgroup_watch;
+mod dns_refresh;
+mod enrich;
+mod generations;
+mod grants;
+mod handlers;
+mod housekeeping;
+mod records;
+mod services;
+mod shared;
+mod views;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use anyhow::{Context, bail};
+use tokio::{
+    net::TcpListener,
+    sync::{broadcast, mpsc},
+};
+use tracing::{error, info, warn};
+
+use self::{
+    alerting::{alert_flusher, publish_alert},
+    cgroup_watch::watch_cgroups,
+    enrich::EnrichNames,
+    generations::bind,
+    housekeeping::housekeeping,
+    records::consume,
+    shared::{Active, KEEP_GENERATIONS, Ring, compile_cached, empty_policy},
+};
+pub use self::{
+    grants::{parse_grant_dest, task_id},
+    shared::Shared,
+};
+pub use crate::options::Options;
+use crate::{
+    alerts::{Alert, Deduper, Webhook, WebhookStats, webhook_task},
+    bpf::{self, Kernel, StartOptions},
+    metrics::Metrics,
+    state::StateStore,
+    util,
+};
+
+/// Runs the daemon until SIGINT/SIGTERM.
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the daemon needs root (CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN)");
+    }
+    if !opts.cgroup_root.join("cgroup.procs").exists() {
+        bail!(
+            "--cgroup-root {} is not a cgroup v2 directory (no cgroup.procs)",
+            opts.cgroup_root.display()
+        );
+    }
+    let store = StateStore::open(&opts.state_dir)?;
+    // The policy to bring up: the state's current generation, then --policy if it differs.
+    let current = store.current()?;
+    let dns = crate::dns::DnsCache::new(crate::dns::DEFAULT_GRACE);
+    let mut generations = BTreeMap::new();
+    let (start_gen, start_policy) = match current {
+        Some(g) => {
+            let src = store.source(g).with_context(|| format!("state dir {}: generation {g} is recorded as current but its source is unreadable; refusing to start (pinned enforcement stays as it is)", opts.state_dir.display()))?;
+            let p = compile_cached(
+                &dns,
+                &format!("{}/generations/{g}.yaml", opts.state_dir.display()),
+                &src,
+            )
+            .map_err(|e| anyhow::anyhow!("stored generation {g} no longer compiles: {e}"))?;
+            (g, p)
+        }
+        None => (0, empty_policy()),
+    };
+    let history = store.history()?;
+    let recent = history.len().saturating_sub(KEEP_GENERATIONS);
+    for m in &history[recent..] {
+        if m.generation == start_gen {
+            continue;
+        }
+        if let Ok(src) = store.source(m.generation)
+            // Older generations only name things in records: no DNS for them.
+            && let Ok(p) = crate::policy::compile_source_with("history", &src, &|_, _| Ok(Vec::new()))
+        {
+            generations.insert(m.generation, Arc::new(p));
+        }
+    }
+    let start_policy = Arc::new(start_policy);
+    generations.insert(start_gen, start_policy.clone());
+    let bindings = bind(&opts.cgroup_root, &start_policy);
+
+    // Load/adopt. A fresh install is filled before any program attaches.
+    let installed_before = bpf::pins::is_installed(&opts.bpffs);
+    let Kernel {
+        mut policy,
+        attest,
+        events,
+        stats,
+        attached,
+        degraded,
+        adopted,
+    } = bpf::start(
+        &StartOptions {
+            bpffs: &opts.bpffs,
+            cgroup_root: &opts.cgroup_root,
+            tc_ifaces: &opts.tc_ifaces,
+        },
+        |maps| maps.apply(&start_policy, &bindings, start_gen).map(|_| ()),
+    )?;
+    if adopted {
+        let kernel_gen = policy.config()?.generation();
+        if kernel_gen != start_gen {
+            if current.is_none() && kernel_gen != 0 {
+                bail!(
+                    "pinned enforcement is at generation {kernel_gen} but the state dir {} has no record of it; refusing to reset it (fail closed). Restore the state dir, or `chokepoint uninstall` to start over",
+                    opts.state_dir.display()
+                );
+            }
+            warn!(
+                kernel_gen,
+                state_gen = start_gen,
+                "pinned generation differs from state; re-applying the state's generation"
+            );
+            policy.apply(&start_policy, &bindings, start_gen)?;
+        }
+    }
+    info!(
+        adopted,
+        installed_before,
+        programs = attached.len(),
+        "kernel programs in place"
+    );
+    for a in &attached {
+        info!(program = %a.program, target = %a.target, how = a.how, "program");
+    }
+
+    let (flow_tx, _) = broadcast::channel(16_384);
+    let (alert_tx, _) = broadcast::channel(1024);
+    let shared = Arc::new(Shared {
+        node: util::node_name(),
+        maps: Mutex::new(policy),
+        stats: Mutex::new(stats),
+        attest: Mutex::new(attest),
+        store: Mutex::new(store),
+        active: RwLock::new(Active {
+            generation: start_gen,
+            policy: start_policy.clone(),
+            bindings,
+            applied_at: util::rfc3339_ns(util::wall_ns()),
+        }),
+        generations: RwLock::new(generations),
+        tasks: RwLock::new(HashMap::new()),
+        flows: Mutex::new(Ring::new(opts.flow_buffer)),
+        alerts: Mutex::new(Ring::new(1024)),
+        flow_tx,
+        alert_tx,
+        metrics: Metrics::default(),
+        degraded,
+        webhook: Arc::new(WebhookStats::default()),
+        shutting_down: AtomicBool::new(false),
+        dns,
+        // SAFETY: eventfd has no preconditions; -1 (failure) is handled by the watcher's poll.
+        rearm_fd: unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) },
+        opts: opts.clone(),
+    });
+    shared.sync_grants().context("restoring grants")?;
+    {
+        let s = shared.clone();
+        std::thread::Builder::new()
+            .name("cgroup-watch".into())
+            .spawn(move || watch_cgroups(s))
+            .context("starting the cgroup watcher")?;
+    }
+
+    // --policy: apply when it differs from the active generation.
+    if let Some(path) = &opts.policy {
+        let src = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let p = compile_cached(&shared.dns, &path.display().to_string(), &src)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        if p.digest != start_policy.digest {
+            shared.apply(p, "startup", (Some(0), Some(std::process::id())))?;
+        }
+    }
+
+    // Consumers before anything else can produce records for them.
+    let mut set = tokio::task::JoinSet::new();
+    let (alert_q_tx, alert_q_rx) = mpsc::channel::<Alert>(1024);
+    if let Some(url) = &opts.alert_webhook {
+        let hook = Webhook::parse(url).map_err(|e| anyhow::anyhow!(e))?;
+        set.spawn(webhook_task(hook, alert_q_rx, shared.webhook.clone(), 5));
+    } else {
+        drop(alert_q_rx);
+    }
+    let dedup = Arc::new(Mutex::new(Deduper::new(opts.alert_window)));
+    if let Some(events) = events {
+        let s = shared.clone();
+        let d = dedup.clone();
+        set.spawn(async move {
+            if let Err(e) = consume(s, events, d).await {
+                error!(error = %e, "record consumer failed");
+            }
+        });
+    }
+    {
+        let s = shared.clone();
+        let d = dedup.clone();
+        let q = alert_q_tx.clone();
+        set.spawn(async move { alert_flusher(s, d, q).await });
+    }
+    {
+        // Losses since the last reported value (including any while the daemon was down) become a
+        // `lost` record on the first housekeeping pass.
+        let now_lost = shared
+            .stats
+            .lock()
+            .expect("stats lock")
+            .snapshot()
+            .map(|s| s.lost)
+            .unwrap_or(0);
+        let baseline = shared
+            .store
+            .lock()
+            .expect("store lock")
+            .lost_reported()
+            .unwrap_or(now_lost)
+            .min(now_lost);
+        let s = shared.clone();
+        set.spawn(async move { housekeeping(s, baseline).await });
+    }
+    let listener = crate::api::server::bind(&opts.socket)?;
+    {
+        let s = shared.clone();
+        set.spawn(async move { crate::api::server::serve(s, listener).await });
+    }
+    let attest_listener = crate::attest::bind_unix(
+        &opts.attest_socket,
+        opts.attest_socket_mode,
+        opts.attest_group.as_deref(),
+    )?;
+    {
+        let s = shared.clone();
+        set.spawn(async move {
+            crate::attest::serve(s, crate::attest::Listener::Unix(attest_listener)).await
+        });
+    }
+    if let Some(addr) = &opts.attest_addr {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the attestation endpoint on {addr}"))?;
+        let s = shared.clone();
+        set.spawn(async move { crate::attest::serve(s, crate::attest::Listener::Tcp(l)).await });
+    }
+    let metrics_listener = TcpListener::bind(&opts.metrics_addr)
+        .await
+        .with_context(|| format!("binding metrics on {}", opts.metrics_addr))?;
+    {
+        let s = shared.clone();
+        set.spawn(async move { crate::metrics::server::serve(s, metrics_listener).await });
+    }
+    info!(socket = %opts.socket.display(), metrics = %opts.metrics_addr, webhook = ?opts.alert_webhook, generation = shared.active.read().expect("active lock").generation, "chokepoint daemon ready");
+
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => info!("SIGINT"),
+        _ = term.recv() => info!("SIGTERM"),
+        r = set.join_next() => warn!(?r, "a daemon task ended"),
+    }
+    shared.shutting_down.store(true, Ordering::Relaxed);
+    // Flush pending alerts.
+    let pending = dedup.lock().expect("dedup lock").due(true);
+    for a in pending {
+        publish_alert(&shared, a, &alert_q_tx);
+    }
+    let _ = std::fs::remove_file(&opts.socket);
+    let _ = std::fs::remove_file(&opts.attest_socket);
+    info!(
+        "daemon stopping; programs stay attached and keep enforcing generation {}",
+        shared.active.read().expect("active lock").generation
+    );
+    set.abort_all();
+    Ok(())
+}
