@@ -26,6 +26,12 @@ pub mod names {
     /// LRU hash of [`crate::AttestKey`] → [`crate::AttestVal`]: live gateway connections of
     /// identities, keyed by the 4-tuple as the gateway sees it.
     pub const ATTEST: &str = "CP_ATTEST";
+    /// LRU hash of [`crate::FlowKey`] → [`crate::AcceptVal`]: connections others are opening to
+    /// a listener of an identity (SYN seen, child not yet established).
+    pub const ACCEPT: &str = "CP_ACCEPT";
+    /// LRU hash of [`crate::ReplyKey`] → [`crate::ReplyVal`]: UDP peers that sent first to a
+    /// socket of an identity, with when they last did.
+    pub const REPLY: &str = "CP_REPLY";
 
     /// `cgroup/sock_create` program.
     pub const PROG_SOCK_CREATE: &str = "cp_sock_create";
@@ -43,11 +49,13 @@ pub mod names {
     pub const PROG_TC_EGRESS: &str = "cp_tc_egress";
     /// BPF LSM `socket_create` program.
     pub const PROG_LSM_SOCKET: &str = "cp_lsm_socket";
-    /// `sockops` program (gateway connection attestation).
+    /// `sockops` program (gateway connection attestation, accepted connections).
     pub const PROG_SOCK_OPS: &str = "cp_sock_ops";
+    /// `cgroup_skb/ingress` program (who opens connections to identities, UDP peers).
+    pub const PROG_SKB_INGRESS: &str = "cp_skb_ingress";
 
     /// Every program, in attach order.
-    pub const PROGRAMS: [&str; 9] = [
+    pub const PROGRAMS: [&str; 10] = [
         PROG_SOCK_CREATE,
         PROG_LSM_SOCKET,
         PROG_CONNECT4,
@@ -57,12 +65,13 @@ pub mod names {
         PROG_SKB_EGRESS,
         PROG_TC_EGRESS,
         PROG_SOCK_OPS,
+        PROG_SKB_INGRESS,
     ];
 }
 
 /// Build identity of the eBPF object layout. Bumped whenever a map's key or value changes, so a
 /// daemon never adopts pins of a layout it does not understand.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Deepest cgroup level the identity walk inspects (level 0 is the root).
 pub const MAX_CGROUP_DEPTH: u32 = 16;
@@ -80,6 +89,12 @@ pub const MAX_IDENT_CGROUPS: u32 = 65_536;
 pub const CGCACHE_SIZE: u32 = 65_536;
 /// Capacity of the attestation map (live gateway connections).
 pub const ATTEST_SIZE: u32 = 131_072;
+/// Capacity of the pending-accept map.
+pub const ACCEPT_SIZE: u32 = 65_536;
+/// Capacity of the UDP reply map.
+pub const REPLY_SIZE: u32 = 131_072;
+/// How long after a UDP peer's last datagram a socket of an identity may reply to it.
+pub const REPLY_WINDOW_NS: u64 = 60_000_000_000;
 /// Ring buffer size in bytes (power of two, multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 22;
 
@@ -131,6 +146,10 @@ pub mod reason {
     pub const LOOPBACK: u8 = 11;
     /// Link-local destination (e.g. cloud metadata) not allowed by a rule.
     pub const LINK_LOCAL: u8 = 12;
+    /// Traffic on a connection a peer opened to the identity (accepted TCP, UDP reply).
+    pub const REPLY: u8 = 13;
+    /// A peer outside `ingress.allowFrom` tried to open a connection to the identity.
+    pub const INGRESS_DENIED: u8 = 14;
     /// Number of reason codes (array bound).
     pub const COUNT: u8 = 16;
 
@@ -149,6 +168,8 @@ pub mod reason {
             MALFORMED => "malformed",
             LOOPBACK => "loopback",
             LINK_LOCAL => "link_local",
+            REPLY => "reply",
+            INGRESS_DENIED => "ingress_denied",
             _ => "none",
         }
     }
@@ -172,6 +193,8 @@ pub mod hook {
     pub const TC: u8 = 7;
     /// LSM `socket_create`.
     pub const LSM_SOCKET: u8 = 8;
+    /// `cgroup_skb/ingress`.
+    pub const SKB_INGRESS: u8 = 9;
 
     /// Name of a hook code as it appears in records.
     pub const fn name(code: u8) -> &'static str {
@@ -184,6 +207,7 @@ pub mod hook {
             SKB => "skb",
             TC => "tc",
             LSM_SOCKET => "lsm_socket_create",
+            SKB_INGRESS => "skb_ingress",
             _ => "unknown",
         }
     }
@@ -204,6 +228,8 @@ pub mod kind {
     pub const GATEWAY: u8 = 1;
     /// An allow rule.
     pub const RULE: u8 = 2;
+    /// An `ingress.allowFrom` source (in the ingress key space of the rules trie).
+    pub const INGRESS: u8 = 3;
 }
 
 /// Protocol value meaning "any protocol" in a [`PortEntry`].
@@ -293,8 +319,14 @@ pub const LPM_DATA_LEN: usize = 24;
 /// Bits of the fixed header at the front of an LPM key (slot, family, ident).
 pub const LPM_HEADER_BITS: u32 = 64;
 
+/// Key-space byte (`data[2]`) of egress destinations in [`names::RULES`].
+pub const LPM_SPACE_EGRESS: u8 = 0;
+/// Key-space byte (`data[2]`) of `ingress.allowFrom` sources in [`names::RULES`]: a separate
+/// subtree of the same trie, never matched by an egress lookup.
+pub const LPM_SPACE_INGRESS: u8 = 1;
+
 /// Data part of the LPM keys of [`names::RULES`] and [`names::GRANTS`]:
-/// `[slot u8][family u8][0 u8][0 u8][ident u32 big-endian][address 16 bytes]`.
+/// `[slot u8][family u8][space u8][0 u8][ident u32 big-endian][address 16 bytes]`.
 /// The prefix length always covers the 64 header bits plus the CIDR's bits.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -325,6 +357,12 @@ impl LpmKey {
             prefix_len: LPM_HEADER_BITS + cidr_bits,
             data,
         }
+    }
+
+    /// The same key in the ingress key space ([`LPM_SPACE_INGRESS`]).
+    pub const fn ingress(mut self) -> Self {
+        self.data[2] = LPM_SPACE_INGRESS;
+        self
     }
 }
 
@@ -421,8 +459,11 @@ pub struct SockTag {
     pub family: u8,
     /// Set once the socket has been tagged by `sock_create`.
     pub tagged: u8,
+    /// 1 for a TCP socket accepted from a listener of an identity (set by `sockops` when the
+    /// child is established, cleared by any connect): its traffic is a reply.
+    pub passive: u8,
     /// Padding.
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 6],
 }
 
 /// A flow decision record as written to the ring buffer.
@@ -516,6 +557,81 @@ pub struct AttestVal {
     pub generation: u32,
 }
 
+/// Key of [`names::ACCEPT`]: a TCP connection a peer is opening to an identity's listener.
+/// IPv4 (also IPv4-mapped) in the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// 4 or 6.
+    pub family: u8,
+    /// Padding.
+    pub _pad: u8,
+    /// The peer's port (host order).
+    pub peer_port: u16,
+    /// The identity's (listening) port (host order).
+    pub local_port: u16,
+    /// Padding.
+    pub _pad2: u16,
+    /// The peer's address.
+    pub peer_addr: [u8; 16],
+    /// The identity's address.
+    pub local_addr: [u8; 16],
+}
+
+/// Value of [`names::ACCEPT`]: who listens.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AcceptVal {
+    /// When the SYN was seen (boot ns).
+    pub seen_ns: u64,
+    /// cgroup id of the listener.
+    pub cgroup_id: u64,
+    /// pid/tgid of the listener's creator.
+    pub pid_tgid: u64,
+    /// uid/gid of the listener's creator.
+    pub uid_gid: u64,
+    /// The listener creator's command name.
+    pub comm: [u8; 16],
+    /// Identity id.
+    pub ident: u32,
+    /// Identity mode.
+    pub mode: u8,
+    /// Padding.
+    pub _pad: [u8; 3],
+}
+
+/// Key of [`names::REPLY`]: a UDP peer of one socket. IPv4 in the first 4 bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ReplyKey {
+    /// Socket cookie of the identity's socket.
+    pub cookie: u64,
+    /// The peer's address.
+    pub addr: [u8; 16],
+    /// The peer's port (host order).
+    pub port: u16,
+    /// 4 or 6.
+    pub family: u8,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Padding.
+    pub _pad: u32,
+}
+
+/// Value of [`names::REPLY`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReplyVal {
+    /// When the peer last sent to the socket (boot ns).
+    pub seen_ns: u64,
+    /// Epoch `ingress.allowFrom` was last checked under.
+    pub epoch: u32,
+    /// 1 once the reply flow has been recorded.
+    pub recorded: u8,
+    /// Padding.
+    pub _pad: [u8; 3],
+}
+
 macro_rules! assert_size {
     ($t:ty, $n:expr) => {
         const _: () = assert!(core::mem::size_of::<$t>() == $n);
@@ -534,6 +650,10 @@ assert_size!(SockTag, 104);
 assert_size!(Event, 120);
 assert_size!(AttestKey, 40);
 assert_size!(AttestVal, 48);
+assert_size!(FlowKey, 40);
+assert_size!(AcceptVal, 56);
+assert_size!(ReplyKey, 32);
+assert_size!(ReplyVal, 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -551,4 +671,8 @@ mod pod {
     unsafe impl aya::Pod for Event {}
     unsafe impl aya::Pod for AttestKey {}
     unsafe impl aya::Pod for AttestVal {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for AcceptVal {}
+    unsafe impl aya::Pod for ReplyKey {}
+    unsafe impl aya::Pod for ReplyVal {}
 }

@@ -8,7 +8,8 @@
 //! | `cp_sendmsg4/6`  | `cgroup/sendmsg4`, `sendmsg6`| 4.18           |
 //! | `cp_skb_egress`  | `cgroup_skb/egress`          | 5.7 (skb ancestor cgroup id in cgroup_skb) |
 //! | `cp_tc_egress`   | TC egress via tcx            | 6.6            |
-//! | `cp_sock_ops`    | `sockops` (attestation)      | 5.10 (sk storage in sockops) |
+//! | `cp_sock_ops`    | `sockops` (attestation, accepted sockets) | 5.10 (sk storage in sockops) |
+//! | `cp_skb_ingress` | `cgroup_skb/ingress` (who opens connections) | 5.7 |
 //!
 //! Every program calls the one decision function in [`decide`]; a program only extracts the
 //! destination from its context and applies the verdict.
@@ -19,6 +20,8 @@
 mod decide;
 #[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod reply;
 #[cfg(target_arch = "bpf")]
 mod skb;
 #[cfg(target_arch = "bpf")]

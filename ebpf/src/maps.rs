@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use chokepoint_common::{
-    ATTEST_SIZE, AttestKey, AttestVal, CGCACHE_SIZE, CgCache, Config, EVENTS_BYTES, GrantVal,
-    IdentKey, IdentVal, LPM_DATA_LEN, MAX_GRANTS, MAX_IDENT_CGROUPS, MAX_RULES, RuleVal, STATS_LEN,
-    SockTag,
+    ACCEPT_SIZE, ATTEST_SIZE, AcceptVal, AttestKey, AttestVal, CGCACHE_SIZE, CgCache, Config,
+    EVENTS_BYTES, FlowKey, GrantVal, IdentKey, IdentVal, LPM_DATA_LEN, MAX_GRANTS,
+    MAX_IDENT_CGROUPS, MAX_RULES, REPLY_SIZE, ReplyKey, ReplyVal, RuleVal, STATS_LEN, SockTag,
 };
 
 #[map]
@@ -39,3 +39,9 @@ pub static CP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN,
 #[map]
 pub static CP_ATTEST: LruHashMap<AttestKey, AttestVal> =
     LruHashMap::with_max_entries(ATTEST_SIZE, 0);
+
+#[map]
+pub static CP_ACCEPT: LruHashMap<FlowKey, AcceptVal> = LruHashMap::with_max_entries(ACCEPT_SIZE, 0);
+
+#[map]
+pub static CP_REPLY: LruHashMap<ReplyKey, ReplyVal> = LruHashMap::with_max_entries(REPLY_SIZE, 0);

@@ -107,6 +107,9 @@ fn handle(skb: &SkBuff, l3: usize, ethertype: u16, hook_code: u8) -> bool {
         // Not from a local socket (forwarded, or kernel-generated without a socket).
         return true;
     }
+    if let Some(pass) = crate::reply::synack(&cfg, skb, l3, ethertype, hook_code) {
+        return pass;
+    }
     let epoch = cfg.epoch();
     let mut tag_ptr = sock_tag(sk.cast::<c_void>(), false);
     let id = if !tag_ptr.is_null() && unsafe { (*tag_ptr).ident_epoch } == epoch {
@@ -157,7 +160,7 @@ fn handle(skb: &SkBuff, l3: usize, ethertype: u16, hook_code: u8) -> bool {
                 emit: true,
             }
         }
-        Some(p) => judge(&cfg, &id, tag_ptr, p),
+        Some(p) => judge(&cfg, &id, tag_ptr, p, raw),
     };
     if out.emit {
         record(out.verdict, out.reason, |ev| {
@@ -191,11 +194,35 @@ fn handle(skb: &SkBuff, l3: usize, ethertype: u16, hook_code: u8) -> bool {
 /// The verdict for a parsed packet: the socket's cached verdict when it covers the packet under
 /// the current epoch, a full decision otherwise.
 #[inline(always)]
-fn judge(cfg: &Config, id: &Ident, tag_ptr: *mut SockTag, pkt: &Pkt) -> Outcome {
+fn judge(
+    cfg: &Config,
+    id: &Ident,
+    tag_ptr: *mut SockTag,
+    pkt: &Pkt,
+    raw: *mut __sk_buff,
+) -> Outcome {
     let epoch = cfg.epoch();
     if !tag_ptr.is_null() {
         let t = unsafe { &mut *tag_ptr };
-        if cache_covers(t, epoch, &pkt.dst, pkt.port_known) {
+        if let Some((verdict, reason, emit)) = crate::reply::passive(cfg, id, t, &pkt.dst) {
+            return Outcome {
+                verdict,
+                reason,
+                rule: 0,
+                task: 0,
+                emit,
+            };
+        }
+        // A cached UDP reply holds only while its peer's window is open.
+        let reply_open = t.reason != reason::REPLY
+            || crate::reply::udp_reply(
+                cfg,
+                id,
+                unsafe { bpf_get_socket_cookie(raw.cast()) },
+                &pkt.dst,
+            )
+            .is_some();
+        if reply_open && cache_covers(t, epoch, &pkt.dst, pkt.port_known) {
             if t.verdict == verdict::ALLOW {
                 if t.reason == reason::GRANT && t.grant_expires_ns <= now_ns() {
                     let dec = denied(id, reason::EXPIRED);
@@ -230,6 +257,18 @@ fn judge(cfg: &Config, id: &Ident, tag_ptr: *mut SockTag, pkt: &Pkt) -> Outcome 
     }
     let mut dec = decide(cfg, id, &pkt.dst);
     let mut first_of_flow = true;
+    let mut reply_first = None;
+    if dec.verdict != verdict::ALLOW {
+        reply_first = crate::reply::udp_reply(
+            cfg,
+            id,
+            unsafe { bpf_get_socket_cookie(raw.cast()) },
+            &pkt.dst,
+        );
+        if reply_first.is_some() {
+            dec = crate::reply::reply_decision();
+        }
+    }
     if !tag_ptr.is_null() {
         let t = unsafe { &mut *tag_ptr };
         if same_flow_was_allowed(t, &pkt.dst) {
@@ -246,6 +285,9 @@ fn judge(cfg: &Config, id: &Ident, tag_ptr: *mut SockTag, pkt: &Pkt) -> Outcome 
         if pkt.port_known {
             cache_store(t, epoch, &pkt.dst, &dec);
         }
+    }
+    if let Some(first) = reply_first {
+        first_of_flow = first;
     }
     Outcome {
         verdict: dec.verdict,

@@ -112,16 +112,30 @@ fn handle(ctx: &SockAddrContext, v6: bool, hook_code: u8) -> i32 {
     }
     d.normalise();
 
-    let dec = decide(&cfg, &id, &d);
+    let mut dec = decide(&cfg, &id, &d);
     let mut first_of_flow = true;
+    // A UDP answer to a peer that sent to this socket first.
+    let mut reply_first = None;
+    if dec.verdict != verdict::ALLOW {
+        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        reply_first = crate::reply::udp_reply(&cfg, &id, cookie, &d);
+        if reply_first.is_some() {
+            dec = crate::reply::reply_decision();
+        }
+    }
     if !tag_ptr.is_null() {
         let t = unsafe { &mut *tag_ptr };
+        // Whatever this socket was, it is now one the workload opens itself.
+        t.passive = 0;
         if dec.verdict == verdict::ALLOW
             && (cache_covers(t, epoch, &d, true) || same_flow_was_allowed(t, &d))
         {
             first_of_flow = false;
         }
         cache_store(t, epoch, &d, &dec);
+    }
+    if let Some(first) = reply_first {
+        first_of_flow = first;
     }
     if dec.verdict != verdict::ALLOW || first_of_flow {
         record(dec.verdict, dec.reason, |ev| {

@@ -1,12 +1,15 @@
 //! `sockops`: the kernel-attested record of live gateway connections. When a TCP connection of
 //! an identity that was allowed as a gateway connection is established, its 4-tuple (as the
-//! gateway sees it) maps to who is behind it; the entry goes when the connection closes.
+//! gateway sees it) maps to who is behind it; the entry goes when the connection closes. When a
+//! connection a peer opened to an identity's listener is established, the child socket is
+//! marked accepted ([`crate::reply::accepted`]).
 
 use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::{
-        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
+        BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB,
+        BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG,
     },
     helpers::generated::bpf_get_socket_cookie,
     macros::sock_ops,
@@ -101,6 +104,8 @@ pub fn cp_sock_ops(ctx: SockOpsContext) -> u32 {
         let k = key(&ctx);
         let _ = CP_ATTEST.insert(k, val, 0);
         let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
+    } else if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
+        crate::reply::accepted(&ctx);
     } else if op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == TCP_CLOSE {
         let k = key(&ctx);
         let _ = CP_ATTEST.remove(k);

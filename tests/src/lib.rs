@@ -263,6 +263,28 @@ fn collect(mut child: Child) -> (Proc, Received) {
     (Proc(child), rec)
 }
 
+/// Starts a long-running probe (`serve`, `echo-serve`, …) in `cgroup`/`netns` and collects its
+/// JSON lines; waits for its `ready` line.
+pub fn spawn_probe(
+    cgroup: Option<&Path>,
+    netns: Option<&Netns>,
+    args: &[&str],
+) -> (Proc, Received) {
+    let mut cmd = Command::new(probe_bin());
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::null());
+    let child = in_cgroup(cmd, cgroup, netns).spawn().expect("spawn probe");
+    let (p, rec) = collect(child);
+    let t0 = Instant::now();
+    while rec.count(|v| v["event"] == "ready") == 0 {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "probe {args:?} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (p, rec)
+}
+
 /// The probe binary.
 pub fn probe_bin() -> PathBuf {
     if let Some(p) = std::env::var_os("CP_PROBE_BIN") {

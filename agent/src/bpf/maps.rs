@@ -5,7 +5,8 @@ use std::net::IpAddr;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use chokepoint_common::{
     AttestKey, AttestVal, Config, GrantEntry, GrantVal, IdentKey, IdentVal, LPM_DATA_LEN, LpmKey,
-    MAX_GRANT_ENTRIES, RuleVal, STAT_LOST, STATS_LEN, reason, stat_index, verdict,
+    MAX_GRANT_ENTRIES, PROTO_ANY, PortEntry, RuleVal, STAT_LOST, STATS_LEN, kind, reason,
+    stat_index, verdict,
 };
 
 use crate::policy::{CompiledPolicy, parse::Cidr};
@@ -154,6 +155,28 @@ impl PolicyMaps {
                         v.entries[i] = *e;
                     }
                     let key = lpm(slot as u8, id.id, cidr);
+                    keys.rules.push(key);
+                    self.rules.insert(&key, v, 0).map_err(m("CP_RULES"))?;
+                }
+                for (i, cidr) in id.ingress_prefixes().iter().enumerate() {
+                    let mut v = RuleVal::default();
+                    v.entries[0] = PortEntry {
+                        port_lo: 0,
+                        port_hi: u16::MAX,
+                        proto: PROTO_ANY,
+                        kind: kind::INGRESS,
+                        _pad: 0,
+                        rule: i as u32,
+                    };
+                    let k = LpmKey::new(
+                        slot as u8,
+                        cidr.family(),
+                        id.id,
+                        &cidr.bytes(),
+                        cidr.bits as u32,
+                    )
+                    .ingress();
+                    let key = Key::new(k.prefix_len, k.data);
                     keys.rules.push(key);
                     self.rules.insert(&key, v, 0).map_err(m("CP_RULES"))?;
                 }

@@ -35,7 +35,7 @@ pub use self::maps::{GrantSpec, IdentBinding, PolicyMaps, Stats};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chokepoint"));
 
 /// Every map the agent pins.
-pub const MAPS: [&str; 9] = [
+pub const MAPS: [&str; 11] = [
     names::CONFIG,
     names::IDENT,
     names::RULES,
@@ -45,7 +45,13 @@ pub const MAPS: [&str; 9] = [
     names::EVENTS,
     names::STATS,
     names::ATTEST,
+    names::ACCEPT,
+    names::REPLY,
 ];
+
+/// Maps added after the first release: an install pinned without them adopts the rest and
+/// gets these created (they hold only short-lived connection state).
+const ADDED_MAPS: [&str; 2] = [names::ACCEPT, names::REPLY];
 
 /// Errors of the loader.
 #[derive(Debug, thiserror::Error)]
@@ -179,12 +185,12 @@ fn check_layout(bpffs: &Path) -> Result<bool, LoadError> {
         return Ok(false);
     }
     let dir = bpffs.join("maps");
-    if present.len() != MAPS.len() {
-        let missing: Vec<&str> = MAPS
-            .iter()
-            .copied()
-            .filter(|n| !present.contains(n))
-            .collect();
+    let missing: Vec<&str> = MAPS
+        .iter()
+        .copied()
+        .filter(|n| !present.contains(n) && !ADDED_MAPS.contains(n))
+        .collect();
+    if !missing.is_empty() {
         return Err(LoadError::LayoutMismatch {
             dir,
             what: format!("missing maps: {}", missing.join(", ")),
@@ -434,12 +440,13 @@ pub fn start(
                         fd_link(p.take_link(id).map_err(perr)?, &path)?
                     }
                     Program::CgroupSkb(p) => {
+                        let dir = if name == names::PROG_SKB_INGRESS {
+                            CgroupSkbAttachType::Ingress
+                        } else {
+                            CgroupSkbAttachType::Egress
+                        };
                         let id = p
-                            .attach(
-                                cgroup.as_fd(),
-                                CgroupSkbAttachType::Egress,
-                                CgroupAttachMode::Single,
-                            )
+                            .attach(cgroup.as_fd(), dir, CgroupAttachMode::Single)
                             .map_err(perr)?;
                         fd_link(p.take_link(id).map_err(perr)?, &path)?
                     }

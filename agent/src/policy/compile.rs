@@ -90,6 +90,29 @@ pub struct CompiledIdentity {
     /// Destination prefixes with everything allowed there (ancestors merged in).
     #[serde(skip)]
     pub entries: BTreeMap<Cidr, Vec<PortEntry>>,
+    /// `ingress.allowFrom`: the sources that may open connections to the identity; `None`
+    /// when anyone may.
+    #[serde(rename = "allow_from", skip_serializing_if = "Option::is_none")]
+    pub ingress_from: Option<Vec<Cidr>>,
+}
+
+impl CompiledIdentity {
+    /// The source prefixes written into the ingress key space: `allowFrom`, or everything.
+    pub fn ingress_prefixes(&self) -> Vec<Cidr> {
+        match &self.ingress_from {
+            Some(v) => v.clone(),
+            None => vec![
+                Cidr {
+                    addr: std::net::Ipv4Addr::UNSPECIFIED.into(),
+                    bits: 0,
+                },
+                Cidr {
+                    addr: std::net::Ipv6Addr::UNSPECIFIED.into(),
+                    bits: 0,
+                },
+            ],
+        }
+    }
 }
 
 /// A compiled policy: what one generation holds.
@@ -435,6 +458,22 @@ fn compile_doc(
                 }
             }
         }
+        let mut ingress_from = None;
+        if let Some(ing) = &id.ingress
+            && let Some(list) = &ing.value.allow_from
+        {
+            let mut v = BTreeSet::new();
+            for (ai, a) in list.value.iter().enumerate() {
+                match parse_cidr(&a.value) {
+                    Ok(c) => {
+                        v.insert(c);
+                    }
+                    Err(m) => cx.at(a, format!("{field}.ingress.allowFrom[{ai}]"), m),
+                }
+            }
+            prefixes += v.len();
+            ingress_from = Some(v.into_iter().collect());
+        }
         let entries = merge_ancestors(&raw);
         for (c, v) in &entries {
             if v.len() > MAX_PORT_ENTRIES {
@@ -457,6 +496,7 @@ fn compile_doc(
                 .into_iter()
                 .map(|(c, v)| (c, v.into_iter().take(MAX_PORT_ENTRIES).collect()))
                 .collect(),
+            ingress_from,
         });
     }
     if prefixes > MAX_PREFIXES {
@@ -585,6 +625,38 @@ spec:
 
     fn err(doc: &str) -> PolicyError {
         compile_source("p.yaml", doc.as_bytes()).unwrap_err()
+    }
+
+    #[test]
+    fn ingress_allow_from() {
+        let p = compile_source("p.yaml", GOOD.as_bytes()).unwrap();
+        assert_eq!(p.identities[0].ingress_from, None);
+        // Without allowFrom anyone may open connections: both families' whole space.
+        assert_eq!(p.identities[0].ingress_prefixes().len(), 2);
+        let doc = format!(
+            "{GOOD}      ingress:\n        allowFrom: [\"10.0.0.0/8\", \"fd00::/8\", \"10.0.0.0/8\"]\n"
+        );
+        let p = compile_source("p.yaml", doc.as_bytes()).unwrap();
+        let from = p.identities[0].ingress_from.as_ref().unwrap();
+        assert_eq!(from.len(), 2, "duplicates merge: {from:?}");
+        let doc = format!("{GOOD}      ingress:\n        allowFrom: []\n");
+        let p = compile_source("p.yaml", doc.as_bytes()).unwrap();
+        assert!(
+            p.identities[0].ingress_prefixes().is_empty(),
+            "[] admits no one"
+        );
+        let doc =
+            format!("{GOOD}      ingress:\n        allowFrom: [\"10.0.0.0/8\", \"not-a-cidr\"]\n");
+        let line = doc.lines().position(|l| l.contains("not-a-cidr")).unwrap() as u32 + 1;
+        let e = err(&doc);
+        assert_eq!(
+            e.problems[0].field,
+            "spec.identities[0].ingress.allowFrom[1]"
+        );
+        assert_eq!(e.problems[0].line, line);
+        assert!(e.problems[0].column > 20, "{e}");
+        let e = err(&format!("{GOOD}      ingress:\n        allowFom: []\n"));
+        assert!(e.to_string().contains("allowFom"), "{e}");
     }
 
     #[test]

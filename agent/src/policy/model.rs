@@ -56,6 +56,17 @@ pub struct Identity {
     pub selector: Spanned<Selector>,
     #[serde(default)]
     pub egress: Egress,
+    #[serde(default)]
+    pub ingress: Option<Spanned<Ingress>>,
+}
+
+/// `spec.identities[].ingress`: who may open connections to the workload.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Ingress {
+    /// Source CIDRs that may open connections; absent means anyone, `[]` means no one.
+    #[serde(default)]
+    pub allow_from: Option<Spanned<Vec<Spanned<String>>>>,
 }
 
 /// `spec.identities[].selector`.

@@ -522,6 +522,142 @@ fn serve(tcp_ports: &[u16], udp_ports: &[u16], icmp: bool) {
     }
 }
 
+/// A server inside an identity: TCP answers each read with `echo:<data>` (an HTTP `GET` gets a
+/// `200 OK` and the connection is closed, like a health probe); UDP answers each datagram with
+/// `echo:<data>` and, when `also` is set, then sends one datagram to `also` (a peer that never
+/// sent to it). Every accept, datagram and send result is reported.
+fn echo_serve(tcp_port: u16, udp_port: u16, also: Option<SocketAddr>) {
+    let l = TcpListener::bind(("0.0.0.0", tcp_port)).expect("tcp bind");
+    let u = UdpSocket::bind(("0.0.0.0", udp_port)).expect("udp bind");
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                let peer = c.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+                out(json!({"proto": "tcp", "event": "accept", "peer": peer}));
+                let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    let data = String::from_utf8_lossy(&buf[..n]).into_owned();
+                    if data.starts_with("GET ") {
+                        let r = c.write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        );
+                        out(
+                            json!({"proto": "tcp", "event": "http", "peer": peer, "write": res(r)}),
+                        );
+                        break;
+                    }
+                    let r = c.write_all(format!("echo:{data}").as_bytes());
+                    out(
+                        json!({"proto": "tcp", "event": "data", "peer": peer, "data": data, "write": res(r)}),
+                    );
+                }
+            });
+        }
+    });
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        loop {
+            let Ok((n, peer)) = u.recv_from(&mut buf) else {
+                continue;
+            };
+            let data = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let r = u
+                .send_to(format!("echo:{data}").as_bytes(), peer)
+                .map(|_| ());
+            out(
+                json!({"proto": "udp", "event": "data", "peer": peer.to_string(), "data": data, "reply": res(r)}),
+            );
+            if let Some(a) = also {
+                let r = u
+                    .send_to(format!("unasked:{data}").as_bytes(), a)
+                    .map(|_| ());
+                out(
+                    json!({"proto": "udp", "event": "unasked", "to": a.to_string(), "send": res(r)}),
+                );
+            }
+        }
+    });
+    out(json!({"event": "ready"}));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// A client outside the identity: `n` request/answer exchanges with `dst` over one TCP
+/// connection (`tcp`) or one UDP socket (`udp`), from `src` when given. Reports the answers.
+fn client_rr(
+    proto: &str,
+    dst: SocketAddr,
+    src: Option<IpAddr>,
+    n: usize,
+    payload: &str,
+) -> serde_json::Value {
+    let bind = SocketAddr::new(src.unwrap_or_else(|| [0, 0, 0, 0].into()), 0);
+    let mut answers = Vec::new();
+    let r = (|| -> std::io::Result<()> {
+        if proto == "tcp" {
+            let fd = socket(libc::AF_INET, libc::SOCK_STREAM, 0)?;
+            let (ss, len) = sockaddr(&bind);
+            // SAFETY: bind(2) on our socket.
+            if unsafe { libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&ss).cast(), len) } != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut s = TcpStream::from(fd);
+            // A blocking connect with a bound socket: a dropped SYN gives up after the timeout.
+            s.set_write_timeout(Some(Duration::from_secs(2)))?;
+            let (ds, dlen) = sockaddr(&dst);
+            let tv = libc::timeval {
+                tv_sec: 2,
+                tv_usec: 0,
+            };
+            // SAFETY: setsockopt/connect on our socket.
+            unsafe {
+                libc::setsockopt(
+                    s.as_raw_fd(),
+                    libc::SOL_SOCKET,
+                    libc::SO_SNDTIMEO,
+                    std::ptr::from_ref(&tv).cast(),
+                    size_of::<libc::timeval>() as u32,
+                );
+                if libc::connect(s.as_raw_fd(), std::ptr::from_ref(&ds).cast(), dlen) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            for _ in 0..n {
+                s.write_all(payload.as_bytes())?;
+                let mut buf = [0u8; 4096];
+                let got = s.read(&mut buf)?;
+                answers.push(String::from_utf8_lossy(&buf[..got]).into_owned());
+            }
+        } else {
+            let u = UdpSocket::bind(bind)?;
+            u.set_read_timeout(Some(Duration::from_secs(2)))?;
+            for _ in 0..n {
+                u.send_to(payload.as_bytes(), dst)?;
+                let mut buf = [0u8; 4096];
+                let got = u.recv(&mut buf)?;
+                answers.push(String::from_utf8_lossy(&buf[..got]).into_owned());
+            }
+        }
+        Ok(())
+    })();
+    let mut v = res(r);
+    v["answers"] = json!(answers);
+    v
+}
+
+/// Sends one datagram to `dst` from a socket bound to `port` (a "reply" nobody asked for).
+fn udp_from(port: u16, dst: SocketAddr, payload: &str) -> std::io::Result<()> {
+    let u = UdpSocket::bind(("0.0.0.0", port))?;
+    u.send_to(payload.as_bytes(), dst).map(|_| ())
+}
+
 /// Pins this process to the CPU in `CP_CPU`, if set.
 fn pin_cpu() {
     if let Some(cpu) = std::env::var("CP_CPU")
@@ -789,6 +925,21 @@ fn main() {
             serve(&ports(&a(1)), &ports(&a(2)), a(3) == "icmp");
             return;
         }
+        "echo-serve" => {
+            let also = (!a(3).is_empty()).then(|| addr(&a(3)));
+            echo_serve(
+                a(1).parse().expect("tcp port"),
+                a(2).parse().expect("udp port"),
+                also,
+            );
+            return;
+        }
+        "tcp-rr" | "udp-rr" => {
+            let src = (!a(2).is_empty() && a(2) != "-").then(|| a(2).parse().expect("src ip"));
+            let n = a(3).parse().unwrap_or(1);
+            client_rr(&a(0)[..3], addr(&a(1)), src, n, &payload)
+        }
+        "udp-from" => res(udp_from(a(1).parse().expect("port"), addr(&a(2)), &payload)),
         other => {
             eprintln!("unknown probe `{other}`");
             std::process::exit(2);
