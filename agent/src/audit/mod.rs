@@ -1,8 +1,11 @@
-//! Flow records and the audit log: [`record`] (schema, enrichment of kernel events) and [`sink`]
+//! Flow records and the audit log: [`record`] (schema, enrichment of kernel events), [`sink`]
+//! (the one writer of the audit log: `event` field, per-line transform, fsync task) and [`file`]
 //! (the JSON lines file with size-based rotation).
 
+pub mod file;
 pub mod record;
 pub mod sink;
 
+pub use file::JsonLines;
 pub use record::{FlowRecord, Names, SCHEMA_VERSION, enrich, lost_record, verdict_name};
-pub use sink::JsonLines;
+pub use sink::{AuditEvent, AuditSink, Transform, append_field};

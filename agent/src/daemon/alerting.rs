@@ -12,7 +12,7 @@ use tracing::warn;
 use super::Shared;
 use crate::{
     alerts::{Alert, Deduper},
-    audit::JsonLines,
+    audit::AuditEvent,
 };
 
 pub(crate) fn publish_alert(shared: &Shared, a: Alert, q: &mpsc::Sender<Alert>) {
@@ -25,10 +25,8 @@ pub(crate) fn publish_alert(shared: &Shared, a: Alert, q: &mpsc::Sender<Alert>) 
         "bypass alert"
     );
     shared.metrics.alert(&a.reason);
-    if let Some(path) = &shared.opts.alert_log
-        && let Ok(mut l) = JsonLines::open(path, 64 << 20, 5)
-    {
-        let _ = l.write(&a).and_then(|_| l.sync());
+    if let Err(e) = shared.alert_log.write_synced(AuditEvent::Alert, &a) {
+        warn!(error = %e, "alert log write failed");
     }
     if shared.opts.alert_webhook.is_some() && q.try_send(a.clone()).is_err() {
         shared.webhook.dropped.fetch_add(1, Ordering::Relaxed);

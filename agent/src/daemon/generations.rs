@@ -9,7 +9,7 @@ use tracing::{error, info, warn};
 
 use super::{Active, KEEP_GENERATIONS, Shared};
 use crate::{
-    audit::{self, JsonLines},
+    audit::{self, AuditEvent},
     bpf::IdentBinding,
     cgroup,
     policy::CompiledPolicy,
@@ -104,13 +104,9 @@ impl Shared {
         unsafe { libc::malloc_trim(0) };
         info!(generation, action, digest = %meta.digest, by_uid = ?who.0, by_pid = ?who.1, "policy generation active");
         // The change is itself an audit record (who, when, old → new generation, digest).
-        if let Some(p) = &self.opts.audit_log
-            && let Ok(mut l) =
-                JsonLines::open(p, self.opts.audit_log_max_bytes, self.opts.audit_log_keep)
         {
             let rec = json!({
                 "schema": audit::SCHEMA_VERSION,
-                "event": "policy_change",
                 "time": meta.applied_at,
                 "node": self.node,
                 "action": action,
@@ -121,7 +117,9 @@ impl Shared {
                 "uid": who.0,
                 "pid": who.1,
             });
-            let _ = l.write(&rec).and_then(|_| l.sync());
+            if let Err(e) = self.audit.write_synced(AuditEvent::PolicyChange, &rec) {
+                error!(error = %e, generation, "audit log write of the policy change failed");
+            }
         }
         Ok(generation)
     }

@@ -7,6 +7,7 @@ use tracing::info;
 
 use super::Shared;
 use crate::{
+    audit::{self, AuditEvent},
     bpf::GrantSpec,
     policy::parse::{Cidr, parse_cidr},
     state::StoredGrant,
@@ -155,13 +156,23 @@ impl Shared {
             let _ = shared.maps.lock().expect("maps lock").set_grants(&specs);
             return Err(e.into());
         }
+        drop(store);
         info!(identity, to, task, ttl_secs, by_uid = ?who.0, "grant added");
-        Ok(json!({
+        let answer = json!({
             "identity": identity, "to": to, "task": task,
             "destinations": cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
             "ports": spec.to_string(),
             "expires_at": util::rfc3339_ns(g.expires_wall_ns),
-        }))
+        });
+        self.audit_grant_change(
+            AuditEvent::Grant,
+            json!({
+                "identity": identity, "to": to, "task": task, "ttl_secs": ttl_secs,
+                "expires_at": util::rfc3339_ns(g.expires_wall_ns),
+            }),
+            who,
+        );
+        Ok(answer)
     }
 
     /// Removes every grant of `task`.
@@ -179,7 +190,33 @@ impl Shared {
         let specs = shared.grant_specs(&grants);
         store.set_grants(&grants)?;
         shared.maps.lock().expect("maps lock").set_grants(&specs)?;
+        drop(store);
         info!(task, removed, by_uid = ?who.0, "task revoked");
+        self.audit_grant_change(
+            AuditEvent::Revoke,
+            json!({"task": task, "revoked": removed}),
+            who,
+        );
         Ok(json!({"task": task, "revoked": removed}))
+    }
+
+    /// Writes a grant or revoke record (who, when, what) to the audit log, on disk before the
+    /// API answers.
+    fn audit_grant_change(
+        &self,
+        event: AuditEvent,
+        mut rec: serde_json::Value,
+        who: (Option<u32>, Option<u32>),
+    ) {
+        if let Some(o) = rec.as_object_mut() {
+            o.insert("schema".into(), audit::SCHEMA_VERSION.into());
+            o.insert("time".into(), util::rfc3339_ns(util::wall_ns()).into());
+            o.insert("node".into(), self.node.clone().into());
+            o.insert("uid".into(), who.0.into());
+            o.insert("pid".into(), who.1.into());
+        }
+        if let Err(e) = self.audit.write_synced(event, &rec) {
+            tracing::error!(error = %e, event = event.as_str(), "audit log write failed");
+        }
     }
 }

@@ -8,7 +8,7 @@ use std::{
 
 use super::Shared;
 use crate::{
-    audit::{self, JsonLines},
+    audit::{self, AuditEvent},
     state::StoredGrant,
     util,
 };
@@ -38,14 +38,9 @@ pub(crate) async fn housekeeping(shared: Arc<Shared>, baseline_lost: u64) {
                 ring.push(r.clone());
                 drop(ring);
                 let _ = shared.flow_tx.send(r.clone());
-                if let Some(p) = &shared.opts.audit_log
-                    && let Ok(mut l) = JsonLines::open(
-                        p,
-                        shared.opts.audit_log_max_bytes,
-                        shared.opts.audit_log_keep,
-                    )
-                {
-                    let _ = l.write(r.as_ref()).and_then(|_| l.sync());
+                if let Err(e) = shared.audit.write_synced(AuditEvent::Lost, r.as_ref()) {
+                    shared.metrics.lost_user.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(error = %e, "audit log write of a `lost` record failed");
                 }
                 let _ = shared
                     .store

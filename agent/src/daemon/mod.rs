@@ -56,6 +56,7 @@ pub use self::{
 pub use crate::options::Options;
 use crate::{
     alerts::{Alert, Deduper, Webhook, WebhookStats, webhook_task},
+    audit::AuditSink,
     bpf::{self, Kernel, StartOptions},
     metrics::Metrics,
     state::StateStore,
@@ -75,6 +76,17 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         );
     }
     let store = StateStore::open(&opts.state_dir)?;
+    // The audit and alert logs' one writer each, opened before any kernel state is touched.
+    let audit = match &opts.audit_log {
+        Some(p) => AuditSink::open(p, opts.audit_log_max_bytes, opts.audit_log_keep)
+            .with_context(|| format!("opening the audit log {}", p.display()))?,
+        None => AuditSink::disabled(),
+    };
+    let alert_log = match &opts.alert_log {
+        Some(p) => AuditSink::open(p, 64 << 20, 5)
+            .with_context(|| format!("opening the alert log {}", p.display()))?,
+        None => AuditSink::disabled(),
+    };
     // The policy to bring up: the state's current generation, then --policy if it differs.
     let current = store.current()?;
     let dns = crate::dns::DnsCache::new(crate::dns::DEFAULT_GRACE);
@@ -175,6 +187,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         flow_tx,
         alert_tx,
         metrics: Metrics::default(),
+        audit: audit.clone(),
+        alert_log: alert_log.clone(),
         degraded,
         webhook: Arc::new(WebhookStats::default()),
         shutting_down: AtomicBool::new(false),
@@ -204,6 +218,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
     // Consumers before anything else can produce records for them.
     let mut set = tokio::task::JoinSet::new();
+    for (what, sink) in [("audit log", audit), ("alert log", alert_log)] {
+        set.spawn(async move {
+            if let Err(e) = sink.run_sync().await {
+                error!(error = %e, "{what}: fsync failed");
+            }
+        });
+    }
     let (alert_q_tx, alert_q_rx) = mpsc::channel::<Alert>(1024);
     if let Some(url) = &opts.alert_webhook {
         let hook = Webhook::parse(url).map_err(|e| anyhow::anyhow!(e))?;

@@ -4,7 +4,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex, atomic::Ordering},
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use chokepoint_common::Event;
@@ -13,7 +13,7 @@ use tracing::error;
 use super::{EnrichNames, Shared};
 use crate::{
     alerts::Deduper,
-    audit::{self, FlowRecord, JsonLines},
+    audit::{self, AuditEvent, FlowRecord},
     cgroup::PathCache,
 };
 
@@ -26,14 +26,6 @@ pub(crate) async fn consume(
     let mut afd = unsafe { tokio::io::unix::AsyncFd::register(events) }
         .map_err(|e| anyhow::anyhow!("registering the ring buffer: {}", e.into_parts().1))?;
     let mut paths = PathCache::new(shared.opts.cgroup_root.clone());
-    let mut audit_log = match &shared.opts.audit_log {
-        Some(p) => Some(JsonLines::open(
-            p,
-            shared.opts.audit_log_max_bytes,
-            shared.opts.audit_log_keep,
-        )?),
-        None => None,
-    };
     // Test knob: slow the consumer down to exercise loss accounting.
     let delay = std::env::var("CHOKEPOINT_CONSUMER_DELAY_MS")
         .ok()
@@ -44,35 +36,15 @@ pub(crate) async fn consume(
     // wait COALESCE before draining, so a busy workload costs at most ~200 wakeups/s and an idle
     // one none.
     const COALESCE: Duration = Duration::from_millis(5);
-    // fsync of the audit log: at most every SYNC interval while records flow, and once more when
-    // they stop.
-    const SYNC: Duration = Duration::from_millis(100);
-    let mut last_sync = Instant::now();
-    let mut dirty = false;
+    // fsync of the audit log is the sink's task (at most every 100 ms while records flow, and
+    // once more when they stop).
     let mut drained = true;
     loop {
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         } else if drained {
-            let wait = if dirty {
-                SYNC
-            } else {
-                Duration::from_secs(3600)
-            };
-            match tokio::time::timeout(wait, afd.readable_mut()).await {
-                Ok(g) => {
-                    g?.clear_ready();
-                    tokio::time::sleep(COALESCE).await;
-                }
-                Err(_) => {
-                    if let Some(l) = audit_log.as_mut() {
-                        l.sync()?;
-                    }
-                    dirty = false;
-                    last_sync = Instant::now();
-                    continue;
-                }
-            }
+            afd.readable_mut().await?.clear_ready();
+            tokio::time::sleep(COALESCE).await;
         }
         drained = true;
         let mut records = Vec::new();
@@ -89,9 +61,7 @@ pub(crate) async fn consume(
                     let r = Arc::new(audit::enrich(&ev, &shared.node, &mut names));
                     // The line reaches the file (page cache) before the ring slot is released
                     // (when `item` drops): a killed daemon loses no consumed record.
-                    if let Some(l) = audit_log.as_mut()
-                        && let Err(e) = l.write(r.as_ref())
-                    {
+                    if let Err(e) = shared.audit.write(record_event(&r), r.as_ref()) {
                         shared.metrics.lost_user.fetch_add(1, Ordering::Relaxed);
                         error!(error = %e, "audit log write failed (record counted as lost)");
                     }
@@ -111,14 +81,15 @@ pub(crate) async fn consume(
             .delivered
             .fetch_add(records.len() as u64, Ordering::Relaxed);
         deliver(&shared, &records, &dedup);
-        dirty = true;
-        if last_sync.elapsed() >= SYNC {
-            if let Some(l) = audit_log.as_mut() {
-                l.sync()?;
-            }
-            dirty = false;
-            last_sync = Instant::now();
-        }
+    }
+}
+
+/// The audit log `event` of a record.
+pub(crate) fn record_event(r: &FlowRecord) -> AuditEvent {
+    if r.verdict == "lost" {
+        AuditEvent::Lost
+    } else {
+        AuditEvent::Flow
     }
 }
 

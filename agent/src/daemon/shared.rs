@@ -12,7 +12,7 @@ use tokio::sync::broadcast;
 use super::Options;
 use crate::{
     alerts::{Alert, WebhookStats},
-    audit::FlowRecord,
+    audit::{AuditSink, FlowRecord},
     bpf::{IdentBinding, PolicyMaps, Stats},
     metrics::Metrics,
     policy::CompiledPolicy,
@@ -65,6 +65,10 @@ pub struct Shared {
     pub(super) flow_tx: broadcast::Sender<Arc<FlowRecord>>,
     pub(super) alert_tx: broadcast::Sender<Arc<Alert>>,
     pub(super) metrics: Metrics,
+    /// The audit log's one writer (flows, losses, policy changes, grants, revokes).
+    pub(super) audit: AuditSink,
+    /// The alert log's one writer.
+    pub(super) alert_log: AuditSink,
     pub(super) degraded: Vec<(String, String)>,
     pub(super) webhook: Arc<WebhookStats>,
     pub(super) shutting_down: AtomicBool,
