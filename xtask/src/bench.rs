@@ -6,14 +6,20 @@
 //! client's output hook), `nft-set` (one rule over an interval set of N), `chokepoint` (the daemon
 //! enforcing an identity whose policy has the gateway endpoint plus N unrelated CIDRs). Every
 //! figure is a ratio to `none` measured in the same repetition; min/median/max over repetitions.
-//! Per-program cost comes from `kernel.bpf_stats_enabled` in a separate pass.
+//! Per-program cost comes from `kernel.bpf_stats_enabled` in a separate pass, for sockets of no
+//! identity (a cgroup no policy selects) and of an enforced identity, counted over this daemon's
+//! own programs only (other daemons on the host have their own).
+//!
+//! SIGINT/SIGTERM stop the run at the next step and unwind: the daemon is stopped and uninstalled,
+//! the network namespaces and cgroups removed, bpf_stats switched off.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt::Write as _,
     net::Ipv4Addr,
     path::Path,
     process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -25,6 +31,76 @@ const PORT: u16 = 7000;
 const CLIENT: &str = "10.210.0.1";
 const SERVER: &str = "10.210.0.2";
 const CONFIGS: [&str; 4] = ["none", "nft-linear", "nft-set", "chokepoint"];
+
+/// `cargo xtask bench --help`.
+pub const HELP: &str = "usage: cargo xtask bench [--quick | --progs | --soak DURATION]
+
+Builds release binaries, then measures what enforcement costs (needs root): a client cgroup in one
+network namespace, a server in another, joined by veth. Configurations interleaved within every
+repetition: none, nft-linear (N drop rules), nft-set (one rule over an interval set of N),
+chokepoint (the daemon enforcing the client's identity, gateway plus N rules). Figures are ratios
+to `none` in the same repetition (median [min-max], `=noise` when the range spans 1), for
+N = 10, 1k, 100k; then per-program cost from kernel.bpf_stats (sockets of no identity and of an
+enforced identity, 1 and 1,000 identities), policy change time, records delivered per second and
+the daemon's footprint. Writes bench-results/bench-<time>.{json,md}.
+SIGINT/SIGTERM stop the run and clean up (daemon, namespaces, cgroups, bpf_stats).
+
+  --quick   N = 10 only, 3 short repetitions (the CI smoke run; numbers are not judged)
+  --progs   the per-program (bpf_stats) pass only, N = 10 and 1 identity (about a minute)
+  --soak DURATION
+            mixed load for DURATION (90s, 30m, 1h): connects, UDP, denials, a policy apply every
+            5 s and a `flows --follow` subscriber; daemon RSS, open fds and ring-buffer loss
+            at the start and the end
+  --help    this text";
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Routes SIGINT and SIGTERM to [`INTERRUPTED`]; the run checks it between steps and unwinds.
+fn catch_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Fails once a stop was requested, so every guard on the stack cleans up as it unwinds.
+fn check() -> anyhow::Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted; cleaned up the daemon, namespaces and cgroups");
+    }
+    Ok(())
+}
+
+/// Sleeps `d` in short steps, stopping early when interrupted.
+fn nap(d: Duration) -> anyhow::Result<()> {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        check()?;
+        std::thread::sleep(Duration::from_millis(50).min(d.saturating_sub(t.elapsed())));
+    }
+    check()
+}
+
+/// `kernel.bpf_stats_enabled` on while it lives (stats add ~2 x 20 ns per run, so only for the
+/// per-program pass).
+struct BpfStats;
+
+impl BpfStats {
+    fn on() -> Self {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+        Self
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    }
+}
 
 fn padding(n: usize) -> Vec<String> {
     // Unrelated /32s in 100.64.0.0/10 (never the server's address).
@@ -67,6 +143,8 @@ struct Bed {
     _server: Netns,
     _srv: Proc,
     enforced: Cgroup,
+    /// A cgroup no policy selects: its sockets belong to no identity.
+    unrelated: Cgroup,
     probe: std::path::PathBuf,
 }
 
@@ -158,17 +236,22 @@ impl Bed {
             _server: server,
             _srv: Proc(srv),
             enforced: Cgroup::new(&unique("cpbench-agent")),
+            unrelated: Cgroup::new(&unique("cpbench-other")),
             probe: probe.to_path_buf(),
         })
     }
 
     fn run(&self, mode: &str, dst: &str, secs: f64) -> Value {
+        self.run_in(&self.enforced.path, mode, dst, secs)
+    }
+
+    fn run_in(&self, cgroup: &Path, mode: &str, dst: &str, secs: f64) -> Value {
         let mut cmd = Command::new(&self.probe);
         cmd.args(["bench", mode, dst, &secs.to_string()])
             .env("CP_CPU", "0")
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
-        let out = in_cgroup(cmd, Some(&self.enforced.path), Some(&self.client))
+        let out = in_cgroup(cmd, Some(cgroup), Some(&self.client))
             .output()
             .expect("bench client");
         let text = String::from_utf8_lossy(&out.stdout);
@@ -221,20 +304,143 @@ fn stats(v: &[f64]) -> Value {
     json!({"min": s[0], "median": q(0.5), "max": s[s.len() - 1], "q25": q(0.25), "q75": q(0.75), "n": s.len()})
 }
 
-/// Sum of (run_time_ns, run_cnt) per Chokepoint program, from the kernel's bpf_stats.
-fn bpf_prog_stats() -> BTreeMap<String, (u64, u64)> {
+/// Ids of the programs behind one daemon's pinned links (`<bpffs>/links/*`).
+fn own_programs(bpffs: &Path) -> BTreeSet<u32> {
+    let mut ids = BTreeSet::new();
+    for e in std::fs::read_dir(bpffs.join("links"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
+        let Ok(link) = aya::programs::links::PinnedLink::from_pin(e.path()) else {
+            continue;
+        };
+        let fd: aya::programs::links::FdLink = link.into();
+        if let Ok(info) = fd.info() {
+            ids.insert(info.program_id());
+        }
+    }
+    ids
+}
+
+/// Sum of (run_time_ns, run_cnt) per program name over the programs in `ids`, from bpf_stats.
+fn bpf_prog_stats(ids: &BTreeSet<u32>) -> BTreeMap<String, (u64, u64)> {
     let mut m = BTreeMap::new();
     for p in aya::programs::loaded_programs().filter_map(Result::ok) {
+        if !ids.contains(&p.id()) {
+            continue;
+        }
         let Some(name) = p.name_as_str() else {
             continue;
         };
-        if name.starts_with("cp_") {
-            let e = m.entry(name.to_string()).or_insert((0u64, 0u64));
-            e.0 += p.run_time().as_nanos() as u64;
-            e.1 += p.run_count();
-        }
+        let e = m.entry(name.to_string()).or_insert((0u64, 0u64));
+        e.0 += p.run_time().as_nanos() as u64;
+        e.1 += p.run_count();
     }
     m
+}
+
+/// Per-invocation cost of each of `d`'s programs while `work` runs: ns per run and runs.
+fn prog_cost(d: &Daemon, work: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Value> {
+    let ids = own_programs(&d.bpffs);
+    let _stats = BpfStats::on();
+    let before = bpf_prog_stats(&ids);
+    work()?;
+    let after = bpf_prog_stats(&ids);
+    let mut per_prog = json!({});
+    for (name, (t1, c1)) in &after {
+        let (t0, c0) = before.get(name).copied().unwrap_or((0, 0));
+        if *c1 > c0 {
+            per_prog[name] =
+                json!({"ns_per_run": (t1 - t0) as f64 / (c1 - c0) as f64, "runs": c1 - c0});
+        }
+    }
+    Ok(per_prog)
+}
+
+/// [`prog_cost`] over `windows` separate windows of `work`: per program the median of the
+/// windows' ns/run (an interrupt, a vCPU steal or a neighbour's burst lands in one window and
+/// moves its average, not the median), the range, and the runs summed.
+fn prog_cost_windows(
+    d: &Daemon,
+    windows: usize,
+    mut work: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<Value> {
+    let mut per: BTreeMap<String, (Vec<f64>, u64)> = BTreeMap::new();
+    for _ in 0..windows {
+        check()?;
+        let one = prog_cost(d, &mut work)?;
+        for (name, v) in one.as_object().into_iter().flatten() {
+            let e = per.entry(name.clone()).or_default();
+            e.0.push(v["ns_per_run"].as_f64().unwrap_or(0.0));
+            e.1 += v["runs"].as_u64().unwrap_or(0);
+        }
+    }
+    let mut out = json!({});
+    for (name, (ns, runs)) in per {
+        let st = stats(&ns);
+        out[name] = json!({"ns_per_run": st["median"], "min": st["min"], "max": st["max"], "runs": runs});
+    }
+    Ok(out)
+}
+
+/// The workloads of the per-program pass, each measured in its own bpf_stats window so a row
+/// counts only the runs its workload causes: per-packet cost from connected UDP (the server
+/// sends nothing back, so every packet is the client's), connect and socket creation from
+/// connect+request+close (accepted sockets do not run `sock_create`), unconnected sends from
+/// `sendto`.
+const PROG_WORKLOADS: [(&str, &str); 3] =
+    [("crr", "crr"), ("udp", "udp"), ("sendto", "udp-sendto")];
+
+/// bpf_stats windows per workload and class.
+const PROG_WINDOWS: usize = 5;
+
+/// The workload whose window a program's row is read from.
+fn prog_workload(prog: &str) -> &'static str {
+    match prog {
+        "cp_skb_egress" => "udp",
+        "cp_sendmsg4" | "cp_sendmsg6" => "sendto",
+        _ => "crr",
+    }
+}
+
+/// The per-program pass: the workloads from a cgroup of no identity, then from the enforced
+/// identity's cgroup, under `d`.
+fn prog_table(bed: &Bed, d: &Daemon, gw: &str, udp: &str, secs: f64) -> anyhow::Result<Value> {
+    let mut out = json!({});
+    for (class, cg) in [
+        ("unrelated", &bed.unrelated.path),
+        ("enforced", &bed.enforced.path),
+    ] {
+        for (label, mode) in PROG_WORKLOADS {
+            check()?;
+            let dst = if mode == "crr" { gw } else { udp };
+            out[class][label] = prog_cost_windows(d, PROG_WINDOWS, || {
+                let _ = bed.run_in(cg, mode, dst, secs / PROG_WINDOWS as f64);
+                Ok(())
+            })?;
+        }
+    }
+    Ok(out)
+}
+
+/// A policy of `count` identities, each selecting its own child cgroup of `parent` (the first is
+/// the bench's enforced cgroup), each with the gateway and `pad` rules.
+fn policy_identities(enforced: &str, parent: &str, count: usize, pad: &[String]) -> String {
+    let base = policy(enforced, pad);
+    let (head, first) = base.split_at(base.find("    - name: bench-agent").expect("identity"));
+    let mut s = String::from(head);
+    s += first;
+    for i in 1..count {
+        let one = first
+            .replace("name: bench-agent", &format!("name: bench-id{i}"))
+            .replace(
+                &format!("cgroupPath: \"{enforced}\""),
+                &format!("cgroupPath: \"{parent}/i{i}\""),
+            );
+        s += &one;
+    }
+    s
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -260,7 +466,35 @@ fn cpu_ticks(pid: u32) -> u64 {
 }
 
 pub fn bench(rest: &[String]) -> anyhow::Result<()> {
-    let quick = rest.iter().any(|a| a == "--quick");
+    // `--soak 30m` is the same as `--soak=30m`.
+    let rest: Vec<String> = {
+        let mut v = Vec::new();
+        let mut it = rest.iter();
+        while let Some(a) = it.next() {
+            if a == "--soak"
+                && let Some(d) = it.next()
+            {
+                v.push(format!("--soak={d}"));
+            } else {
+                v.push(a.clone());
+            }
+        }
+        v
+    };
+    let mut quick = false;
+    let mut progs_only = false;
+    for a in &rest {
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--progs" => progs_only = true,
+            "--soak" => bail!("--soak needs a duration (e.g. --soak 30m)\n\n{HELP}"),
+            other if other.starts_with("--soak=") => {
+                return soak(parse_duration(&other["--soak=".len()..])?);
+            }
+            other => bail!("unknown option {other:?}\n\n{HELP}"),
+        }
+    }
+    catch_signals();
     let (bin, probe) = crate::build_release()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
@@ -271,15 +505,24 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
         std::env::set_var("CHOKEPOINT_BIN", &bin);
         std::env::set_var("CP_PROBE_BIN", &probe);
     }
-    let sizes: Vec<usize> = if quick {
+    let sizes: Vec<usize> = if quick || progs_only {
         vec![10]
     } else {
         vec![10, 1_000, 100_000]
     };
-    let reps = if quick { 3 } else { 30 };
+    let reps = if progs_only {
+        0
+    } else if quick {
+        3
+    } else {
+        30
+    };
+    // Per workload and class in the per-program pass (split into PROG_WINDOWS windows).
+    let prog_secs = if quick { 1.0 } else { 2.5 };
     let secs = if quick { 0.4 } else { 0.5 };
     let bed = Bed::new(&probe)?;
     let gw = format!("{SERVER}:{PORT}");
+    let udp = format!("{SERVER}:{PORT}");
     let denied = "100.64.0.1:443".to_string();
     let mut results = json!({"machine": machine(), "quick": quick, "reps": reps, "secs_per_run": secs, "sizes": {}});
     let dir = crate::root().join("bench-results");
@@ -342,6 +585,7 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
                     ("bulk", "stream", "bytes_per_s"),
                     ("udp", "udp", "rate"),
                 ] {
+                    check()?;
                     let r = bed.run(mode, &gw, secs);
                     raw.entry(metric)
                         .or_default()
@@ -386,31 +630,30 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
             table[*metric] = m;
         }
         // Separate pass: per-invocation cost from bpf_stats, and the daemon's footprint.
+        check()?;
         let d = Daemon::start(&doc, &[]);
         let pid = daemon_pid(&d);
         let rss = rss_kib(pid);
         let c0 = cpu_ticks(pid);
         let idle_secs = if quick { 2.0 } else { 5.0 };
-        std::thread::sleep(Duration::from_secs_f64(idle_secs));
+        nap(Duration::from_secs_f64(idle_secs))?;
         let idle_cpu_pct = (cpu_ticks(pid) - c0) as f64 / 100.0 / idle_secs * 100.0;
-        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
-        let before = bpf_prog_stats();
-        let _ = bed.run("crr", &gw, 2.0 * secs);
-        let _ = bed.run("deny", &denied, secs);
-        let after = bpf_prog_stats();
-        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
-        let mut per_prog = json!({});
-        for (name, (t1, c1)) in &after {
-            let (t0, c0) = before.get(name).copied().unwrap_or((0, 0));
-            if c1 > &c0 {
-                per_prog[name] =
-                    json!({"ns_per_run": (t1 - t0) as f64 / (c1 - c0) as f64, "runs": c1 - c0});
-            }
-        }
+        let per_prog = prog_table(&bed, &d, &gw, &udp, prog_secs)?;
+        let deny_cost = prog_cost_windows(&d, PROG_WINDOWS, || {
+            let _ = bed.run("deny", &denied, prog_secs / PROG_WINDOWS as f64);
+            Ok(())
+        })?;
         // Change-to-enforcement: apply a policy that allows a new destination; the CLI returns once
         // the kernel switched; the next connect decides under the new generation.
         let mut change_ms = Vec::new();
-        for i in 0..if quick { 5 } else { 20 } {
+        let changes = if progs_only {
+            0
+        } else if quick {
+            5
+        } else {
+            20
+        };
+        for i in 0..changes {
             let extra = doc.replace(
                 "ports: [\"7000/udp\"]",
                 &format!("ports: [\"7000/udp\", \"{}/tcp\"]", 7100 + i),
@@ -425,14 +668,22 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
             change_ms.push(t.elapsed().as_secs_f64() * 1000.0);
         }
         // Records delivered per second: a burst of denials, all accounted.
-        let flood = if quick { 50_000 } else { 500_000 };
+        let flood = if progs_only {
+            0
+        } else if quick {
+            50_000
+        } else {
+            500_000
+        };
         let t = Instant::now();
-        let mut cmd = Command::new(&bed.probe);
-        cmd.args(["udp-flood", "100.64.0.1:9", &flood.to_string()])
-            .stdout(Stdio::null());
-        let _ = in_cgroup(cmd, Some(&bed.enforced.path), Some(&bed.client)).status();
+        if flood > 0 {
+            let mut cmd = Command::new(&bed.probe);
+            cmd.args(["udp-flood", "100.64.0.1:9", &flood.to_string()])
+                .stdout(Stdio::null());
+            let _ = in_cgroup(cmd, Some(&bed.enforced.path), Some(&bed.client)).status();
+        }
         let (mut delivered, mut lost, mut emitted) = (0u64, 0u64, 0u64);
-        while t.elapsed() < Duration::from_secs(60) {
+        while flood > 0 && t.elapsed() < Duration::from_secs(60) {
             let st = d.cli_json(&["status", "--json"]);
             delivered = st["records"]["delivered"].as_u64().unwrap_or(0);
             lost = st["records"]["lost"].as_u64().unwrap_or(0);
@@ -440,14 +691,15 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
             if delivered + lost >= emitted && emitted >= flood {
                 break;
             }
-            std::thread::sleep(Duration::from_millis(20));
+            nap(Duration::from_millis(20))?;
         }
         let flood_s = t.elapsed().as_secs_f64();
         let rss_load = rss_kib(pid);
         drop(d);
         results["sizes"][n.to_string()] = json!({
             "figures": table,
-            "bpf_ns_per_run": per_prog,
+            "prog_cost": per_prog,
+            "prog_cost_denied_connect": deny_cost,
             "daemon": {"rss_idle_kib": rss, "rss_after_flood_kib": rss_load, "idle_cpu_pct": idle_cpu_pct, "start_and_apply_s": stats(&apply_s)},
             "policy_change_ms": stats(&change_ms),
             "nft_load_s": nft_load,
@@ -457,6 +709,38 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
         std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
         std::fs::write(dir.join(format!("bench-{stamp}.md")), markdown(&results))?;
     }
+    // Identities: the same per-program pass with one identity and with many (each its own cgroup,
+    // the gateway and 10 rules), the enforced socket being one of them.
+    let pad = padding(10);
+    let mut per_count = json!({});
+    let counts: &[usize] = if progs_only {
+        &[1]
+    } else if quick {
+        &[1, 100]
+    } else {
+        &[1, 1_000]
+    };
+    for &count in counts {
+        check()?;
+        eprintln!("bench: {count} identities");
+        let parent = Cgroup::new(&unique("cpbench-ids"));
+        for i in 1..count {
+            parent.child(&format!("i{i}"));
+        }
+        let doc = policy_identities(&bed.enforced.rel, &parent.rel, count, &pad);
+        let t = Instant::now();
+        let d = Daemon::start(&doc, &[]);
+        let start_s = t.elapsed().as_secs_f64();
+        let pid = daemon_pid(&d);
+        let cost = prog_table(&bed, &d, &gw, &udp, prog_secs)?;
+        per_count[count.to_string()] = json!({
+            "prog_cost": cost,
+            "daemon": {"rss_kib": rss_kib(pid), "start_and_apply_s": start_s},
+        });
+    }
+    results["identities"] = per_count;
+    std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
+    std::fs::write(dir.join(format!("bench-{stamp}.md")), markdown(&results))?;
     let md = markdown(&results);
     println!("{md}");
     println!("results: {}", json_path.display());
@@ -509,6 +793,58 @@ fn machine() -> Value {
         })
         .unwrap_or_default();
     json!({"kernel": kernel, "cpus": cpus, "cpu": model})
+}
+
+/// What each program is invoked for, in the per-program table.
+const PROG_UNITS: [(&str, &str); 5] = [
+    ("cp_skb_egress", "`cgroup_skb/egress`, per packet"),
+    ("cp_connect4", "`connect4`, per connect"),
+    ("cp_sock_create", "`sock_create`, per socket"),
+    ("cp_sendmsg4", "`sendmsg4`, per unconnected send"),
+    (
+        "cp_sock_ops",
+        "`sockops`, per socket event (client and server)",
+    ),
+];
+
+fn ns_cell(v: &Value) -> String {
+    match v["ns_per_run"].as_f64() {
+        Some(ns) => format!(
+            "{ns:.0} ns [{:.0}–{:.0}] ({} runs)",
+            v["min"].as_f64().unwrap_or(ns),
+            v["max"].as_f64().unwrap_or(ns),
+            v["runs"]
+        ),
+        None => "not run".to_string(),
+    }
+}
+
+fn prog_line(v: &Value) -> String {
+    v.as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, x)| format!("{k} {:.0}", x["ns_per_run"].as_f64().unwrap_or(0.0)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
+/// The per-program table of one pass: unrelated and enforced sockets side by side.
+fn prog_rows(s: &mut String, v: &Value, a: &str, b: &str) {
+    let _ = writeln!(
+        s,
+        "| program (bpf_stats ns/run: median of {PROG_WINDOWS} windows [range]; includes ~2 x 20 ns stats overhead) | {a} | {b} |\n|---|---|---|"
+    );
+    for (name, label) in PROG_UNITS {
+        let _ = writeln!(
+            s,
+            "| {label} | {} | {} |",
+            ns_cell(&v["unrelated"][prog_workload(name)][name]),
+            ns_cell(&v["enforced"][prog_workload(name)][name])
+        );
+    }
+    s.push('\n');
 }
 
 fn markdown(r: &Value) -> String {
@@ -574,15 +910,14 @@ fn markdown(r: &Value) -> String {
         );
         let _ = writeln!(
             s,
-            "- per-invocation cost (bpf_stats, ns/run): {}",
-            v["bpf_ns_per_run"]
-                .as_object()
-                .map(|m| m
-                    .iter()
-                    .map(|(k, x)| format!("{k} {:.0}", x["ns_per_run"].as_f64().unwrap_or(0.0)))
-                    .collect::<Vec<_>>()
-                    .join(", "))
-                .unwrap_or_default()
+            "- denied connect, per-program cost (bpf_stats, ns/run): {}\n",
+            prog_line(&v["prog_cost_denied_connect"])
+        );
+        prog_rows(
+            &mut s,
+            &v["prog_cost"],
+            "socket of no identity",
+            "socket of the enforced identity",
         );
         let _ = writeln!(
             s,
@@ -611,5 +946,151 @@ fn markdown(r: &Value) -> String {
             v["nft_load_s"].as_f64().unwrap_or(0.0)
         );
     }
+    if let Some(ids) = r["identities"].as_object() {
+        let _ = writeln!(s, "### Identities (10 rules each)\n");
+        for (count, v) in ids {
+            let _ = writeln!(
+                s,
+                "{count} identities: daemon RSS {} KiB, start + apply {:.2} s\n",
+                v["daemon"]["rss_kib"],
+                v["daemon"]["start_and_apply_s"].as_f64().unwrap_or(0.0)
+            );
+            prog_rows(
+                &mut s,
+                &v["prog_cost"],
+                "socket of no identity",
+                "socket of an enforced identity",
+            );
+        }
+    }
     s
+}
+
+/// `90s`, `30m`, `1h`, or plain seconds.
+fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let (num, mult) = match s.as_bytes().last() {
+        Some(b's') => (&s[..s.len() - 1], 1.0),
+        Some(b'm') => (&s[..s.len() - 1], 60.0),
+        Some(b'h') => (&s[..s.len() - 1], 3600.0),
+        _ => (s, 1.0),
+    };
+    let v: f64 = num
+        .parse()
+        .with_context(|| format!("--soak {s:?}: expected a duration such as 90s, 30m or 1h"))?;
+    if !(v > 0.0 && v.is_finite()) {
+        bail!("--soak {s:?}: the duration must be positive");
+    }
+    Ok(Duration::from_secs_f64(v * mult))
+}
+
+fn open_fds(pid: u32) -> u64 {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count() as u64)
+        .unwrap_or(0)
+}
+
+/// One soak sample: the daemon's RSS and fds, and its record counters.
+fn soak_sample(d: &Daemon, pid: u32, t: Duration) -> Value {
+    let st = d.cli_json(&["status", "--json"]);
+    json!({
+        "t_s": t.as_secs_f64(),
+        "rss_kib": rss_kib(pid),
+        "fds": open_fds(pid),
+        "delivered": st["records"]["delivered"],
+        "lost": st["records"]["lost"],
+        "kernel_decisions": st["records"]["kernel_decisions"],
+    })
+}
+
+/// `--soak DURATION`: sustained mixed load on one daemon, with a flows subscriber.
+fn soak(dur: Duration) -> anyhow::Result<()> {
+    let (bin, probe) = crate::build_release()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the soak needs root (BPF, cgroups, network namespaces)");
+    }
+    // SAFETY: set before any thread reads the environment.
+    unsafe {
+        std::env::set_var("CHOKEPOINT_BIN", &bin);
+        std::env::set_var("CP_PROBE_BIN", &probe);
+    }
+    catch_signals();
+    let bed = Bed::new(&probe)?;
+    let gw = format!("{SERVER}:{PORT}");
+    let denied = "100.64.0.1:443".to_string();
+    let pad = padding(1_000);
+    let doc = policy(&bed.enforced.rel, &pad);
+    let d = Daemon::start(&doc, &[]);
+    let pid = daemon_pid(&d);
+    // A subscriber that reads every record the daemon streams.
+    let sub = Command::new(&bin)
+        .args(["flows", "--follow", "--json", "--socket"])
+        .arg(&d.socket)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("flows subscriber")?;
+    let _sub = chokepoint_tests::Proc(sub);
+    nap(Duration::from_secs(1))?;
+    let t0 = Instant::now();
+    let first = soak_sample(&d, pid, t0.elapsed());
+    let mut samples = vec![first.clone()];
+    let mut last_apply = Instant::now();
+    let mut last_sample = Instant::now();
+    let (mut applies, mut rounds) = (0u64, 0u64);
+    let f = d.dir.join("soak.yaml");
+    eprintln!("bench: soak for {:.0} s", dur.as_secs_f64());
+    while t0.elapsed() < dur {
+        check()?;
+        let _ = bed.run("crr", &gw, 0.5);
+        let _ = bed.run("udp", &gw, 0.2);
+        let _ = bed.run("deny", &denied, 0.1);
+        let _ = bed.run_in(&bed.unrelated.path, "crr", &gw, 0.2);
+        rounds += 1;
+        if last_apply.elapsed() >= Duration::from_secs(5) {
+            let next = doc.replace(
+                "ports: [\"7000/udp\"]",
+                &format!("ports: [\"7000/udp\", \"{}/tcp\"]", 7100 + applies % 50),
+            );
+            std::fs::write(&f, &next)?;
+            let (ok, _, err) = d.try_cli(&["policy", "apply", f.to_str().expect("utf8")]);
+            if !ok {
+                bail!("apply failed during the soak: {err}");
+            }
+            applies += 1;
+            last_apply = Instant::now();
+        }
+        if last_sample.elapsed() >= Duration::from_secs(60) {
+            samples.push(soak_sample(&d, pid, t0.elapsed()));
+            last_sample = Instant::now();
+        }
+        // Leave the machine some air: the load runs about two thirds of the time.
+        nap(Duration::from_millis(500))?;
+    }
+    nap(Duration::from_secs(2))?;
+    let last = soak_sample(&d, pid, t0.elapsed());
+    samples.push(last.clone());
+    let result = json!({
+        "machine": machine(), "soak_s": dur.as_secs_f64(), "rounds": rounds, "applies": applies,
+        "start": first, "end": last, "samples": samples,
+    });
+    let dir = crate::root().join("bench-results");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("soak-{}.json", chrono_stamp()));
+    std::fs::write(&path, serde_json::to_string_pretty(&result)?)?;
+    let g = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+    println!(
+        "soak {:.0} s: {rounds} rounds, {applies} applies\n| | start | end |\n|---|---|---|\n| daemon RSS (KiB) | {} | {} |\n| open fds | {} | {} |\n| records delivered | {} | {} |\n| records lost (ring buffer) | {} | {} |\nresults: {}",
+        dur.as_secs_f64(),
+        g(&first, "rss_kib"),
+        g(&last, "rss_kib"),
+        g(&first, "fds"),
+        g(&last, "fds"),
+        g(&first, "delivered"),
+        g(&last, "delivered"),
+        g(&first, "lost"),
+        g(&last, "lost"),
+        path.display()
+    );
+    Ok(())
 }

@@ -18,11 +18,42 @@ use anyhow::{Context, bail};
 /// The eBPF toolchain (must match `agent/build.rs`): its LLVM major equals bpf-linker's.
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-19";
 
-fn usage() -> ! {
-    eprintln!(
-        "usage: cargo xtask <command>\n\n  setup            install what is missing (apt packages, eBPF toolchain, bpf-linker)\n  demo             sandboxed end-to-end demo of enforcement\n  test [--fuzz]    every test, including the privileged integration tests\n  lint             rustfmt check and clippy (host crates and the eBPF crate)\n  bench [--quick]  none / nftables / chokepoint side by side, ratios measured in one run"
-    );
-    std::process::exit(2)
+/// One line per command, for `cargo xtask --help`.
+const COMMANDS: &str =
+    "  setup            install what is missing (apt packages, eBPF toolchain, bpf-linker)
+  demo             sandboxed end-to-end demo of enforcement
+  test [--fuzz]    every test, including the privileged integration tests
+  lint             rustfmt check and clippy (host crates and the eBPF crate)
+  bench [OPTIONS]  none / nftables / chokepoint side by side, ratios measured in one run";
+
+fn usage(code: i32) -> ! {
+    let text = format!("usage: cargo xtask <command> [--help]\n\n{COMMANDS}");
+    if code == 0 {
+        println!("{text}");
+    } else {
+        eprintln!("{text}");
+    }
+    std::process::exit(code)
+}
+
+/// The `--help` text of one command, `None` for an unknown command.
+fn command_help(cmd: &str) -> Option<&'static str> {
+    Some(match cmd {
+        "setup" => {
+            "usage: cargo xtask setup\n\nInstalls what a fresh machine is missing and skips what is present: the Debian\npackages, the pinned eBPF toolchain (with rust-src) and bpf-linker."
+        }
+        "demo" => {
+            "usage: cargo xtask demo\n\nRuns `setup`, builds, then a sandboxed end-to-end demo (needs root): a world netns\nwith a gateway, an agent workload in its own cgroup and netns, the real daemon\nenforcing; sanctioned traffic passes, bypass attempts are refused and recorded.\nEverything is torn down on exit and on Ctrl-C."
+        }
+        "test" => {
+            "usage: cargo xtask test [--fuzz]\n\nRuns `setup`, builds, then the unit tests and the privileged integration tests\n(needs root: real programs, cgroups and network namespaces).\n\n  --fuzz   also run each cargo-fuzz target for FUZZ_SECONDS (default 30)"
+        }
+        "lint" => {
+            "usage: cargo xtask lint\n\nrustfmt check, clippy -D warnings on the host crates and on the eBPF crate."
+        }
+        "bench" => bench::HELP,
+        _ => return None,
+    })
 }
 
 /// The workspace root.
@@ -79,15 +110,27 @@ pub fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(cmd) = args.first() else { usage() };
+    let Some(cmd) = args.first() else { usage(2) };
+    if cmd == "--help" || cmd == "-h" || cmd == "help" {
+        usage(0);
+    }
     let rest = &args[1..];
+    if rest.iter().any(|a| a == "--help" || a == "-h") {
+        match command_help(cmd) {
+            Some(h) => {
+                println!("{h}");
+                std::process::exit(0)
+            }
+            None => usage(2),
+        }
+    }
     let r = match cmd.as_str() {
         "setup" => setup::setup(),
         "demo" => setup::setup().and_then(|()| demo::demo()),
         "test" => setup::setup().and_then(|()| test(rest)),
         "lint" => setup::setup().and_then(|()| lint()),
         "bench" => setup::setup().and_then(|()| bench::bench(rest)),
-        _ => usage(),
+        _ => usage(2),
     };
     if let Err(e) = r {
         eprintln!("xtask {cmd}: {e:#}");

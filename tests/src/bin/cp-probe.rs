@@ -715,7 +715,8 @@ fn percentile(v: &mut [u64], p: f64) -> u64 {
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }
 
-/// Benchmark clients: `crr`, `rr`, `stream`, `udp`, `deny` (connects expected to fail).
+/// Benchmark clients: `crr`, `rr`, `stream`, `udp` (connected), `udp-sendto` (unconnected),
+/// `deny` (connects expected to fail).
 fn bench_client(mode: &str, dst: SocketAddr, secs: f64) -> serde_json::Value {
     let dur = Duration::from_secs_f64(secs);
     let t0 = Instant::now();
@@ -790,6 +791,15 @@ fn bench_client(mode: &str, dst: SocketAddr, secs: f64) -> serde_json::Value {
             s.connect(dst).expect("connect");
             while t0.elapsed() < dur {
                 match s.send(&req) {
+                    Ok(_) => n += 1,
+                    Err(_) => errors += 1,
+                }
+            }
+        }
+        "udp-sendto" => {
+            let s = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            while t0.elapsed() < dur {
+                match s.send_to(&req, dst) {
                     Ok(_) => n += 1,
                     Err(_) => errors += 1,
                 }
