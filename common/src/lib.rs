@@ -15,8 +15,10 @@ pub mod names {
     pub const RULES: &str = "CP_RULES";
     /// LPM trie of [`crate::LpmKey`] → [`crate::GrantVal`]: task-scoped grants with expiry.
     pub const GRANTS: &str = "CP_GRANTS";
-    /// LRU hash of cgroup id → [`crate::CgCache`]: resolved identities, valid for one epoch.
-    pub const CGCACHE: &str = "CP_CGCACHE";
+    /// Array of [`crate::CgCache`], direct-mapped by cgroup id (`id % CGCACHE_SIZE`): resolved
+    /// identities, valid for one epoch. An array lookup is inlined by the verifier (no helper
+    /// call, no hashing), which is what a socket of no identity pays on every hook.
+    pub const CGCACHE: &str = "CP_CGSLOTS";
     /// Socket local storage of [`crate::SockTag`]: identity and cached verdict per socket.
     pub const SKTAG: &str = "CP_SKTAG";
     /// Ring buffer of [`crate::Event`]: flow decision records.
@@ -85,7 +87,7 @@ pub const MAX_RULES: u32 = 262_144;
 pub const MAX_GRANTS: u32 = 16_384;
 /// Capacity of the identity map (cgroups × 2 slots).
 pub const MAX_IDENT_CGROUPS: u32 = 65_536;
-/// Capacity of the cgroup resolution cache.
+/// Slots of the cgroup resolution cache (a power of two: the slot is `cgroup_id & (size - 1)`).
 pub const CGCACHE_SIZE: u32 = 65_536;
 /// Capacity of the attestation map (live gateway connections).
 pub const ATTEST_SIZE: u32 = 131_072;
@@ -300,10 +302,16 @@ pub struct IdentVal {
     pub _pad: [u8; 3],
 }
 
-/// Value of [`names::CGCACHE`].
+/// One slot of [`names::CGCACHE`]. Two CPUs may write one slot at once (cgroups whose ids share
+/// it), so a reader may see fields of both: `check` ([`CgCache::checksum`] of the other fields)
+/// tells a whole entry from a torn one, and a torn or foreign entry is treated as a miss.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CgCache {
+    /// The cgroup this slot resolves (0: empty).
+    pub cgroup_id: u64,
+    /// [`CgCache::checksum`] of the other fields.
+    pub check: u64,
     /// Epoch the resolution belongs to.
     pub epoch: u32,
     /// Identity id, 0 when the cgroup has none.
@@ -312,6 +320,47 @@ pub struct CgCache {
     pub mode: u8,
     /// Padding.
     pub _pad: [u8; 7],
+}
+
+impl CgCache {
+    /// The slot of `cgroup_id`.
+    #[inline(always)]
+    pub const fn slot(cgroup_id: u64) -> u32 {
+        (cgroup_id & (CGCACHE_SIZE as u64 - 1)) as u32
+    }
+
+    /// A 64-bit mix (splitmix64 finaliser) of every field but `check`; never equal for a torn
+    /// entry short of a 2^-64 coincidence.
+    #[inline(always)]
+    pub const fn checksum(cgroup_id: u64, epoch: u32, ident: u32, mode: u8) -> u64 {
+        let mut x = cgroup_id
+            ^ ((epoch as u64) << 32 | ident as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            ^ (mode as u64).wrapping_mul(0xd6e8_feb8_6659_fd93);
+        x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        (x ^ (x >> 31)) | 1
+    }
+
+    /// A whole entry for `cgroup_id`.
+    #[inline(always)]
+    pub const fn new(cgroup_id: u64, epoch: u32, ident: u32, mode: u8) -> Self {
+        Self {
+            cgroup_id,
+            check: Self::checksum(cgroup_id, epoch, ident, mode),
+            epoch,
+            ident,
+            mode,
+            _pad: [0; 7],
+        }
+    }
+
+    /// True when this slot holds a whole entry for `cgroup_id` under `epoch`.
+    #[inline(always)]
+    pub const fn hit(&self, cgroup_id: u64, epoch: u32) -> bool {
+        self.cgroup_id == cgroup_id
+            && self.epoch == epoch
+            && self.check == Self::checksum(self.cgroup_id, self.epoch, self.ident, self.mode)
+    }
 }
 
 /// Length of the data part of an LPM key: 8 header bytes + 16 address bytes.
@@ -640,7 +689,7 @@ macro_rules! assert_size {
 assert_size!(Config, 8);
 assert_size!(IdentKey, 16);
 assert_size!(IdentVal, 8);
-assert_size!(CgCache, 16);
+assert_size!(CgCache, 32);
 assert_size!(LpmKey, 28);
 assert_size!(PortEntry, 12);
 assert_size!(RuleVal, 12 * MAX_PORT_ENTRIES);

@@ -13,7 +13,7 @@ use chokepoint_common::{
 };
 
 use crate::maps::{
-    CP_CGCACHE, CP_CONFIG, CP_EVENTS, CP_GRANTS, CP_IDENT, CP_RULES, CP_SKTAG, CP_STATS,
+    CP_CGSLOTS, CP_CONFIG, CP_EVENTS, CP_GRANTS, CP_IDENT, CP_RULES, CP_SKTAG, CP_STATS,
 };
 
 /// A destination as a hook sees it.
@@ -96,13 +96,15 @@ pub fn config() -> Option<Config> {
 #[inline(always)]
 pub fn resolve<F: Fn(i32) -> u64>(cfg: &Config, cgroup_id: u64, ancestor: F) -> Ident {
     let epoch = cfg.epoch();
-    if let Some(c) = unsafe { CP_CGCACHE.get(cgroup_id) }
-        && c.epoch == epoch
-    {
-        return Ident {
-            ident: c.ident,
-            mode: c.mode,
-        };
+    let cache = CP_CGSLOTS.get_ptr_mut(CgCache::slot(cgroup_id));
+    if let Some(c) = cache {
+        let c = unsafe { &*c };
+        if c.hit(cgroup_id, epoch) {
+            return Ident {
+                ident: c.ident,
+                mode: c.mode,
+            };
+        }
     }
     let slot = cfg.slot();
     let mut found = Ident::NONE;
@@ -126,13 +128,9 @@ pub fn resolve<F: Fn(i32) -> u64>(cfg: &Config, cgroup_id: u64, ancestor: F) -> 
         }
         level += 1;
     }
-    let entry = CgCache {
-        epoch,
-        ident: found.ident,
-        mode: found.mode,
-        _pad: [0; 7],
-    };
-    let _ = CP_CGCACHE.insert(cgroup_id, entry, 0);
+    if let Some(c) = cache {
+        unsafe { *c = CgCache::new(cgroup_id, epoch, found.ident, found.mode) };
+    }
     found
 }
 

@@ -25,7 +25,7 @@ pub static CP_GRANTS: LpmTrie<[u8; LPM_DATA_LEN], GrantVal> =
     LpmTrie::with_max_entries(MAX_GRANTS, 0);
 
 #[map]
-pub static CP_CGCACHE: LruHashMap<u64, CgCache> = LruHashMap::with_max_entries(CGCACHE_SIZE, 0);
+pub static CP_CGSLOTS: Array<CgCache> = Array::with_max_entries(CGCACHE_SIZE, 0);
 
 #[btf_map]
 pub static CP_SKTAG: SkStorage<SockTag> = SkStorage::new();

@@ -88,6 +88,88 @@ fn parse(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Pkt> {
     Some(p)
 }
 
+/// Reads `N` bytes at `p` (packet memory the caller has bounds-checked).
+#[inline(always)]
+unsafe fn bytes<const N: usize>(p: usize) -> [u8; N] {
+    unsafe { core::ptr::read_unaligned(p as *const [u8; N]) }
+}
+
+/// [`parse`] by direct packet access (no helper call): `None` when the headers are not all in the
+/// linear part of the packet or anything is unusual, and the caller then takes the helper path,
+/// which decides every such packet exactly as before.
+#[inline(always)]
+fn parse_direct(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Pkt> {
+    let raw: *mut __sk_buff = skb.skb;
+    let start = unsafe { (*raw).data } as usize;
+    let end = unsafe { (*raw).data_end } as usize;
+    let mut p = Pkt {
+        dst: Dest {
+            family: 4,
+            proto: 0,
+            port: 0,
+            addr: [0; 16],
+        },
+        saddr: [0; 16],
+        sport: 0,
+        port_known: false,
+    };
+    let l4;
+    if ethertype == ETH_P_IP {
+        if start + l3 + 20 > end {
+            return None;
+        }
+        let h = start + l3;
+        let [vihl] = unsafe { bytes::<1>(h) };
+        if vihl >> 4 != 4 {
+            return None;
+        }
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        if ihl < 20 {
+            return None;
+        }
+        let frag = u16::from_be_bytes(unsafe { bytes::<2>(h + 6) });
+        if frag & 0x1fff != 0 {
+            // Not a first fragment: no ports; the helper path handles it.
+            return None;
+        }
+        let [proto] = unsafe { bytes::<1>(h + 9) };
+        p.dst.proto = proto;
+        let s: [u8; 4] = unsafe { bytes(h + 12) };
+        let d: [u8; 4] = unsafe { bytes(h + 16) };
+        p.saddr[..4].copy_from_slice(&s);
+        p.dst.addr[..4].copy_from_slice(&d);
+        l4 = h + (ihl & 0x3c);
+    } else if ethertype == ETH_P_IPV6 {
+        if start + l3 + 40 > end {
+            return None;
+        }
+        let h = start + l3;
+        let [v] = unsafe { bytes::<1>(h) };
+        if v >> 4 != 6 {
+            return None;
+        }
+        p.dst.family = 6;
+        let [proto] = unsafe { bytes::<1>(h + 6) };
+        p.dst.proto = proto;
+        p.saddr = unsafe { bytes(h + 8) };
+        p.dst.addr = unsafe { bytes(h + 24) };
+        l4 = h + 40;
+    } else {
+        return None;
+    }
+    if has_ports(p.dst.proto) {
+        if l4 + 4 > end {
+            return None;
+        }
+        let ports: [u8; 4] = unsafe { bytes(l4) };
+        p.sport = u16::from_be_bytes([ports[0], ports[1]]);
+        p.dst.port = u16::from_be_bytes([ports[2], ports[3]]);
+        p.port_known = true;
+    }
+    p.dst.normalise();
+    Some(p)
+}
+
 /// What to do with a packet and whether to record it.
 struct Outcome {
     verdict: u8,
@@ -147,7 +229,10 @@ fn handle(skb: &SkBuff, l3: usize, ethertype: u16, hook_code: u8) -> bool {
         return true;
     }
 
-    let pkt = parse(skb, l3, ethertype);
+    let pkt = match parse_direct(skb, l3, ethertype) {
+        Some(p) => Some(p),
+        None => parse(skb, l3, ethertype),
+    };
     let out = match &pkt {
         // Unparseable egress of an identity: fail closed.
         None => {
