@@ -73,7 +73,7 @@ pub mod names {
 
 /// Build identity of the eBPF object layout. Bumped whenever a map's key or value changes, so a
 /// daemon never adopts pins of a layout it does not understand.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Deepest cgroup level the identity walk inspects (level 0 is the root).
 pub const MAX_CGROUP_DEPTH: u32 = 16;

@@ -379,7 +379,8 @@ fn prog_cost_windows(
     let mut out = json!({});
     for (name, (ns, runs)) in per {
         let st = stats(&ns);
-        out[name] = json!({"ns_per_run": st["median"], "min": st["min"], "max": st["max"], "runs": runs});
+        out[name] =
+            json!({"ns_per_run": st["median"], "min": st["min"], "max": st["max"], "runs": runs});
     }
     Ok(out)
 }
@@ -796,14 +797,15 @@ fn machine() -> Value {
 }
 
 /// What each program is invoked for, in the per-program table.
-const PROG_UNITS: [(&str, &str); 5] = [
+const PROG_UNITS: [(&str, &str); 6] = [
     ("cp_skb_egress", "`cgroup_skb/egress`, per packet"),
     ("cp_connect4", "`connect4`, per connect"),
     ("cp_sock_create", "`sock_create`, per socket"),
     ("cp_sendmsg4", "`sendmsg4`, per unconnected send"),
+    ("cp_sock_ops", "`sockops`, per socket event (both ends)"),
     (
-        "cp_sock_ops",
-        "`sockops`, per socket event (client and server)",
+        "cp_skb_ingress",
+        "`cgroup_skb/ingress`, per packet (both ends)",
     ),
 ];
 
