@@ -55,9 +55,11 @@ pub mod names {
     pub const PROG_SOCK_OPS: &str = "cp_sock_ops";
     /// `cgroup_skb/ingress` program (who opens connections to identities, UDP peers).
     pub const PROG_SKB_INGRESS: &str = "cp_skb_ingress";
+    /// `cgroup/setsockopt` program (options that would skip the TC backstop).
+    pub const PROG_SETSOCKOPT: &str = "cp_setsockopt";
 
     /// Every program, in attach order.
-    pub const PROGRAMS: [&str; 10] = [
+    pub const PROGRAMS: [&str; 11] = [
         PROG_SOCK_CREATE,
         PROG_LSM_SOCKET,
         PROG_CONNECT4,
@@ -68,6 +70,7 @@ pub mod names {
         PROG_TC_EGRESS,
         PROG_SOCK_OPS,
         PROG_SKB_INGRESS,
+        PROG_SETSOCKOPT,
     ];
 }
 
@@ -197,6 +200,8 @@ pub mod hook {
     pub const LSM_SOCKET: u8 = 8;
     /// `cgroup_skb/ingress`.
     pub const SKB_INGRESS: u8 = 9;
+    /// `cgroup/setsockopt`.
+    pub const SETSOCKOPT: u8 = 10;
 
     /// Name of a hook code as it appears in records.
     pub const fn name(code: u8) -> &'static str {
@@ -210,6 +215,7 @@ pub mod hook {
             TC => "tc",
             LSM_SOCKET => "lsm_socket_create",
             SKB_INGRESS => "skb_ingress",
+            SETSOCKOPT => "setsockopt",
             _ => "unknown",
         }
     }

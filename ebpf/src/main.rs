@@ -10,6 +10,7 @@
 //! | `cp_tc_egress`   | TC egress via tcx            | 6.6            |
 //! | `cp_sock_ops`    | `sockops` (attestation, accepted sockets) | 5.10 (sk storage in sockops) |
 //! | `cp_skb_ingress` | `cgroup_skb/ingress` (who opens connections) | 5.7 |
+//! | `cp_setsockopt`  | `cgroup/setsockopt` (options that skip TC) | 5.3 |
 //!
 //! Every program calls the one decision function in [`decide`]; a program only extracts the
 //! destination from its context and applies the verdict.
@@ -30,6 +31,8 @@ mod sock;
 mod sock_addr;
 #[cfg(target_arch = "bpf")]
 mod sock_ops;
+#[cfg(target_arch = "bpf")]
+mod sockopt;
 
 #[cfg(target_arch = "bpf")]
 #[panic_handler]

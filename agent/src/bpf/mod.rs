@@ -8,6 +8,7 @@
 //! attaches the new program first and then replaces the old link's pin (no window without a
 //! program).
 
+pub mod backstop;
 pub mod maps;
 pub mod pins;
 
@@ -125,6 +126,11 @@ fn map_path(bpffs: &Path, name: &str) -> PathBuf {
     bpffs.join("maps").join(name)
 }
 
+/// Where a program itself is pinned (the TC program, which the per-netns backstop attaches).
+pub fn prog_path(bpffs: &Path, prog: &str) -> PathBuf {
+    bpffs.join("progs").join(prog)
+}
+
 fn link_path(bpffs: &Path, prog: &str, target: Option<&str>) -> PathBuf {
     match target {
         // bpffs refuses names with a dot (vlan interfaces such as eth0.100).
@@ -166,6 +172,7 @@ pub fn prepare_bpffs(bpffs: &Path) -> Result<(), LoadError> {
     }
     fs::create_dir_all(bpffs.join("maps")).map_err(err)?;
     fs::create_dir_all(bpffs.join("links")).map_err(err)?;
+    fs::create_dir_all(bpffs.join("progs")).map_err(err)?;
     Ok(())
 }
 
@@ -295,6 +302,70 @@ where
     })
 }
 
+/// A `cgroup/setsockopt` link as an `FdLink` (aya 0.14 offers no conversion for this link
+/// type): `BPF_LINK_CREATE` directly, pinned once at a scratch path and reopened.
+fn sockopt_link(
+    prog: std::os::fd::BorrowedFd<'_>,
+    cgroup: std::os::fd::BorrowedFd<'_>,
+    path: &Path,
+) -> Result<FdLink, LoadError> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const BPF_OBJ_PIN: libc::c_long = 6;
+    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_CGROUP_SETSOCKOPT: u32 = 22;
+    let err = |source: std::io::Error| LoadError::Pin {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    };
+    // union bpf_attr, link_create: prog_fd, target_fd, attach_type, flags (then zeroes).
+    let mut attr = [0u32; 16];
+    attr[0] = prog.as_raw_fd() as u32;
+    attr[1] = cgroup.as_raw_fd() as u32;
+    attr[2] = BPF_CGROUP_SETSOCKOPT;
+    // SAFETY: bpf(2) with a zero-padded attribute block of the size passed.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_LINK_CREATE,
+            attr.as_ptr(),
+            std::mem::size_of_val(&attr),
+        )
+    };
+    if fd < 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh link fd we own.
+    let link = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    let mut scratch = path.file_name().unwrap_or_default().to_os_string();
+    scratch.push("_raw");
+    let scratch = path.with_file_name(scratch);
+    let _ = fs::remove_file(&scratch);
+    let cpath = std::ffi::CString::new(scratch.as_os_str().as_encoded_bytes())
+        .map_err(|e| err(std::io::Error::other(e)))?;
+    // obj_pin: pathname (u64), bpf_fd (u32), file_flags (u32).
+    let mut pin = [0u64; 4];
+    pin[0] = cpath.as_ptr() as u64;
+    pin[1] = link.as_raw_fd() as u64;
+    // SAFETY: bpf(2) with a zero-padded attribute block; cpath outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_PIN,
+            pin.as_ptr(),
+            std::mem::size_of_val(&pin),
+        )
+    };
+    if rc != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    let pinned = PinnedLink::from_pin(&scratch).map_err(|e| LoadError::Pin {
+        path: scratch.clone(),
+        source: Box::new(e),
+    });
+    let _ = fs::remove_file(&scratch);
+    Ok(FdLink::from(pinned?))
+}
+
 /// Options for [`start`].
 pub struct StartOptions<'a> {
     pub bpffs: &'a Path,
@@ -374,7 +445,9 @@ pub fn start(
         } else {
             vec![None]
         };
-        if targets.is_empty() {
+        // The TC program is loaded (and pinned under `progs/`) even without `--tc-iface`: the
+        // per-netns backstop attaches it where identities live.
+        if targets.is_empty() && name != names::PROG_TC_EGRESS {
             continue;
         }
         let prog = bpf.program_mut(name).ok_or_else(|| LoadError::Program {
@@ -391,6 +464,7 @@ pub fn start(
             Program::CgroupSockAddr(p) => p.load(),
             Program::CgroupSkb(p) => p.load(),
             Program::SchedClassifier(p) => p.load(),
+            Program::CgroupSockopt(p) => p.load(),
             Program::SockOps(p) => p.load(),
             Program::Lsm(p) => match btf_ref {
                 Some(b) => p.load("socket_create", b),
@@ -408,6 +482,14 @@ pub fn start(
                 continue;
             }
             return Err(perr(e));
+        }
+        if let Program::SchedClassifier(p) = prog {
+            let path = prog_path(opts.bpffs, name);
+            let _ = fs::remove_file(&path);
+            p.pin(&path).map_err(|e| LoadError::Pin {
+                path: path.clone(),
+                source: Box::new(e),
+            })?;
         }
         let new_tag = prog.info().map(|i| i.tag()).ok();
         for target in targets {
@@ -465,6 +547,10 @@ pub fn start(
                             .attach(cgroup.as_fd(), CgroupAttachMode::Single)
                             .map_err(perr)?;
                         fd_link(p.take_link(id).map_err(perr)?, &path)?
+                    }
+                    Program::CgroupSockopt(p) => {
+                        let fd = p.fd().map_err(perr)?;
+                        sockopt_link(fd.as_fd(), cgroup.as_fd(), &path)?
                     }
                     Program::Lsm(p) => {
                         let id = p.attach().map_err(perr)?;
@@ -532,7 +618,7 @@ pub fn pinned_links(bpffs: &Path) -> Vec<(String, Option<String>)> {
 /// Detaches and unpins everything under `bpffs`: links first (enforcement stops), then maps.
 pub fn uninstall(bpffs: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
-    for sub in ["links", "maps"] {
+    for sub in ["links", "progs", "maps"] {
         let dir = bpffs.join(sub);
         if let Ok(rd) = fs::read_dir(&dir) {
             for e in rd.filter_map(Result::ok) {

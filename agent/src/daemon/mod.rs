@@ -13,6 +13,7 @@
 //! the API, metrics and attestation servers read).
 
 mod alerting;
+mod backstop;
 mod cgroup_watch;
 mod dns_refresh;
 mod enrich;
@@ -195,8 +196,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         dns,
         // SAFETY: eventfd has no preconditions; -1 (failure) is handled by the watcher's poll.
         rearm_fd: unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) },
+        backstop: Mutex::new(None),
         opts: opts.clone(),
     });
+    backstop::start(shared.clone()).context("starting the per-netns TC backstop")?;
     shared.sync_grants().context("restoring grants")?;
     {
         let s = shared.clone();

@@ -76,6 +76,8 @@ pub struct Shared {
     pub(super) dns: crate::dns::DnsCache,
     /// eventfd that tells the cgroup watcher to re-arm (the policy changed).
     pub(super) rearm_fd: i32,
+    /// What the per-netns TC backstop covers, per identity name (`None`: it could not start).
+    pub(super) backstop: Mutex<Option<BTreeMap<String, Vec<crate::bpf::backstop::NetnsCover>>>>,
 }
 
 /// Compiled generations kept in memory to name identities and rules in records.

@@ -153,7 +153,7 @@ impl Shared {
             "enforcing": core && kernel_gen == Some(a.generation),
             "problems": problems,
             "programs": programs.iter().map(|(p, up)| json!({"program": p, "attached": up})).collect::<Vec<_>>(),
-            "identities": enforcing.iter().map(|(i, up)| json!({"name": i, "enforcing": up})).collect::<Vec<_>>(),
+            "identities": enforcing.iter().map(|(i, up)| json!({"name": i, "enforcing": up, "backstop": self.backstop_json(i)})).collect::<Vec<_>>(),
             "records": {
                 "delivered": self.metrics.delivered.load(Ordering::Relaxed),
                 "lost": self.metrics.lost_kernel.load(Ordering::Relaxed) + self.metrics.lost_user.load(Ordering::Relaxed),
@@ -164,6 +164,26 @@ impl Shared {
             "bpffs": self.opts.bpffs,
             "cgroup_root": self.opts.cgroup_root,
             "tc_ifaces": self.opts.tc_ifaces,
+        })
+    }
+
+    /// Which per-packet backstops cover identity `name`: the BPF LSM (packet sockets refused),
+    /// `cgroup/setsockopt` (options that skip TC refused), and TC: on `--tc-iface` interfaces and
+    /// on every interface of each network namespace its processes live in.
+    fn backstop_json(&self, name: &str) -> serde_json::Value {
+        let pinned = crate::bpf::pinned_links(&self.opts.bpffs);
+        let up = |p: &str| pinned.iter().any(|(n, t)| n == p && t.is_none());
+        let netns = self
+            .backstop
+            .lock()
+            .expect("backstop lock")
+            .as_ref()
+            .map(|m| json!(m.get(name).cloned().unwrap_or_default()));
+        json!({
+            "lsm": up(names::PROG_LSM_SOCKET),
+            "setsockopt": up(names::PROG_SETSOCKOPT),
+            "tc_ifaces": self.opts.tc_ifaces,
+            "tc_netns": netns,
         })
     }
 

@@ -320,6 +320,23 @@ fn packet(
         libc::SOCK_DGRAM,
         (libc::ETH_P_IP as u16).to_be() as i32,
     )?;
+    if std::env::var_os("CP_QDISC_BYPASS").is_some() {
+        // Frames straight to the driver, past TC egress: refused for identities.
+        let one: libc::c_int = 1;
+        // SAFETY: setsockopt with a valid int option.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_QDISC_BYPASS,
+                std::ptr::from_ref(&one).cast(),
+                4,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
     let name = std::ffi::CString::new(iface).expect("iface");
     // SAFETY: if_nametoindex with a valid C string.
     let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
@@ -948,6 +965,12 @@ fn main() {
             let src = (!a(2).is_empty() && a(2) != "-").then(|| a(2).parse().expect("src ip"));
             let n = a(3).parse().unwrap_or(1);
             client_rr(&a(0)[..3], addr(&a(1)), src, n, &payload)
+        }
+        "idle" => {
+            // A resident process (a pod's long-lived container) that opens nothing.
+            out(json!({"event": "ready", "pid": std::process::id()}));
+            std::thread::sleep(Duration::from_secs(a(1).parse().unwrap_or(30)));
+            return;
         }
         "udp-from" => res(udp_from(a(1).parse().expect("port"), addr(&a(2)), &payload)),
         other => {

@@ -1,0 +1,252 @@
+//! The per-netns TC backstop: frames of packet sockets never pass `cgroup_skb`, and without the
+//! BPF LSM nothing refuses those sockets, so the TC program must sit where their frames pass. For
+//! every network namespace a process of an identity lives in (found from the processes in the
+//! identity's cgroups via `/proc/PID/ns/net`), the TC egress program is attached through tcx to
+//! every interface of that namespace but `lo`, pinned as `links/cp_tc_egress@ns<INODE>_<IFACE>`
+//! (so it keeps enforcing when the daemon stops), re-armed as namespaces, interfaces and processes
+//! come, and unpinned when no identity lives there any more.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashSet},
+    ffi::CStr,
+    fs,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    path::{Path, PathBuf},
+};
+
+use aya::programs::{SchedClassifier, TcAttachType, links::FdLink};
+use chokepoint_common::names;
+use tracing::{info, warn};
+
+/// Errors of the backstop.
+#[derive(Debug, thiserror::Error)]
+pub enum BackstopError {
+    #[error("the TC program is not pinned at {path}: {source}")]
+    Program {
+        path: PathBuf,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+}
+
+/// What covers one network namespace.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct NetnsCover {
+    /// Inode of the namespace (`/proc/PID/ns/net`).
+    pub netns: u64,
+    /// Interfaces with the TC program attached.
+    pub ifaces: Vec<String>,
+    /// Interfaces where attaching failed, with why.
+    pub failed: Vec<String>,
+}
+
+/// Attaches the TC program per network namespace.
+pub struct Backstop {
+    bpffs: PathBuf,
+    prog: SchedClassifier,
+    /// Pins this process created (pins found at start are re-attached once with this build).
+    ours: HashSet<PathBuf>,
+    covers: BTreeMap<u64, NetnsCover>,
+}
+
+const PREFIX: &str = "ns";
+
+fn pin_name(netns: u64, iface: &str) -> String {
+    format!(
+        "{}@{PREFIX}{netns}_{}",
+        names::PROG_TC_EGRESS,
+        iface.replace('.', "_")
+    )
+}
+
+/// Pids of the processes in `dir` and every cgroup below it.
+fn pids_below(dir: &Path, out: &mut Vec<u32>, depth: u32) {
+    if depth > chokepoint_common::MAX_CGROUP_DEPTH {
+        return;
+    }
+    if let Ok(text) = fs::read_to_string(dir.join("cgroup.procs")) {
+        out.extend(text.lines().filter_map(|l| l.trim().parse::<u32>().ok()));
+    }
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.filter_map(Result::ok) {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                pids_below(&e.path(), out, depth + 1);
+            }
+        }
+    }
+}
+
+/// Interface names of the calling thread's network namespace (`if_nameindex` asks netlink of
+/// the current namespace; sysfs would show the mount's namespace instead).
+fn interfaces() -> Vec<String> {
+    let mut v = Vec::new();
+    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return v;
+        }
+        let mut p = list;
+        while (*p).if_index != 0 && !(*p).if_name.is_null() {
+            v.push(CStr::from_ptr((*p).if_name).to_string_lossy().into_owned());
+            p = p.add(1);
+        }
+        libc::if_freenameindex(list);
+    }
+    v.retain(|n| n != "lo");
+    v
+}
+
+impl Backstop {
+    /// Opens the TC program pinned by [`super::start`].
+    pub fn open(bpffs: &Path) -> Result<Self, BackstopError> {
+        let path = super::prog_path(bpffs, names::PROG_TC_EGRESS);
+        let prog = SchedClassifier::from_pin(&path).map_err(|source| BackstopError::Program {
+            path: path.clone(),
+            source,
+        })?;
+        Ok(Self {
+            bpffs: bpffs.to_path_buf(),
+            prog,
+            ours: HashSet::new(),
+            covers: BTreeMap::new(),
+        })
+    }
+
+    /// One pass over `identities` (name, cgroup directory): attaches where needed, detaches where
+    /// no identity lives any more, and returns what covers each identity.
+    pub fn sync(&mut self, identities: &[(String, PathBuf)]) -> BTreeMap<String, Vec<NetnsCover>> {
+        // netns inode → (a pid in it, identities living there).
+        let mut spaces: BTreeMap<u64, (u32, BTreeSet<String>)> = BTreeMap::new();
+        for (name, dir) in identities {
+            let mut pids = Vec::new();
+            pids_below(dir, &mut pids, 0);
+            for pid in pids {
+                let Ok(md) = fs::metadata(format!("/proc/{pid}/ns/net")) else {
+                    continue;
+                };
+                spaces
+                    .entry(md.ino())
+                    .or_insert_with(|| (pid, BTreeSet::new()))
+                    .1
+                    .insert(name.clone());
+            }
+        }
+        let mut wanted: HashSet<PathBuf> = HashSet::new();
+        let mut covers = BTreeMap::new();
+        for (&ino, (pid, _)) in &spaces {
+            let Ok(ns) = fs::File::open(format!("/proc/{pid}/ns/net")) else {
+                // The process left; the next pass sees where its cgroup lives now.
+                if let Some(c) = self.covers.get(&ino) {
+                    for i in &c.ifaces {
+                        wanted.insert(self.bpffs.join("links").join(pin_name(ino, i)));
+                    }
+                    covers.insert(ino, c.clone());
+                }
+                continue;
+            };
+            let cover = self.cover(ino, &ns);
+            for i in &cover.ifaces {
+                wanted.insert(self.bpffs.join("links").join(pin_name(ino, i)));
+            }
+            covers.insert(ino, cover);
+        }
+        // Detach what no identity needs any more (a namespace gone, or empty of identities).
+        let links = self.bpffs.join("links");
+        let prefix = format!("{}@{PREFIX}", names::PROG_TC_EGRESS);
+        if let Ok(rd) = fs::read_dir(&links) {
+            for e in rd.filter_map(Result::ok) {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if n.starts_with(&prefix) && !n.ends_with("_new") && !wanted.contains(&e.path()) {
+                    info!(pin = %n, "TC backstop detached: no identity lives in that network namespace");
+                    let _ = fs::remove_file(e.path());
+                    self.ours.remove(&e.path());
+                }
+            }
+        }
+        self.covers = covers;
+        let mut out: BTreeMap<String, Vec<NetnsCover>> = BTreeMap::new();
+        for (ino, (_, idents)) in &spaces {
+            if let Some(c) = self.covers.get(ino) {
+                for i in idents {
+                    out.entry(i.clone()).or_default().push(c.clone());
+                }
+            }
+        }
+        out
+    }
+
+    /// Attaches the program to every interface of the namespace `ns` not yet covered by a pin of
+    /// this process. Runs on a thread of its own that enters the namespace.
+    fn cover(&mut self, ino: u64, ns: &fs::File) -> NetnsCover {
+        let links = self.bpffs.join("links");
+        let prog = &mut self.prog;
+        let ours = &self.ours;
+        let result = std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut cover = NetnsCover {
+                    netns: ino,
+                    ifaces: Vec::new(),
+                    failed: Vec::new(),
+                };
+                let mut made = Vec::new();
+                // SAFETY: setns on this thread only (it ends with the scope).
+                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                    let e = std::io::Error::last_os_error();
+                    cover.failed.push(format!("setns: {e}"));
+                    return (cover, made);
+                }
+                for iface in interfaces() {
+                    let path = links.join(pin_name(ino, &iface));
+                    if ours.contains(&path) && path.exists() {
+                        cover.ifaces.push(iface);
+                        continue;
+                    }
+                    match attach(prog, &iface, &path) {
+                        Ok(()) => {
+                            info!(netns = ino, iface = %iface, "TC backstop attached");
+                            made.push(path);
+                            cover.ifaces.push(iface);
+                        }
+                        Err(e) => {
+                            warn!(netns = ino, iface = %iface, error = %e, "TC backstop attach failed");
+                            cover.failed.push(format!("{iface}: {e}"));
+                        }
+                    }
+                }
+                (cover, made)
+            })
+            .join()
+        });
+        match result {
+            Ok((cover, made)) => {
+                self.ours.extend(made);
+                cover
+            }
+            Err(_) => NetnsCover {
+                netns: ino,
+                ifaces: Vec::new(),
+                failed: vec!["attach thread panicked".into()],
+            },
+        }
+    }
+}
+
+/// Attaches `prog` to `iface` (TC egress, tcx) and pins the link at `path`, replacing an older
+/// pin only once the new link is in place.
+fn attach(
+    prog: &mut SchedClassifier,
+    iface: &str,
+    path: &Path,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let id = prog.attach(iface, TcAttachType::Egress)?;
+    let link = FdLink::try_from(prog.take_link(id)?)?;
+    let mut tmp = path.file_name().unwrap_or_default().to_os_string();
+    tmp.push("_new");
+    let tmp = path.with_file_name(tmp);
+    let _ = fs::remove_file(&tmp);
+    let pinned = link.pin(&tmp)?;
+    fs::rename(&tmp, path)?;
+    drop(pinned);
+    Ok(())
+}

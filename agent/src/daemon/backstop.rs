@@ -1,0 +1,46 @@
+//! The thread that keeps the per-netns TC backstop ([`crate::bpf::backstop`]) where the
+//! identities' processes live: a pass every 500 ms over the active policy's cgroups.
+
+use std::{
+    path::PathBuf,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
+
+use tracing::warn;
+
+use super::Shared;
+use crate::bpf::backstop::Backstop;
+
+/// How often namespaces, interfaces and processes are looked at again.
+pub(crate) const PERIOD: Duration = Duration::from_millis(500);
+
+/// Opens the pinned TC program and starts the thread. A failure to open it is reported in
+/// `status` (no per-netns backstop) and does not stop the daemon.
+pub(crate) fn start(shared: Arc<Shared>) -> std::io::Result<()> {
+    let mut bs = match Backstop::open(&shared.opts.bpffs) {
+        Ok(b) => b,
+        Err(e) => {
+            warn!(error = %e, "per-netns TC backstop unavailable");
+            return Ok(());
+        }
+    };
+    std::thread::Builder::new()
+        .name("tc-backstop".into())
+        .spawn(move || {
+            while !shared.shutting_down.load(Ordering::Relaxed) {
+                let identities: Vec<(String, PathBuf)> = {
+                    let a = shared.active.read().expect("active lock");
+                    a.policy
+                        .identities
+                        .iter()
+                        .map(|i| (i.name.clone(), shared.opts.cgroup_root.join(&i.cgroup_path)))
+                        .collect()
+                };
+                let covers = bs.sync(&identities);
+                *shared.backstop.lock().expect("backstop lock") = Some(covers);
+                std::thread::sleep(PERIOD);
+            }
+        })?;
+    Ok(())
+}

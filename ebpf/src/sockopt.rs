@@ -1,0 +1,57 @@
+//! `cgroup/setsockopt` (5.3): refuses, for enforced identities, the socket options that would
+//! take frames past the TC backstop: `PACKET_QDISC_BYPASS` (a packet socket's frames go straight
+//! to the driver, skipping TC egress) and every `SOL_XDP` option (an AF_XDP socket needs them to
+//! register its memory and rings; its frames skip TC too). Everything else passes untouched.
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
+    },
+    macros::cgroup_sockopt,
+    programs::SockoptContext,
+};
+use chokepoint_common::{hook, reason, verdict};
+
+use crate::decide::{config, denied, record, resolve};
+
+const SOL_PACKET: i32 = 263;
+const SOL_XDP: i32 = 283;
+const PACKET_QDISC_BYPASS: i32 = 20;
+
+#[cgroup_sockopt(setsockopt)]
+pub fn cp_setsockopt(ctx: SockoptContext) -> i32 {
+    let so = unsafe { &*ctx.sockopt };
+    let (level, optname) = (so.level, so.optname);
+    let skips_tc = (level == SOL_PACKET && optname == PACKET_QDISC_BYPASS) || level == SOL_XDP;
+    if !skips_tc {
+        return 1;
+    }
+    let Some(cfg) = config() else { return 1 };
+    let cgid = unsafe { bpf_get_current_cgroup_id() };
+    let id = resolve(&cfg, cgid, |l| unsafe {
+        bpf_get_current_ancestor_cgroup_id(l)
+    });
+    if id.ident == 0 {
+        return 1;
+    }
+    let sk = unsafe { so.__bindgen_anon_1.sk };
+    let family = if sk.is_null() {
+        0
+    } else {
+        unsafe { (*sk).family }
+    };
+    let dec = denied(&id, reason::RAW_SOCKET);
+    record(dec.verdict, dec.reason, |ev| {
+        ev.cgroup_id = cgid;
+        ev.pid_tgid = bpf_get_current_pid_tgid();
+        ev.uid_gid = bpf_get_current_uid_gid();
+        ev.comm = bpf_get_current_comm().unwrap_or_default();
+        ev.ident = id.ident;
+        ev.generation = cfg.generation();
+        ev.hook = hook::SETSOCKOPT;
+        ev.sock_family = family as u8;
+        ev.mode = id.mode;
+    });
+    if dec.verdict == verdict::DENY { 0 } else { 1 }
+}

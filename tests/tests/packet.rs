@@ -1,0 +1,308 @@
+//! Packet sockets everywhere: without the BPF LSM (this host refuses it) and without any
+//! `--tc-iface`, frames of an identity's AF_PACKET sockets never leave, from a pod netns, from
+//! the host netns, and from a netns created after the daemon started; `PACKET_QDISC_BYPASS`
+//! (frames past TC) is refused; the backstop is released when no identity lives there any more.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use chokepoint_tests::*;
+use serde_json::Value;
+
+fn mac_of(netns: Option<&str>, iface: &str) -> String {
+    let out = match netns {
+        Some(ns) => sh("ip", &["-n", ns, "-j", "link", "show", iface]),
+        None => sh("ip", &["-j", "link", "show", iface]),
+    };
+    let v: Value = serde_json::from_str(&out).expect("ip -j");
+    v[0]["address"].as_str().expect("mac").to_string()
+}
+
+/// A sandbox, an identity cgroup and a daemon with no `--tc-iface`.
+struct Bare {
+    daemon: Daemon,
+    cg: Cgroup,
+    sb: Sandbox,
+}
+
+impl Bare {
+    fn new() -> Self {
+        let sb = Sandbox::new();
+        let cg = Cgroup::new(&unique("cpt-pkt"));
+        let policy = sb.policy(&[("agent", &cg.rel, "enforce")]);
+        let daemon = Daemon::start(&policy, &["--alert-window", "1s"]);
+        Self { daemon, cg, sb }
+    }
+
+    /// The netns entries of the identity's TC backstop in `status`.
+    fn covered(&self) -> Vec<Value> {
+        let st = self.daemon.cli_json(&["status", "--json"]);
+        st["identities"][0]["backstop"]["tc_netns"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Waits until the backstop covers the netns `ino` on `iface`.
+    fn wait_covered(&self, ino: u64, iface: &str) {
+        let t0 = Instant::now();
+        loop {
+            let c = self.covered();
+            if c.iter().any(|n| {
+                n["netns"] == ino
+                    && n["ifaces"]
+                        .as_array()
+                        .is_some_and(|i| i.iter().any(|x| x == iface))
+            }) {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "netns {ino} never covered on {iface}: {c:?}\n{}",
+                self.daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn assert_never_arrives(&self, what: &str, payload: &str, dst: &str) {
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            self.sb.received.with_payload(payload),
+            0,
+            "{what}: the frame left: {:?}",
+            self.sb.received.all()
+        );
+        let rec = self.daemon.wait_flow(Duration::from_secs(5), |f| {
+            f["verdict"] == "deny" && f["identity"] == "agent" && f["dst"] == dst
+        });
+        assert!(
+            rec.is_some(),
+            "{what}: no deny record for {dst}: {:#?}",
+            self.daemon.flows()
+        );
+    }
+}
+
+fn netns_ino_of_pid(pid: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .expect("ns")
+        .ino()
+}
+
+/// A resident process of the identity (a pod's long-lived container) in `netns`.
+fn resident(cg: &Path, netns: Option<&Netns>) -> (Proc, u64) {
+    let (p, rec) = spawn_probe(Some(cg), netns, &["idle", "60"]);
+    let pid = rec.all()[0]["pid"].as_u64().expect("pid") as u32;
+    (p, netns_ino_of_pid(pid))
+}
+
+/// One packet-socket send from `cgroup`/`netns` with `env` set.
+fn packet_send(
+    cgroup: Option<&Path>,
+    netns: Option<&Netns>,
+    args: &[&str],
+    payload: &str,
+    env: &[(&str, &str)],
+) -> Value {
+    let mut cmd = Command::new(probe_bin());
+    cmd.arg("packet")
+        .args(args)
+        .env("CP_PAYLOAD", payload)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = in_cgroup(cmd, cgroup, netns)
+        .output()
+        .expect("packet probe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap_or(Value::Null)
+}
+
+#[test]
+fn packet_frames_from_a_pod_netns_drop_without_tc_iface() {
+    let b = Bare::new();
+    let (_res, ino) = resident(&b.cg.path, Some(&b.sb.pod));
+    b.wait_covered(ino, "eth0");
+    let dst = SocketAddr::new(b.sb.forbidden4(), OTHER_UDP).to_string();
+    let node_mac = mac_of(None, &b.sb.host_pod_if);
+    let pod4 = b.sb.pod4().to_string();
+    let args = ["eth0", node_mac.as_str(), pod4.as_str(), dst.as_str()];
+    let p = payload("pkt-pod-bare");
+    let _ = packet_send(Some(&b.cg.path), Some(&b.sb.pod), &args, &p, &[]);
+    b.assert_never_arrives("AF_PACKET from the pod netns", &p, &dst);
+    let rec = b
+        .daemon
+        .flows()
+        .into_iter()
+        .find(|f| f["dst"] == dst.as_str())
+        .expect("record");
+    assert_eq!(rec["hook"], "tc", "{rec}");
+    // The same frame from outside the identity, same netns, arrives: the test can fail.
+    let p = payload("pkt-pod-outside");
+    let r = packet_send(None, Some(&b.sb.pod), &args, &p, &[]);
+    assert!(ok(&r), "{r}");
+    assert!(
+        b.sb.wait_for(Duration::from_secs(5), |rec| rec.with_payload(&p) > 0),
+        "the control frame never arrived: {:?}",
+        b.sb.received.all()
+    );
+}
+
+#[test]
+fn packet_qdisc_bypass_is_refused() {
+    let b = Bare::new();
+    let (_res, ino) = resident(&b.cg.path, Some(&b.sb.pod));
+    b.wait_covered(ino, "eth0");
+    let dst = SocketAddr::new(b.sb.forbidden4(), OTHER_UDP).to_string();
+    let node_mac = mac_of(None, &b.sb.host_pod_if);
+    let pod4 = b.sb.pod4().to_string();
+    let args = ["eth0", node_mac.as_str(), pod4.as_str(), dst.as_str()];
+    let p = payload("pkt-bypass");
+    let r = packet_send(
+        Some(&b.cg.path),
+        Some(&b.sb.pod),
+        &args,
+        &p,
+        &[("CP_QDISC_BYPASS", "1")],
+    );
+    assert!(eperm(&r), "PACKET_QDISC_BYPASS was not refused: {r}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(b.sb.received.with_payload(&p), 0);
+    let rec = b.daemon.wait_flow(Duration::from_secs(5), |f| {
+        f["hook"] == "setsockopt" && f["reason"] == "raw_socket" && f["verdict"] == "deny"
+    });
+    assert!(rec.is_some(), "{:#?}", b.daemon.flows());
+    // Outside identities the option works (and the frame arrives, past TC).
+    let p = payload("pkt-bypass-outside");
+    let r = packet_send(
+        None,
+        Some(&b.sb.pod),
+        &args,
+        &p,
+        &[("CP_QDISC_BYPASS", "1")],
+    );
+    assert!(ok(&r), "{r}");
+    assert!(b.sb.wait_for(Duration::from_secs(5), |rec| rec.with_payload(&p) > 0));
+}
+
+#[test]
+fn packet_frames_from_the_host_netns_drop_without_tc_iface() {
+    let b = Bare::new();
+    let (_res, ino) = resident(&b.cg.path, None);
+    b.wait_covered(ino, &b.sb.host_world_if);
+    let dst = SocketAddr::new(b.sb.forbidden4(), OTHER_UDP).to_string();
+    let world_mac = mac_of(Some(&b.sb.world.name), "eth0");
+    let host4 = b.sb.host4().to_string();
+    let args = [
+        b.sb.host_world_if.as_str(),
+        world_mac.as_str(),
+        host4.as_str(),
+        dst.as_str(),
+    ];
+    let p = payload("pkt-host-bare");
+    let _ = packet_send(Some(&b.cg.path), None, &args, &p, &[]);
+    b.assert_never_arrives("AF_PACKET from the host netns", &p, &dst);
+    let p = payload("pkt-host-outside");
+    let r = packet_send(None, None, &args, &p, &[]);
+    assert!(ok(&r), "{r}");
+    assert!(b.sb.wait_for(Duration::from_secs(5), |rec| rec.with_payload(&p) > 0));
+}
+
+#[test]
+fn a_netns_created_after_the_daemon_started_is_covered_then_released() {
+    let b = Bare::new();
+    let n = b.sb.n;
+    let late = Netns::new(&unique("cpl"));
+    // A veth pair between the new netns (`eth0`, 10.203.N.2) and the world netns (10.203.N.1);
+    // it goes with either namespace.
+    let world_if = format!("cpl{n}x");
+    sh(
+        "ip",
+        &[
+            "link",
+            "add",
+            &world_if,
+            "netns",
+            &b.sb.world.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            &late.name,
+        ],
+    );
+    let w = b.sb.world.name.clone();
+    sh(
+        "ip",
+        &[
+            "-n",
+            &w,
+            "addr",
+            "add",
+            &format!("10.203.{n}.1/24"),
+            "dev",
+            &world_if,
+        ],
+    );
+    sh("ip", &["-n", &w, "link", "set", &world_if, "up"]);
+    sh(
+        "ip",
+        &[
+            "-n",
+            &late.name,
+            "addr",
+            "add",
+            &format!("10.203.{n}.2/24"),
+            "dev",
+            "eth0",
+        ],
+    );
+    sh("ip", &["-n", &late.name, "link", "set", "eth0", "up"]);
+    let (res, ino) = resident(&b.cg.path, Some(&late));
+    b.wait_covered(ino, "eth0");
+    let dst = SocketAddr::new(b.sb.forbidden4(), OTHER_UDP).to_string();
+    let peer_mac = mac_of(Some(&w), &world_if);
+    let src = format!("10.203.{n}.2");
+    let args = ["eth0", peer_mac.as_str(), src.as_str(), dst.as_str()];
+    let p = payload("pkt-late");
+    let _ = packet_send(Some(&b.cg.path), Some(&late), &args, &p, &[]);
+    b.assert_never_arrives("AF_PACKET from a late netns", &p, &dst);
+    let p = payload("pkt-late-outside");
+    let r = packet_send(None, Some(&late), &args, &p, &[]);
+    assert!(ok(&r), "{r}");
+    assert!(
+        b.sb.wait_for(Duration::from_secs(5), |rec| rec.with_payload(&p) > 0),
+        "the control frame never arrived: {:?}",
+        b.sb.received.all()
+    );
+    // The identity leaves that netns: the backstop there is released.
+    drop(res);
+    let t0 = Instant::now();
+    while b.covered().iter().any(|c| c["netns"] == ino) {
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "still covered after the identity left: {:?}",
+            b.covered()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let pins = std::fs::read_dir(b.daemon.bpffs.join("links"))
+        .expect("links")
+        .filter_map(Result::ok)
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    assert!(
+        !pins.iter().any(|p| p.contains(&format!("@ns{ino}_"))),
+        "pins left: {pins:?}"
+    );
+}
