@@ -213,3 +213,86 @@ fn allow_from_blocks_an_unlisted_client_and_admits_a_listed_one() {
     let r = client(&fx, "udp", Some(&listed), 1, "udp-listed");
     assert!(ok(&r), "a listed UDP client got no answer: {r}");
 }
+
+#[test]
+fn ipv6_tcp_and_udp_servers_answer() {
+    let fx = Fixture::new("enforce");
+    let (_srv, _) = server(&fx, None);
+    let pod6 = format!("fd02:0:0:{:x}::2", fx.sb.n);
+    for (proto, port) in [("tcp", SERVE_TCP), ("udp", SERVE_UDP)] {
+        let dst = format!("[{pod6}]:{port}");
+        let r = probe(
+            None,
+            Some(&fx.sb.world),
+            &[&format!("{proto}-rr"), &dst, "-", "2"],
+            "hello-v6",
+        );
+        assert!(ok(&r), "{proto} over IPv6: {r}\n{}", fx.daemon.log_text());
+        assert_eq!(r["answers"][1], "echo:hello-v6", "{r}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    for proto in ["tcp", "udp"] {
+        let recs: Vec<Value> = reply_records(&fx, proto)
+            .into_iter()
+            .filter(|f| f["family"] == 6)
+            .collect();
+        assert_eq!(recs.len(), 1, "{proto}: {recs:#?}");
+    }
+}
+
+#[test]
+fn narrowing_allow_from_stops_answers_on_an_open_connection() {
+    let fx = Fixture::new("enforce");
+    let (_srv, _) = server(&fx, None);
+    let dst = SocketAddr::new(fx.sb.pod4(), SERVE_TCP).to_string();
+    let mut cmd = std::process::Command::new(probe_bin());
+    cmd.args(["tcp-rr", &dst, "-", "2"])
+        .env("CP_PAYLOAD", "long-lived")
+        .env("CP_RR_PAUSE_MS", "2000")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
+    let child = in_cgroup(cmd, None, Some(&fx.sb.world))
+        .spawn()
+        .expect("client");
+    // The first exchange happens, then the client pauses; only another address may connect now.
+    std::thread::sleep(Duration::from_millis(700));
+    with_allow_from(&fx, &[format!("{}/32", fx.sb.forbidden4())]);
+    let out = child.wait_with_output().expect("client");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let last: Value = serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap_or_default();
+    assert!(
+        text.contains("\"paused\",\"answers\":1") || text.contains("\"answers\":1,"),
+        "the first exchange did not happen before the change: {text}"
+    );
+    assert!(
+        !ok(&last),
+        "answers kept flowing after allowFrom dropped the client: {text}"
+    );
+    let rec = fx.daemon.wait_flow(Duration::from_secs(5), |f| {
+        f["reason"] == "ingress_denied" && f["hook"] == "skb"
+    });
+    assert!(rec.is_some(), "{:#?}", fx.daemon.flows());
+}
+
+#[test]
+fn audit_mode_lets_an_unlisted_client_in_and_records_it() {
+    let fx = Fixture::new("audit");
+    let policy = fx.sb.policy(&[("agent", &fx.cg.rel, "audit")])
+        + &format!(
+            "      ingress:\n        allowFrom: [\"{}/32\"]\n",
+            fx.sb.gateway4()
+        );
+    fx.daemon.apply(&policy);
+    let (_srv, _) = server(&fx, None);
+    let unlisted = fx.sb.forbidden4().to_string();
+    let r = client(&fx, "tcp", Some(&unlisted), 1, "audit-in");
+    assert!(ok(&r), "audit mode refused a client: {r}");
+    assert!(
+        fx.daemon
+            .wait_flow(Duration::from_secs(5), |f| f["reason"] == "ingress_denied"
+                && f["verdict"] == "audit")
+            .is_some(),
+        "{:#?}",
+        fx.daemon.flows()
+    );
+}

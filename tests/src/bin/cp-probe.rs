@@ -546,6 +546,45 @@ fn serve(tcp_ports: &[u16], udp_ports: &[u16], icmp: bool) {
 fn echo_serve(tcp_port: u16, udp_port: u16, also: Option<SocketAddr>) {
     let l = TcpListener::bind(("0.0.0.0", tcp_port)).expect("tcp bind");
     let u = UdpSocket::bind(("0.0.0.0", udp_port)).expect("udp bind");
+    let l6 = TcpListener::from(bind_v6only(libc::SOCK_STREAM, tcp_port).expect("tcp6 bind"));
+    let u6 = UdpSocket::from(bind_v6only(libc::SOCK_DGRAM, udp_port).expect("udp6 bind"));
+    for (l, u) in [(l, u), (l6, u6)] {
+        echo_serve_on(l, u, also);
+    }
+    out(json!({"event": "ready"}));
+    loop {
+        std::thread::sleep(Duration::from_secs(3600));
+    }
+}
+
+/// An IPv6-only socket bound to `[::]:port` (listening when a stream socket).
+fn bind_v6only(ty: i32, port: u16) -> std::io::Result<OwnedFd> {
+    let fd = socket(libc::AF_INET6, ty, 0)?;
+    let one: libc::c_int = 1;
+    let (ss, len) = sockaddr(&SocketAddr::new(
+        std::net::Ipv6Addr::UNSPECIFIED.into(),
+        port,
+    ));
+    // SAFETY: setsockopt/bind/listen on our socket with valid arguments.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            std::ptr::from_ref(&one).cast(),
+            4,
+        );
+        if libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&ss).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if ty == libc::SOCK_STREAM && libc::listen(fd.as_raw_fd(), 64) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(fd)
+}
+
+fn echo_serve_on(l: TcpListener, u: UdpSocket, also: Option<SocketAddr>) {
     std::thread::spawn(move || {
         for c in l.incoming() {
             let Ok(mut c) = c else { continue };
@@ -589,7 +628,9 @@ fn echo_serve(tcp_port: u16, udp_port: u16, also: Option<SocketAddr>) {
             out(
                 json!({"proto": "udp", "event": "data", "peer": peer.to_string(), "data": data, "reply": res(r)}),
             );
-            if let Some(a) = also {
+            if let Some(a) = also
+                && a.is_ipv4() == peer.is_ipv4()
+            {
                 let r = u
                     .send_to(format!("unasked:{data}").as_bytes(), a)
                     .map(|_| ());
@@ -599,10 +640,6 @@ fn echo_serve(tcp_port: u16, udp_port: u16, also: Option<SocketAddr>) {
             }
         }
     });
-    out(json!({"event": "ready"}));
-    loop {
-        std::thread::sleep(Duration::from_secs(3600));
-    }
 }
 
 /// A client outside the identity: `n` request/answer exchanges with `dst` over one TCP
@@ -614,11 +651,20 @@ fn client_rr(
     n: usize,
     payload: &str,
 ) -> serde_json::Value {
-    let bind = SocketAddr::new(src.unwrap_or_else(|| [0, 0, 0, 0].into()), 0);
+    let any: IpAddr = if dst.is_ipv4() {
+        [0, 0, 0, 0].into()
+    } else {
+        std::net::Ipv6Addr::UNSPECIFIED.into()
+    };
+    let bind = SocketAddr::new(src.unwrap_or(any), 0);
+    let pause = std::env::var("CP_RR_PAUSE_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_millis);
     let mut answers = Vec::new();
     let r = (|| -> std::io::Result<()> {
         if proto == "tcp" {
-            let fd = socket(libc::AF_INET, libc::SOCK_STREAM, 0)?;
+            let fd = socket(fam(&dst), libc::SOCK_STREAM, 0)?;
             let (ss, len) = sockaddr(&bind);
             // SAFETY: bind(2) on our socket.
             if unsafe { libc::bind(fd.as_raw_fd(), std::ptr::from_ref(&ss).cast(), len) } != 0 {
@@ -646,7 +692,13 @@ fn client_rr(
                 }
             }
             s.set_read_timeout(Some(Duration::from_secs(2)))?;
-            for _ in 0..n {
+            for i in 0..n {
+                if i > 0
+                    && let Some(p) = pause
+                {
+                    out(json!({"event": "paused", "answers": answers.len()}));
+                    std::thread::sleep(p);
+                }
                 s.write_all(payload.as_bytes())?;
                 let mut buf = [0u8; 4096];
                 let got = s.read(&mut buf)?;
