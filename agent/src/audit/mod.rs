@@ -2,9 +2,11 @@
 //! (the one writer of the audit log: `event` field, per-line transform, fsync task) and [`file`]
 //! (the JSON lines file with size-based rotation).
 
+pub mod chain;
 pub mod file;
 pub mod record;
 pub mod sink;
+pub mod verify;
 
 pub use file::JsonLines;
 pub use record::{FlowRecord, Names, SCHEMA_VERSION, enrich, lost_record, verdict_name};

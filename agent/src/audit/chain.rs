@@ -1,0 +1,448 @@
+//! Tamper evidence for the audit log: every line carries a sequence number and a SHA-256 hash
+//! chained to the previous line's, and a signed checkpoint (Ed25519) is written every N records,
+//! at the head of every file (start and rotation) and when the daemon stops.
+//!
+//! Line form (byte-exact, so the verifier needs no canonical JSON):
+//!
+//! ```text
+//! body = {"schema":1,"event":"flow",…,"seq":42}
+//! hash = SHA-256(previous line's hash (32 bytes) ‖ body)
+//! line = {"schema":1,"event":"flow",…,"seq":42,"hash":"<64 hex>"}
+//! ```
+//!
+//! A checkpoint is a line of the chain like any other (`"event":"checkpoint"`) whose `signature`
+//! signs `"chokepoint-audit-checkpoint-v1" ‖ seq (u64 LE) ‖ prev`, where `prev` (also a field) is
+//! the hash of the line before it. An edit that recomputes every later hash still breaks the next
+//! checkpoint's signature; without the private key (in the state dir, mode 0600) it cannot be
+//! re-signed.
+
+use std::{
+    fs,
+    io::{Read, Seek, SeekFrom},
+    os::unix::fs::{OpenOptionsExt, PermissionsExt},
+    path::{Path, PathBuf},
+};
+
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+/// File name of the signing key in the state dir (hex seed, mode 0600).
+pub const KEY_FILE: &str = "audit-key";
+/// File name of the public key in the state dir (hex, mode 0644); `audit verify` reads it.
+pub const PUBLIC_KEY_FILE: &str = "audit-key.pub";
+/// Default number of records between two checkpoints.
+pub const DEFAULT_CHECKPOINT_EVERY: u64 = 1000;
+/// Domain separation of checkpoint signatures.
+pub const SIGNING_CONTEXT: &[u8] = b"chokepoint-audit-checkpoint-v1";
+/// The `prev` of the very first line of a chain.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// Length of the `,"hash":"<64 hex>"}` suffix every chained line ends with.
+pub const HASH_SUFFIX_LEN: usize = r#","hash":""}"#.len() + 64;
+
+/// Errors of the key store and the chain.
+#[derive(Debug, thiserror::Error)]
+pub enum ChainError {
+    #[error("audit signing key {path}: {source}")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("audit signing key {path} is corrupt: {why}")]
+    KeyCorrupt { path: PathBuf, why: String },
+    #[error("a record must serialise as a non-empty JSON object")]
+    NotObject,
+    #[error("serialising a record: {0}")]
+    Json(#[from] serde_json::Error),
+}
+
+/// Lower-case hex of bytes.
+pub fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    bytes
+        .iter()
+        .fold(String::with_capacity(bytes.len() * 2), |mut s, b| {
+            let _ = write!(s, "{b:02x}");
+            s
+        })
+}
+
+/// Bytes of lower-case or upper-case hex.
+pub fn unhex(s: &str) -> Option<Vec<u8>> {
+    if !s.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+/// Short id of a public key: the first 8 bytes of its SHA-256, hex.
+pub fn key_id(key: &VerifyingKey) -> String {
+    hex(&Sha256::digest(key.as_bytes())[..8])
+}
+
+/// The chain hash of a line body.
+pub fn chain_hash(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(body);
+    h.finalize().into()
+}
+
+/// What a checkpoint signature covers.
+pub fn signed_message(seq: u64, prev: &[u8; 32]) -> Vec<u8> {
+    let mut m = SIGNING_CONTEXT.to_vec();
+    m.extend_from_slice(&seq.to_le_bytes());
+    m.extend_from_slice(prev);
+    m
+}
+
+/// Loads the signing key from `dir`, creating it (0600, and the public half 0644) on first use.
+pub fn load_or_create_key(dir: &Path) -> Result<SigningKey, ChainError> {
+    let path = dir.join(KEY_FILE);
+    let io = |source| ChainError::Key {
+        path: path.clone(),
+        source,
+    };
+    match fs::read_to_string(&path) {
+        Ok(text) => {
+            let mode = fs::metadata(&path).map_err(io)?.permissions().mode();
+            if mode & 0o077 != 0 {
+                return Err(ChainError::KeyCorrupt {
+                    path,
+                    why: format!(
+                        "mode {:o} lets others read it; it must be 0600",
+                        mode & 0o777
+                    ),
+                });
+            }
+            let seed: [u8; 32] = unhex(text.trim())
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| ChainError::KeyCorrupt {
+                    path: path.clone(),
+                    why: "expected 64 hex digits".into(),
+                })?;
+            let key = SigningKey::from_bytes(&seed);
+            // The public half may have been removed; it is derived, so restore it.
+            let public = dir.join(PUBLIC_KEY_FILE);
+            if !public.exists() {
+                write_public(&public, &key).map_err(io)?;
+            }
+            Ok(key)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::create_dir_all(dir).map_err(io)?;
+            let mut seed = [0u8; 32];
+            getrandom::fill(&mut seed).map_err(|e| io(std::io::Error::other(e.to_string())))?;
+            let tmp = dir.join(format!("{KEY_FILE}.tmp.{}", std::process::id()));
+            {
+                let mut f = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&tmp)
+                    .map_err(io)?;
+                std::io::Write::write_all(&mut f, format!("{}\n", hex(&seed)).as_bytes())
+                    .map_err(io)?;
+                f.sync_all().map_err(io)?;
+            }
+            fs::rename(&tmp, &path).map_err(io)?;
+            let key = SigningKey::from_bytes(&seed);
+            write_public(&dir.join(PUBLIC_KEY_FILE), &key).map_err(io)?;
+            Ok(key)
+        }
+        Err(e) => Err(io(e)),
+    }
+}
+
+fn write_public(path: &Path, key: &SigningKey) -> std::io::Result<()> {
+    crate::util::write_atomic(
+        path,
+        format!("{}\n", hex(key.verifying_key().as_bytes())).as_bytes(),
+    )?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644))
+}
+
+/// Reads a public key file (64 hex digits).
+pub fn read_public_key(path: &Path) -> Result<VerifyingKey, String> {
+    let text =
+        fs::read_to_string(path).map_err(|e| format!("public key {}: {e}", path.display()))?;
+    let bytes: [u8; 32] = unhex(text.trim())
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| format!("public key {}: expected 64 hex digits", path.display()))?;
+    VerifyingKey::from_bytes(&bytes)
+        .map_err(|e| format!("public key {}: not an Ed25519 key: {e}", path.display()))
+}
+
+/// Where a chain stands: the last line's sequence number and hash.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Head {
+    /// Sequence number of the next line.
+    pub next_seq: u64,
+    /// Hash of the last line (GENESIS before the first).
+    pub prev: [u8; 32],
+}
+
+impl Head {
+    /// A new chain.
+    pub const GENESIS: Head = Head {
+        next_seq: 0,
+        prev: GENESIS,
+    };
+}
+
+/// The `seq` and `hash` of a chained line, read from its tail.
+pub fn line_position(line: &[u8]) -> Option<(u64, [u8; 32])> {
+    if line.len() < HASH_SUFFIX_LEN + 2 || !line.ends_with(b"\"}") {
+        return None;
+    }
+    let cut = line.len() - HASH_SUFFIX_LEN;
+    if !line[cut..].starts_with(br#","hash":""#) {
+        return None;
+    }
+    let hash: [u8; 32] = unhex(std::str::from_utf8(&line[cut + 9..line.len() - 2]).ok()?)?
+        .try_into()
+        .ok()?;
+    let body = &line[..cut];
+    let at = body.windows(7).rposition(|w| w == br#","seq":"#)?;
+    let seq = std::str::from_utf8(&body[at + 7..]).ok()?.parse().ok()?;
+    Some((seq, hash))
+}
+
+/// Finds where the chain in `files` (newest first: `audit.jsonl`, `audit.jsonl.1`, …) stands:
+/// the last whole chained line of the newest file that has one. A torn or foreign last line is
+/// skipped (the verifier reports it); the chain continues from the last good line.
+pub fn resume(files: &[PathBuf]) -> Head {
+    for f in files {
+        if let Some(h) = last_position(f) {
+            return h;
+        }
+    }
+    Head::GENESIS
+}
+
+fn last_position(path: &Path) -> Option<Head> {
+    let mut f = fs::File::open(path).ok()?;
+    let len = f.metadata().ok()?.len();
+    // Lines are short; read a growing tail until a whole chained line is found.
+    let mut window = 64 * 1024u64;
+    loop {
+        let start = len.saturating_sub(window);
+        f.seek(SeekFrom::Start(start)).ok()?;
+        let mut buf = Vec::new();
+        f.read_to_end(&mut buf).ok()?;
+        let mut lines: Vec<&[u8]> = buf.split(|&b| b == b'\n').collect();
+        if start > 0 {
+            lines.remove(0); // may start mid-line
+        }
+        for l in lines.iter().rev() {
+            if let Some((seq, hash)) = line_position(l) {
+                return Some(Head {
+                    next_seq: seq + 1,
+                    prev: hash,
+                });
+            }
+        }
+        if start == 0 {
+            return None;
+        }
+        window *= 4;
+    }
+}
+
+/// Why a checkpoint is written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointReason {
+    /// The daemon opened the log (a new chain or a continued one).
+    Start,
+    /// `N` records since the last checkpoint.
+    Interval,
+    /// First line of a new file after rotation.
+    Rotate,
+    /// Records were written and then the log went quiet.
+    Idle,
+    /// The daemon is stopping.
+    Stop,
+}
+
+impl CheckpointReason {
+    /// The `reason` field.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Start => "start",
+            Self::Interval => "interval",
+            Self::Rotate => "rotate",
+            Self::Idle => "idle",
+            Self::Stop => "stop",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Checkpoint<'a> {
+    schema: u32,
+    event: &'static str,
+    time: String,
+    node: &'a str,
+    reason: &'static str,
+    prev: String,
+    key_id: String,
+    signature: String,
+}
+
+/// The per-line transform of the audit sink: seals each line into the chain and produces the
+/// checkpoints.
+pub struct Chain {
+    key: SigningKey,
+    key_id: String,
+    head: Head,
+    every: u64,
+    since_checkpoint: u64,
+    node: String,
+}
+
+impl Chain {
+    /// A chain continuing from `head`, signing with `key`, checkpointing every `every` records.
+    pub fn new(key: SigningKey, head: Head, every: u64, node: &str) -> Self {
+        let key_id = key_id(&key.verifying_key());
+        Self {
+            key,
+            key_id,
+            head,
+            every: every.max(1),
+            since_checkpoint: 0,
+            node: node.to_string(),
+        }
+    }
+
+    /// Where the chain stands.
+    pub fn head(&self) -> Head {
+        self.head
+    }
+
+    /// Records sealed since the last checkpoint.
+    pub fn since_checkpoint(&self) -> u64 {
+        self.since_checkpoint
+    }
+
+    /// Serialises `value` (a JSON object) as one chained line, newline included. A checkpoint is
+    /// due afterwards when [`Chain::checkpoint_due`] says so.
+    pub fn seal<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<Vec<u8>, ChainError> {
+        let json = serde_json::to_vec(value)?;
+        let line = self.seal_bytes(json)?;
+        self.since_checkpoint += 1;
+        Ok(line)
+    }
+
+    fn seal_bytes(&mut self, mut json: Vec<u8>) -> Result<Vec<u8>, ChainError> {
+        if json.len() < 3 || json.first() != Some(&b'{') || json.last() != Some(&b'}') {
+            return Err(ChainError::NotObject);
+        }
+        json.pop();
+        json.extend_from_slice(format!(",\"seq\":{}}}", self.head.next_seq).as_bytes());
+        let hash = chain_hash(&self.head.prev, &json);
+        json.pop();
+        json.extend_from_slice(format!(",\"hash\":\"{}\"}}\n", hex(&hash)).as_bytes());
+        self.head = Head {
+            next_seq: self.head.next_seq + 1,
+            prev: hash,
+        };
+        Ok(json)
+    }
+
+    /// Whether `every` records were sealed since the last checkpoint.
+    pub fn checkpoint_due(&self) -> bool {
+        self.since_checkpoint >= self.every
+    }
+
+    /// A signed checkpoint line (itself part of the chain).
+    pub fn checkpoint(&mut self, reason: CheckpointReason, time: String) -> Vec<u8> {
+        let sig = self
+            .key
+            .sign(&signed_message(self.head.next_seq, &self.head.prev));
+        let cp = Checkpoint {
+            schema: super::SCHEMA_VERSION,
+            event: "checkpoint",
+            time,
+            node: &self.node,
+            reason: reason.name(),
+            prev: hex(&self.head.prev),
+            key_id: self.key_id.clone(),
+            signature: hex(&sig.to_bytes()),
+        };
+        self.since_checkpoint = 0;
+        let json = serde_json::to_vec(&cp).expect("checkpoint serialises");
+        self.seal_bytes(json).expect("checkpoint is an object")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7u8; 32])
+    }
+
+    #[test]
+    fn lines_chain_and_positions_read_back() {
+        let mut c = Chain::new(key(), Head::GENESIS, 2, "n1");
+        let a = c.checkpoint(CheckpointReason::Start, "t".into());
+        let b = c
+            .seal(&serde_json::json!({"event": "flow", "x": 1}))
+            .unwrap();
+        let (seq, hash) = line_position(a.trim_ascii_end()).unwrap();
+        assert_eq!(seq, 0);
+        let body_end = b.len() - 1 - HASH_SUFFIX_LEN;
+        let mut body = b[..body_end].to_vec();
+        body.push(b'}');
+        assert!(body.ends_with(b",\"seq\":1}"));
+        let (seq_b, hash_b) = line_position(b.trim_ascii_end()).unwrap();
+        assert_eq!(seq_b, 1);
+        assert_eq!(hash_b, chain_hash(&hash, &body));
+        assert!(!c.checkpoint_due());
+        c.seal(&serde_json::json!({"event": "flow"})).unwrap();
+        assert!(c.checkpoint_due());
+        assert!(c.seal(&serde_json::json!([1])).is_err());
+        assert!(c.seal(&serde_json::json!({})).is_err());
+    }
+
+    #[test]
+    fn key_is_created_private_and_reloaded() {
+        let dir = std::env::temp_dir().join(format!("cp-key-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let k1 = load_or_create_key(&dir).unwrap();
+        let mode = fs::metadata(dir.join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let k2 = load_or_create_key(&dir).unwrap();
+        assert_eq!(k1.to_bytes(), k2.to_bytes());
+        let public = read_public_key(&dir.join(PUBLIC_KEY_FILE)).unwrap();
+        assert_eq!(public, k1.verifying_key());
+        fs::set_permissions(dir.join(KEY_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(load_or_create_key(&dir).is_err());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn resumes_from_the_last_whole_line() {
+        let dir = std::env::temp_dir().join(format!("cp-resume-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let mut c = Chain::new(key(), Head::GENESIS, 100, "n1");
+        let mut text = c.checkpoint(CheckpointReason::Start, "t".into());
+        text.extend(c.seal(&serde_json::json!({"event": "flow"})).unwrap());
+        text.extend_from_slice(b"{\"torn");
+        let f = dir.join("a.jsonl");
+        fs::write(&f, &text).unwrap();
+        assert_eq!(resume(&[dir.join("missing"), f]), c.head());
+        assert_eq!(resume(&[dir.join("missing")]), Head::GENESIS);
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
