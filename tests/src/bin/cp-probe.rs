@@ -943,9 +943,11 @@ fn main() {
             json!({"ok": false, "error": err.to_string()})
         }
         "udp-flood" => {
-            // N unconnected sends as fast as possible; counts how many the kernel refused.
+            // N unconnected sends as fast as possible; counts how many the kernel refused. With
+            // a third argument P, the destination port cycles through P ports from the given one.
             let dst = addr(&a(1));
             let n: u64 = a(2).parse().unwrap_or(1000);
+            let spread: u16 = a(3).parse().unwrap_or(1).max(1);
             let bind: SocketAddr = if dst.is_ipv4() {
                 "0.0.0.0:0".parse().expect("static")
             } else {
@@ -953,8 +955,10 @@ fn main() {
             };
             let s = UdpSocket::bind(bind).expect("bind");
             let (mut sent, mut refused) = (0u64, 0u64);
-            for _ in 0..n {
-                match s.send_to(b"flood", dst) {
+            for i in 0..n {
+                let mut to = dst;
+                to.set_port(dst.port().wrapping_add((i % u64::from(spread)) as u16));
+                match s.send_to(b"flood", to) {
                     Ok(_) => sent += 1,
                     Err(_) => refused += 1,
                 }
