@@ -14,6 +14,8 @@ pub struct Options {
     pub audit_log: Option<PathBuf>,
     pub audit_log_max_bytes: u64,
     pub audit_log_keep: usize,
+    /// Records between two signed checkpoints of the audit log.
+    pub audit_checkpoint_every: u64,
     pub audit_stdout: bool,
     pub tc_ifaces: Vec<String>,
     pub alert_window: Duration,

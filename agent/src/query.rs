@@ -208,7 +208,19 @@ pub fn parse_dst(s: &str) -> Result<DstFilter, QueryError> {
     } else {
         (t, None)
     };
-    let net = parse_cidr(net).map_err(|_| bad())?;
+    // Host bits are allowed in a filter (10.1.2.3/24 means 10.1.2.0/24).
+    let net = match parse_cidr(net) {
+        Ok(c) => c,
+        Err(_) => {
+            let (ip, bits) = net.split_once('/').ok_or_else(bad)?;
+            let addr: IpAddr = ip.parse().map_err(|_| bad())?;
+            let bits: u8 = bits.parse().map_err(|_| bad())?;
+            if bits > if addr.is_ipv4() { 32 } else { 128 } {
+                return Err(bad());
+            }
+            Cidr { addr, bits }
+        }
+    };
     let port = match port {
         Some(p) => Some(p.parse::<u16>().map_err(|_| bad())?),
         None => None,
@@ -381,6 +393,7 @@ mod tests {
         let d = parse_dst("fd00::1").unwrap();
         assert!(d.matches(Some("[fd00::1]:1")));
         assert!(parse_dst("10.0.0.0/33").is_err());
+        assert!(parse_dst("10.0.0.9/24:80").unwrap().matches(Some("10.0.0.1:80")));
         assert!(parse_dst("10.0.0.1:http").is_err());
         assert!(parse_dst("[fd00::1]443").is_err());
     }

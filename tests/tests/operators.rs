@@ -228,8 +228,7 @@ fn a_slow_follow_subscriber_gets_lost_lines() {
                 break;
             };
             let v: Value = serde_json::from_str(&line).expect("json line");
-            if v["event"] == "lost" {
-                assert_eq!(v["verdict"], "lost", "{v}");
+            if v["verdict"] == "lost" {
                 // The subscriber's own gap, or records the kernel could not hand over.
                 assert!(
                     v["reason"] == "subscriber_lagged" || v["reason"] == "ring_buffer_full",

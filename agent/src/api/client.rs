@@ -12,7 +12,7 @@ use super::protocol::{Request, Response, encode};
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot reach the daemon at {path}: {source} (is `chokepoint daemon` running?)")]
+    #[error("cannot reach the daemon at {path} (is `chokepoint daemon` running?)")]
     Connect {
         path: String,
         #[source]

@@ -30,17 +30,29 @@ pub enum Request {
     PolicyRollback {
         generation: Option<u32>,
     },
+    /// Flow records; `filter` is applied by the daemon (`identity` and `verdict` at the top
+    /// level are the protocol's first form and still accepted).
     Flows {
         #[serde(default)]
         follow: bool,
         #[serde(default)]
+        filter: crate::query::Query,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         identity: Option<String>,
-        #[serde(default)]
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         verdict: Option<String>,
     },
+    /// Alerts, filtered like flows.
     Alerts {
         #[serde(default)]
         follow: bool,
+        #[serde(default)]
+        filter: crate::query::Query,
+    },
+    /// The shadow-integration inventory.
+    Inventory {
+        #[serde(default)]
+        identity: Option<String>,
     },
     Grant {
         identity: String,

@@ -17,10 +17,16 @@ use tokio::{
 };
 
 use super::protocol::{MAX_REQUEST_BYTES, REQUEST_TIMEOUT, Request, decode};
-use crate::{alerts::Alert, audit::FlowRecord, metrics::Metrics};
+use crate::{
+    alerts::Alert,
+    audit::FlowRecord,
+    metrics::Metrics,
+    peer::Who,
+    query::{Filter, Query, Queryable},
+};
 
-/// Who sent a request: the peer's uid and pid (from `SO_PEERCRED`).
-pub type Peer = (Option<u32>, Option<u32>);
+/// Who sent a request: the peer's uid, pid and comm (`SO_PEERCRED`, `/proc/PID/comm`).
+pub type Peer = Who;
 
 /// What the server needs from the daemon.
 pub trait Service: Send + Sync + 'static {
@@ -135,59 +141,35 @@ async fn handle_conn<S: Service>(shared: Arc<S>, sock: UnixStream) -> anyhow::Re
             return Ok(());
         }
     };
-    let who = (Some(cred.uid()), cred.pid().map(|p| p as u32));
+    let who = Who::from_cred(&cred);
     match req {
         Request::Flows {
             follow,
+            mut filter,
             identity,
             verdict,
         } => {
-            let matches = |r: &FlowRecord| {
-                identity
-                    .as_ref()
-                    .is_none_or(|i| r.identity.as_deref() == Some(i.as_str()))
-                    && verdict.as_ref().is_none_or(|v| &r.verdict == v)
+            // The protocol's first form: identity and verdict at the top level.
+            if filter.identity.is_none() {
+                filter.identity = identity;
+            }
+            if filter.verdict.is_none() {
+                filter.verdict = verdict;
+            }
+            let Some(filter) = compile(&mut w, &filter, follow).await? else {
+                return Ok(());
             };
-            let mut rx = shared.subscribe_flows();
-            let recent: Vec<Arc<FlowRecord>> = shared
-                .recent_flows()
-                .into_iter()
-                .filter(|r| matches(r))
-                .collect();
-            if !follow {
-                write_line(&mut w, &json!({"ok": true, "result": recent})).await?;
-                return Ok(());
-            }
-            write_line(&mut w, &json!({"ok": true, "result": null})).await?;
-            loop {
-                match rx.recv().await {
-                    Ok(r) if matches(&r) => {
-                        write_line(&mut w, &serde_json::to_value(r.as_ref())?).await?
-                    }
-                    Ok(_) => {}
-                    Err(broadcast::error::RecvError::Lagged(n)) => {
-                        let lost = shared.lagged_record(n);
-                        write_line(&mut w, &serde_json::to_value(&lost)?).await?;
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                }
-            }
+            let rx = shared.subscribe_flows();
+            let recent = shared.recent_flows();
+            stream(&*shared, &mut w, rx, recent, &filter, follow).await?;
         }
-        Request::Alerts { follow } => {
-            let mut rx = shared.subscribe_alerts();
-            let recent: Vec<Arc<Alert>> = shared.recent_alerts();
-            if !follow {
-                write_line(&mut w, &json!({"ok": true, "result": recent})).await?;
+        Request::Alerts { follow, filter } => {
+            let Some(filter) = compile(&mut w, &filter, follow).await? else {
                 return Ok(());
-            }
-            write_line(&mut w, &json!({"ok": true, "result": null})).await?;
-            loop {
-                match rx.recv().await {
-                    Ok(a) => write_line(&mut w, &serde_json::to_value(a.as_ref())?).await?,
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => return Ok(()),
-                }
-            }
+            };
+            let rx = shared.subscribe_alerts();
+            let recent = shared.recent_alerts();
+            stream(&*shared, &mut w, rx, recent, &filter, follow).await?;
         }
         other => {
             let s = shared.clone();
@@ -205,6 +187,66 @@ async fn handle_conn<S: Service>(shared: Arc<S>, sock: UnixStream) -> anyhow::Re
         }
     }
     Ok(())
+}
+
+/// Compiles a query against the daemon's clock; a bad one is answered with its error (`None`).
+async fn compile(
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    q: &Query,
+    follow: bool,
+) -> std::io::Result<Option<Filter>> {
+    if follow && q.until.is_some() {
+        write_line(w, &err_json("--until cannot be used with --follow")).await?;
+        return Ok(None);
+    }
+    match q.compile(crate::util::wall_ns()) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) => {
+            write_line(w, &err_json(e)).await?;
+            Ok(None)
+        }
+    }
+}
+
+/// Answers `flows`/`alerts`: without `follow`, the matching entries held in memory as one array;
+/// with `follow`, the `--last` backlog and then every new matching entry, one per line. A
+/// subscriber that fell behind gets a `lost` line with the count it missed, and the daemon's own
+/// `lost` records (ring buffer overflow) pass every filter: the missed entries could have matched.
+async fn stream<S: Service, T: Queryable + serde::Serialize>(
+    shared: &S,
+    w: &mut tokio::net::unix::OwnedWriteHalf,
+    mut rx: broadcast::Receiver<Arc<T>>,
+    recent: Vec<Arc<T>>,
+    filter: &Filter,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let held: Vec<&T> = recent.iter().map(Arc::as_ref).collect();
+    if !follow {
+        let selected = filter.select(held.into_iter());
+        write_line(w, &json!({"ok": true, "result": selected})).await?;
+        return Ok(());
+    }
+    write_line(w, &json!({"ok": true, "result": null})).await?;
+    if filter.last.is_some() {
+        for e in filter.select(held.into_iter()) {
+            write_line(w, &serde_json::to_value(e)?).await?;
+        }
+    }
+    drop(recent);
+    loop {
+        match rx.recv().await {
+            // A `lost` record cannot be attributed: what it counts could have matched.
+            Ok(e) if e.fields().verdict == "lost" || filter.matches(e.as_ref()) => {
+                write_line(w, &serde_json::to_value(e.as_ref())?).await?
+            }
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                let lost = shared.lagged_record(n);
+                write_line(w, &serde_json::to_value(&lost)?).await?;
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        }
+    }
 }
 
 /// Binds the API socket (mode 0600); refuses when a live daemon answers on it, replaces a stale

@@ -283,15 +283,19 @@ impl CheckpointReason {
 }
 
 #[derive(Serialize)]
-struct Checkpoint<'a> {
+struct CheckpointBody<'a> {
     schema: u32,
-    event: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event: Option<&'static str>,
     time: String,
     node: &'a str,
     reason: &'static str,
-    prev: String,
-    key_id: String,
-    signature: String,
+}
+
+/// Appends `,"key":value` to a serialised JSON object (without its newline).
+fn append(line: &mut Vec<u8>, key: &str, value: &str) {
+    line.pop();
+    line.extend_from_slice(format!(",\"{key}\":{value}}}").as_bytes());
 }
 
 /// The per-line transform of the audit sink: seals each line into the chain and produces the
@@ -332,26 +336,37 @@ impl Chain {
     /// Serialises `value` (a JSON object) as one chained line, newline included. A checkpoint is
     /// due afterwards when [`Chain::checkpoint_due`] says so.
     pub fn seal<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<Vec<u8>, ChainError> {
-        let json = serde_json::to_vec(value)?;
-        let line = self.seal_bytes(json)?;
-        self.since_checkpoint += 1;
+        let mut line = serde_json::to_vec(value)?;
+        self.seal_line(&mut line, false)?;
+        line.push(b'\n');
         Ok(line)
     }
 
-    fn seal_bytes(&mut self, mut json: Vec<u8>) -> Result<Vec<u8>, ChainError> {
-        if json.len() < 3 || json.first() != Some(&b'{') || json.last() != Some(&b'}') {
+    /// Seals one serialised JSON object (no newline) in place: a checkpoint first gets `prev`,
+    /// `key_id` and `signature`; every line then gets `seq` and `hash`.
+    pub fn seal_line(&mut self, line: &mut Vec<u8>, checkpoint: bool) -> Result<(), ChainError> {
+        if line.len() < 3 || line.first() != Some(&b'{') || line.last() != Some(&b'}') {
             return Err(ChainError::NotObject);
         }
-        json.pop();
-        json.extend_from_slice(format!(",\"seq\":{}}}", self.head.next_seq).as_bytes());
-        let hash = chain_hash(&self.head.prev, &json);
-        json.pop();
-        json.extend_from_slice(format!(",\"hash\":\"{}\"}}\n", hex(&hash)).as_bytes());
+        if checkpoint {
+            let sig = self
+                .key
+                .sign(&signed_message(self.head.next_seq, &self.head.prev));
+            append(line, "prev", &format!("\"{}\"", hex(&self.head.prev)));
+            append(line, "key_id", &format!("\"{}\"", self.key_id));
+            append(line, "signature", &format!("\"{}\"", hex(&sig.to_bytes())));
+            self.since_checkpoint = 0;
+        } else {
+            self.since_checkpoint += 1;
+        }
+        append(line, "seq", &self.head.next_seq.to_string());
+        let hash = chain_hash(&self.head.prev, line);
+        append(line, "hash", &format!("\"{}\"", hex(&hash)));
         self.head = Head {
             next_seq: self.head.next_seq + 1,
             prev: hash,
         };
-        Ok(json)
+        Ok(())
     }
 
     /// Whether `every` records were sealed since the last checkpoint.
@@ -359,24 +374,33 @@ impl Chain {
         self.since_checkpoint >= self.every
     }
 
-    /// A signed checkpoint line (itself part of the chain).
-    pub fn checkpoint(&mut self, reason: CheckpointReason, time: String) -> Vec<u8> {
-        let sig = self
-            .key
-            .sign(&signed_message(self.head.next_seq, &self.head.prev));
-        let cp = Checkpoint {
+    /// The body of a checkpoint line (`schema`, `time`, `node`, `reason`) for a sink that adds
+    /// `event` itself; [`Chain::seal_line`] with `checkpoint` signs it.
+    pub fn checkpoint_body(&self, reason: CheckpointReason, time: String) -> Vec<u8> {
+        serde_json::to_vec(&CheckpointBody {
             schema: super::SCHEMA_VERSION,
-            event: "checkpoint",
+            event: None,
             time,
             node: &self.node,
             reason: reason.name(),
-            prev: hex(&self.head.prev),
-            key_id: self.key_id.clone(),
-            signature: hex(&sig.to_bytes()),
-        };
-        self.since_checkpoint = 0;
-        let json = serde_json::to_vec(&cp).expect("checkpoint serialises");
-        self.seal_bytes(json).expect("checkpoint is an object")
+        })
+        .expect("checkpoint serialises")
+    }
+
+    /// A whole signed checkpoint line (itself part of the chain), newline included.
+    pub fn checkpoint(&mut self, reason: CheckpointReason, time: String) -> Vec<u8> {
+        let mut line = serde_json::to_vec(&CheckpointBody {
+            schema: super::SCHEMA_VERSION,
+            event: Some("checkpoint"),
+            time,
+            node: &self.node,
+            reason: reason.name(),
+        })
+        .expect("checkpoint serialises");
+        self.seal_line(&mut line, true)
+            .expect("checkpoint is an object");
+        line.push(b'\n');
+        line
     }
 }
 

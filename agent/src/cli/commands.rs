@@ -7,11 +7,12 @@ use anyhow::{Context, bail};
 use serde_json::Value;
 
 use super::{
-    Command, PolicyCmd,
-    render::{alert_line, flow_line, print_entries, print_json},
+    AuditCmd, Command, Format, PolicyCmd,
+    render::{alert_line, flow_line, inventory_text, print_entries, print_json},
 };
 use crate::{
     api::{Client, Request},
+    audit::{chain, verify},
     bpf::pins,
     policy::compile_source,
     util,
@@ -49,10 +50,86 @@ fn read_policy(file: &Path) -> anyhow::Result<(String, String)> {
     }
 }
 
-/// Runs a client command.
-pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
+/// A command that ends with an exit code of its own (no error message): `policy diff` with
+/// changes, `audit verify` on tampering.
+#[derive(Debug, thiserror::Error)]
+#[error("exit {0}")]
+pub struct Exit(pub i32);
+
+/// A usage error found after parsing (exit 2), e.g. a bad `--dst`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Usage(pub String);
+
+fn print_value(v: &Value, format: Format, text: impl FnOnce(&Value)) {
+    match format {
+        Format::Json => print_json(v),
+        Format::Jsonl => println!("{}", serde_json::to_string(v).unwrap_or_default()),
+        Format::Text => text(v),
+    }
+}
+
+/// Checks a query before sending it (the daemon checks again against its clock).
+fn check_query(q: &crate::query::Query, follow: bool) -> anyhow::Result<()> {
+    if follow && q.until.is_some() {
+        return Err(Usage("--until cannot be used with --follow".into()).into());
+    }
+    q.compile(util::wall_ns())
+        .map(|_| ())
+        .map_err(|e| Usage(e.to_string()).into())
+}
+
+/// Runs a client command against the API at `socket`.
+pub async fn run_client(cmd: Command, socket: &Path) -> anyhow::Result<()> {
+    let socket = socket.to_path_buf();
     match cmd {
-        Command::Daemon(_) => unreachable!("handled in main"),
+        Command::Daemon(_) | Command::Completion { .. } | Command::Man { .. } => {
+            unreachable!("handled in main")
+        }
+        Command::Inventory { identity, out } => {
+            let r = call(&socket, Request::Inventory { identity }).await?;
+            print_value(&r, out.format(), |v| print!("{}", inventory_text(v)));
+            Ok(())
+        }
+        Command::Audit {
+            cmd:
+                AuditCmd::Verify {
+                    files,
+                    key,
+                    state_dir,
+                    out,
+                },
+        } => {
+            let key_path = key.unwrap_or_else(|| verify::default_key_path(&state_dir));
+            let public = chain::read_public_key(&key_path)
+                .map_err(|e| anyhow::anyhow!("{e} (pass --key or --state-dir)"))?;
+            match verify::verify(&files, &public)? {
+                Ok(summary) => {
+                    let v = serde_json::json!({"ok": true, "summary": summary});
+                    print_value(&v, out.format(), |_| {
+                        println!(
+                            "ok: {} records in {} files (seq {}..{}), {} signed checkpoints, key {}; {} records after the last checkpoint",
+                            summary.records,
+                            summary.files.len(),
+                            summary.first_seq.unwrap_or(0),
+                            summary.last_seq.unwrap_or(0),
+                            summary.checkpoints,
+                            summary.key_id,
+                            summary.unsigned_tail
+                        )
+                    });
+                    Ok(())
+                }
+                Err(problem) => {
+                    let v = serde_json::json!({"ok": false, "problem": problem});
+                    match out.format() {
+                        Format::Text => eprintln!("chokepoint: audit log tampered: {problem}"),
+                        f => print_value(&v, f, |_| {}),
+                    }
+                    Err(Exit(1).into())
+                }
+            }
+        }
         Command::Uninstall { bpffs } => {
             let removed = pins::uninstall(&bpffs)
                 .with_context(|| format!("removing pins under {}", bpffs.display()))?;
@@ -64,10 +141,17 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Policy { cmd } => match cmd {
-            PolicyCmd::Validate { file } => {
+            PolicyCmd::Validate { file, offline } => {
                 let bytes = std::fs::read(&file)
                     .with_context(|| format!("cannot read {}", file.display()))?;
-                match compile_source(&file.display().to_string(), &bytes) {
+                let name = file.display().to_string();
+                let compiled = if offline {
+                    // Host names are checked for syntax only: nothing is resolved.
+                    crate::policy::compile_source_with(&name, &bytes, &|_, _| Ok(Vec::new()))
+                } else {
+                    compile_source(&name, &bytes)
+                };
+                match compiled {
                     Ok(p) => {
                         println!(
                             "{}: valid ({} identities, {} gateways, {} destination prefixes, {})",
@@ -82,11 +166,11 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                     Err(e) => bail!("{e}"),
                 }
             }
-            PolicyCmd::Apply { file, json, socket } => {
+            PolicyCmd::Apply { file, out } => {
                 let (name, source) = read_policy(&file)?;
                 let r = call(&socket, Request::PolicyApply { file: name, source }).await?;
-                if json {
-                    print_json(&r);
+                if out.format() != Format::Text {
+                    print_value(&r, out.format(), |_| {});
                 } else {
                     println!(
                         "generation {} active ({})",
@@ -96,10 +180,10 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            PolicyCmd::Show { json, socket } => {
+            PolicyCmd::Show { out } => {
                 let r = call(&socket, Request::PolicyShow).await?;
-                if json {
-                    print_json(&r);
+                if out.format() != Format::Text {
+                    print_value(&r, out.format(), |_| {});
                 } else {
                     println!(
                         "# generation {} — {} ({})",
@@ -111,11 +195,11 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            PolicyCmd::Diff { file, json, socket } => {
+            PolicyCmd::Diff { file, out } => {
                 let (name, source) = read_policy(&file)?;
                 let r = call(&socket, Request::PolicyDiff { file: name, source }).await?;
-                if json {
-                    print_json(&r);
+                if out.format() != Format::Text {
+                    print_value(&r, out.format(), |_| {});
                 } else {
                     let changes = r["changes"].as_array().cloned().unwrap_or_default();
                     if changes.is_empty() {
@@ -125,12 +209,16 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                         println!("{}", c.as_str().unwrap_or(""));
                     }
                 }
+                // Like `kubectl diff`: exit 1 when applying the file would change something.
+                if r["changes"].as_array().is_some_and(|c| !c.is_empty()) {
+                    return Err(Exit(1).into());
+                }
                 Ok(())
             }
-            PolicyCmd::History { json, socket } => {
+            PolicyCmd::History { out } => {
                 let r = call(&socket, Request::PolicyHistory).await?;
-                if json {
-                    print_json(&r);
+                if out.format() != Format::Text {
+                    print_value(&r, out.format(), |_| {});
                 } else {
                     for m in r["history"].as_array().cloned().unwrap_or_default() {
                         let active = if m["generation"] == r["generation"] {
@@ -150,14 +238,10 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 }
                 Ok(())
             }
-            PolicyCmd::Rollback {
-                generation,
-                json,
-                socket,
-            } => {
+            PolicyCmd::Rollback { generation, out } => {
                 let r = call(&socket, Request::PolicyRollback { generation }).await?;
-                if json {
-                    print_json(&r);
+                if out.format() != Format::Text {
+                    print_value(&r, out.format(), |_| {});
                 } else {
                     println!(
                         "generation {} active (restored generation {})",
@@ -167,10 +251,10 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 Ok(())
             }
         },
-        Command::Status { json, socket } => {
+        Command::Status { out } => {
             let r = call(&socket, Request::Status).await?;
-            if json {
-                print_json(&r);
+            if out.format() != Format::Text {
+                print_value(&r, out.format(), |_| {});
             } else {
                 println!("health:      {}", r["health"].as_str().unwrap_or(""));
                 println!(
@@ -210,10 +294,10 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Identities { json, socket } => {
+        Command::Identities { out } => {
             let r = call(&socket, Request::Identities).await?;
-            if json {
-                print_json(&r);
+            if out.format() != Format::Text {
+                print_value(&r, out.format(), |_| {});
             } else {
                 for i in r["identities"].as_array().cloned().unwrap_or_default() {
                     println!(
@@ -229,40 +313,33 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Flows {
-            follow,
-            identity,
-            verdict,
-            json,
-            socket,
-        } => {
-            let verdict = verdict.map(|v| format!("{v:?}").to_lowercase());
+        Command::Flows { follow, query, out } => {
+            let filter = query.query();
+            check_query(&filter, follow)?;
             let mut c = Client::connect(&socket).await?;
             let r = c
                 .call(&Request::Flows {
                     follow,
-                    identity,
-                    verdict,
+                    filter,
+                    identity: None,
+                    verdict: None,
                 })
                 .await?;
-            print_entries(&mut c, r, follow, json, flow_line).await
+            print_entries(&mut c, r, follow, out.format(), flow_line).await
         }
-        Command::Alerts {
-            follow,
-            json,
-            socket,
-        } => {
+        Command::Alerts { follow, query, out } => {
+            let filter = query.query();
+            check_query(&filter, follow)?;
             let mut c = Client::connect(&socket).await?;
-            let r = c.call(&Request::Alerts { follow }).await?;
-            print_entries(&mut c, r, follow, json, alert_line).await
+            let r = c.call(&Request::Alerts { follow, filter }).await?;
+            print_entries(&mut c, r, follow, out.format(), alert_line).await
         }
         Command::Grant {
             identity,
             to,
             ttl,
             task,
-            json,
-            socket,
+            out,
         } => {
             let ttl: Duration =
                 util::parse_duration(&ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
@@ -276,8 +353,8 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
                 },
             )
             .await?;
-            if json {
-                print_json(&r);
+            if out.format() != Format::Text {
+                print_value(&r, out.format(), |_| {});
             } else {
                 println!(
                     "granted task {} {} → {} until {}",
@@ -289,15 +366,10 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Attest {
-            peer,
-            local,
-            json,
-            socket,
-        } => {
+        Command::Attest { peer, local, out } => {
             let r = call(&socket, Request::Attest { peer, local }).await?;
-            if json {
-                print_json(&r);
+            if out.format() != Format::Text {
+                print_value(&r, out.format(), |_| {});
             } else {
                 println!(
                     "identity={} tenant={} task={} pid={} cgroup={} since={} generation={} cookie={}",
@@ -313,10 +385,10 @@ pub async fn run_client(cmd: Command) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Revoke { task, json, socket } => {
+        Command::Revoke { task, out } => {
             let r = call(&socket, Request::Revoke { task }).await?;
-            if json {
-                print_json(&r);
+            if out.format() != Format::Text {
+                print_value(&r, out.format(), |_| {});
             } else {
                 println!(
                     "revoked {} grants of task {}",

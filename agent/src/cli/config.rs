@@ -21,6 +21,7 @@ struct ConfigFile {
     audit_log: Option<PathBuf>,
     audit_log_max_bytes: Option<u64>,
     audit_log_keep: Option<usize>,
+    audit_checkpoint_every: Option<u64>,
     audit_stdout: Option<bool>,
     #[serde(default)]
     tc_ifaces: Vec<String>,
@@ -86,6 +87,11 @@ impl DaemonArgs {
                     .or(cfg.audit_log_max_bytes)
                     .unwrap_or(64 << 20),
                 audit_log_keep: self.audit_log_keep.or(cfg.audit_log_keep).unwrap_or(5),
+                audit_checkpoint_every: self
+                    .audit_checkpoint_every
+                    .or(cfg.audit_checkpoint_every)
+                    .unwrap_or(crate::audit::chain::DEFAULT_CHECKPOINT_EVERY)
+                    .max(1),
                 audit_stdout: self.audit_stdout || cfg.audit_stdout.unwrap_or(false),
                 tc_ifaces: tc,
                 alert_window: util::parse_duration(&window)

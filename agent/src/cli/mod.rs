@@ -7,10 +7,14 @@
 pub mod args;
 pub mod commands;
 pub mod config;
+pub mod man;
 pub mod render;
 
-pub use args::{Cli, Command, DaemonArgs, LogFormat, PolicyCmd, VerdictArg};
-pub use commands::run_client;
+pub use args::{
+    AuditCmd, Cli, Command, DaemonArgs, Format, LogFormat, OutputArgs, PolicyCmd, QueryArgs,
+    VerdictArg,
+};
+pub use commands::{Exit, Usage, run_client};
 
 /// Default local API socket.
 pub const DEFAULT_SOCKET: &str = "/run/chokepoint/chokepoint.sock";

@@ -4,6 +4,7 @@ use std::io::Write;
 
 use serde_json::{Value, json};
 
+use super::Format;
 use crate::api::Client;
 
 pub(crate) fn print_json(v: &Value) {
@@ -54,37 +55,92 @@ pub(crate) fn alert_line(a: &Value) -> String {
 }
 
 /// Prints `flows`/`alerts` output: without `follow`, the entries the daemon returned (one JSON
-/// document with `json`); with `follow`, each streamed entry as it arrives (one JSON object per
-/// line with `json`).
+/// array with `json`, one object per line with `jsonl`); with `follow`, each streamed entry as it
+/// arrives (one JSON object per line with `json` or `jsonl`).
 pub(crate) async fn print_entries(
     c: &mut Client,
     first: Value,
     follow: bool,
-    json: bool,
+    format: Format,
     human: fn(&Value) -> String,
 ) -> anyhow::Result<()> {
     if !follow {
-        if json {
-            println!(
-                "{}",
-                serde_json::to_string(&first).unwrap_or_else(|_| "[]".into())
-            );
-        } else {
-            for e in first.as_array().cloned().unwrap_or_default() {
-                println!("{}", human(&e));
+        let entries = first.as_array().cloned().unwrap_or_default();
+        let mut out = std::io::stdout().lock();
+        match format {
+            Format::Json => {
+                let _ = writeln!(
+                    out,
+                    "{}",
+                    serde_json::to_string(&first).unwrap_or_else(|_| "[]".into())
+                );
+            }
+            Format::Jsonl => {
+                for e in entries {
+                    let _ = writeln!(out, "{e}");
+                }
+            }
+            Format::Text => {
+                for e in entries {
+                    let _ = writeln!(out, "{}", human(&e));
+                }
             }
         }
         return Ok(());
     }
     while let Some(line) = c.next_line().await? {
         let mut out = std::io::stdout().lock();
-        if json {
-            let _ = writeln!(out, "{line}");
-        } else {
+        let written = if format == Format::Text {
             let e: Value = serde_json::from_str(&line).unwrap_or(json!({}));
-            let _ = writeln!(out, "{}", human(&e));
+            writeln!(out, "{}", human(&e))
+        } else {
+            writeln!(out, "{line}")
+        };
+        // A closed stdout (`| head`) ends the stream.
+        if written.and_then(|()| out.flush()).is_err() {
+            break;
         }
-        let _ = out.flush();
     }
     Ok(())
+}
+
+/// The human form of `inventory`.
+pub(crate) fn inventory_text(v: &Value) -> String {
+    let mut s = String::new();
+    for i in v["identities"].as_array().cloned().unwrap_or_default() {
+        let dests = i["destinations"].as_array().cloned().unwrap_or_default();
+        s += &format!(
+            "{} (tenant {}): {} unsanctioned destinations{}\n",
+            i["identity"].as_str().unwrap_or("-"),
+            i["tenant"].as_str().unwrap_or("-"),
+            dests.len(),
+            match i["evicted"].as_u64() {
+                Some(n) if n > 0 => format!(", {n} older ones evicted"),
+                _ => String::new(),
+            }
+        );
+        for d in dests {
+            let list = |k: &str| {
+                d[k].as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(",")
+                    })
+                    .unwrap_or_default()
+            };
+            s += &format!(
+                "  {:<40} host={} ports={} reasons={} attempts={} first={} last={}\n",
+                d["dst"].as_str().unwrap_or("-"),
+                d["host"].as_str().unwrap_or("-"),
+                list("ports"),
+                list("reasons"),
+                d["attempts"],
+                d["first_seen"].as_str().unwrap_or("-"),
+                d["last_seen"].as_str().unwrap_or("-"),
+            );
+        }
+    }
+    s
 }

@@ -28,7 +28,7 @@ impl Shared {
             return;
         }
         match compile_cached(&self.dns, "dns-refresh", policy.source.as_bytes()) {
-            Ok(p) => match self.apply(p, "dns-refresh", (None, Some(std::process::id()))) {
+            Ok(p) => match self.apply(p, "dns-refresh", &crate::peer::Who::daemon()) {
                 Ok(g) => info!(
                     generation = g,
                     "gateway addresses changed; policy recompiled"

@@ -12,6 +12,7 @@ use crate::{
     audit::{self, AuditEvent},
     bpf::IdentBinding,
     cgroup,
+    peer::Who,
     policy::CompiledPolicy,
     state::GenerationMeta,
     util,
@@ -47,7 +48,7 @@ impl Shared {
         &self,
         policy: CompiledPolicy,
         action: &str,
-        who: (Option<u32>, Option<u32>),
+        who: &Who,
     ) -> anyhow::Result<u32> {
         let t0 = Instant::now();
         let policy = Arc::new(policy);
@@ -62,8 +63,8 @@ impl Shared {
             name: policy.name.clone(),
             digest: policy.digest.clone(),
             applied_at: util::rfc3339_ns(util::wall_ns()),
-            by_uid: who.0,
-            by_pid: who.1,
+            by_uid: who.uid,
+            by_pid: who.pid,
             previous: (previous > 0).then_some(previous),
             action: action.into(),
         };
@@ -102,7 +103,7 @@ impl Shared {
         // Parsing and compiling a large document leaves freed heap behind: return it.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
-        info!(generation, action, digest = %meta.digest, by_uid = ?who.0, by_pid = ?who.1, "policy generation active");
+        info!(generation, action, digest = %meta.digest, by_uid = ?who.uid, by_pid = ?who.pid, by_comm = ?who.comm, "policy generation active");
         // The change is itself an audit record (who, when, old → new generation, digest).
         {
             let rec = json!({
@@ -114,8 +115,9 @@ impl Shared {
                 "previous_generation": meta.previous,
                 "digest": meta.digest,
                 "policy": meta.name,
-                "uid": who.0,
-                "pid": who.1,
+                "uid": who.uid,
+                "pid": who.pid,
+                "comm": who.comm,
             });
             if let Err(e) = self.audit.write_synced(AuditEvent::PolicyChange, &rec) {
                 error!(error = %e, generation, "audit log write of the policy change failed");

@@ -9,6 +9,7 @@ use super::Shared;
 use crate::{
     audit::{self, AuditEvent},
     bpf::GrantSpec,
+    peer::Who,
     policy::parse::{Cidr, parse_cidr},
     state::StoredGrant,
     util,
@@ -109,7 +110,7 @@ impl Shared {
         to: String,
         ttl_secs: u64,
         task: String,
-        who: (Option<u32>, Option<u32>),
+        who: &Who,
     ) -> anyhow::Result<serde_json::Value> {
         let shared = self;
         if task.trim().is_empty() || task.len() > 256 {
@@ -157,7 +158,7 @@ impl Shared {
             return Err(e.into());
         }
         drop(store);
-        info!(identity, to, task, ttl_secs, by_uid = ?who.0, "grant added");
+        info!(identity, to, task, ttl_secs, by_uid = ?who.uid, by_pid = ?who.pid, "grant added");
         let answer = json!({
             "identity": identity, "to": to, "task": task,
             "destinations": cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
@@ -179,7 +180,7 @@ impl Shared {
     pub(crate) fn revoke(
         &self,
         task: String,
-        who: (Option<u32>, Option<u32>),
+        who: &Who,
     ) -> anyhow::Result<serde_json::Value> {
         let shared = self;
         let store = shared.store.lock().expect("store lock");
@@ -191,7 +192,7 @@ impl Shared {
         store.set_grants(&grants)?;
         shared.maps.lock().expect("maps lock").set_grants(&specs)?;
         drop(store);
-        info!(task, removed, by_uid = ?who.0, "task revoked");
+        info!(task, removed, by_uid = ?who.uid, by_pid = ?who.pid, "task revoked");
         self.audit_grant_change(
             AuditEvent::Revoke,
             json!({"task": task, "revoked": removed}),
@@ -206,14 +207,15 @@ impl Shared {
         &self,
         event: AuditEvent,
         mut rec: serde_json::Value,
-        who: (Option<u32>, Option<u32>),
+        who: &Who,
     ) {
         if let Some(o) = rec.as_object_mut() {
             o.insert("schema".into(), audit::SCHEMA_VERSION.into());
             o.insert("time".into(), util::rfc3339_ns(util::wall_ns()).into());
             o.insert("node".into(), self.node.clone().into());
-            o.insert("uid".into(), who.0.into());
-            o.insert("pid".into(), who.1.into());
+            o.insert("uid".into(), who.uid.into());
+            o.insert("pid".into(), who.pid.into());
+            o.insert("comm".into(), who.comm.clone().into());
         }
         if let Err(e) = self.audit.write_synced(event, &rec) {
             tracing::error!(error = %e, event = event.as_str(), "audit log write failed");

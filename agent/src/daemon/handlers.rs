@@ -9,7 +9,7 @@ use crate::{api::Request, policy::diff::diff_policies};
 pub(crate) fn handle_request(
     shared: &Shared,
     req: Request,
-    who: (Option<u32>, Option<u32>),
+    who: crate::peer::Who,
 ) -> anyhow::Result<serde_json::Value> {
     match req {
         Request::Status => Ok(shared.status_json()),
@@ -22,7 +22,7 @@ pub(crate) fn handle_request(
             let p = compile_cached(&shared.dns, &file, source.as_bytes())
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let previous = shared.active.read().expect("active lock").generation;
-            let g = shared.apply(p, "apply", who)?;
+            let g = shared.apply(p, "apply", &who)?;
             let a = shared.active.read().expect("active lock");
             Ok(json!({"generation": g, "previous": previous, "digest": a.policy.digest}))
         }
@@ -62,7 +62,7 @@ pub(crate) fn handle_request(
             let src = shared.store.lock().expect("store lock").source(target)?;
             let p = compile_cached(&shared.dns, &format!("generation {target}"), &src)
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
-            let g = shared.apply(p, &format!("rollback to {target}"), who)?;
+            let g = shared.apply(p, &format!("rollback to {target}"), &who)?;
             Ok(json!({"generation": g, "previous": current, "restored": target}))
         }
         Request::Grant {
@@ -70,11 +70,12 @@ pub(crate) fn handle_request(
             to,
             ttl_secs,
             task,
-        } => shared.grant(identity, to, ttl_secs, task, who),
-        Request::Revoke { task } => shared.revoke(task, who),
+        } => shared.grant(identity, to, ttl_secs, task, &who),
+        Request::Revoke { task } => shared.revoke(task, &who),
         Request::Attest { peer, local } => {
             crate::attest::answer(shared, &peer, &local).map_err(|(_, e)| anyhow::anyhow!(e))
         }
+        Request::Inventory { identity } => Ok(shared.inventory_json(identity.as_deref())),
         Request::Flows { .. } | Request::Alerts { .. } => unreachable!("streamed above"),
     }
 }

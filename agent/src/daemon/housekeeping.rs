@@ -13,14 +13,23 @@ use crate::{
     util,
 };
 
+/// How often a changed inventory is written to the state dir (and once more at shutdown).
+const INVENTORY_SAVE: Duration = Duration::from_secs(2);
+
 /// Every 500 ms: kernel loss counters → `lost` records, identity cgroup reconciliation, expired
 /// grants pruned from state.
 pub(crate) async fn housekeeping(shared: Arc<Shared>, baseline_lost: u64) {
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     let mut last_dns = Instant::now();
     let mut last_lost: Option<u64> = Some(baseline_lost);
+    let mut last_inventory = Instant::now();
     loop {
         tick.tick().await;
+        if last_inventory.elapsed() >= INVENTORY_SAVE {
+            last_inventory = Instant::now();
+            let s = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || s.save_inventory()).await;
+        }
         let snap = shared.stats.lock().expect("stats lock").snapshot();
         if let Ok(s) = snap {
             shared.metrics.lost_kernel.store(s.lost, Ordering::Relaxed);

@@ -64,6 +64,21 @@ use crate::{
     util,
 };
 
+/// The inventory from the state dir; an unreadable one is moved aside (`inventory.json.corrupt`)
+/// and a new one started: it is a report, not enforcement state.
+fn load_inventory(dir: &std::path::Path) -> crate::inventory::Inventory {
+    match crate::inventory::Inventory::load(dir) {
+        Ok(i) => i,
+        Err(e) => {
+            let path = dir.join(crate::inventory::FILE);
+            let aside = dir.join(format!("{}.corrupt", crate::inventory::FILE));
+            warn!(error = %e, aside = %aside.display(), "inventory unreadable; starting a new one");
+            let _ = std::fs::rename(&path, &aside);
+            crate::inventory::Inventory::default()
+        }
+    }
+}
+
 /// Runs the daemon until SIGINT/SIGTERM.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -167,6 +182,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         info!(program = %a.program, target = %a.target, how = a.how, "program");
     }
 
+    let inventory = load_inventory(&opts.state_dir);
     let (flow_tx, _) = broadcast::channel(16_384);
     let (alert_tx, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
@@ -194,6 +210,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         webhook: Arc::new(WebhookStats::default()),
         shutting_down: AtomicBool::new(false),
         dns,
+        inventory: Mutex::new(inventory),
+        inventory_dirty: AtomicBool::new(false),
         // SAFETY: eventfd has no preconditions; -1 (failure) is handled by the watcher's poll.
         rearm_fd: unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) },
         backstop: Mutex::new(None),
@@ -215,7 +233,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let p = compile_cached(&shared.dns, &path.display().to_string(), &src)
             .map_err(|e| anyhow::anyhow!("{e}"))?;
         if p.digest != start_policy.digest {
-            shared.apply(p, "startup", (Some(0), Some(std::process::id())))?;
+            shared.apply(p, "startup", &crate::peer::Who::daemon())?;
         }
     }
 
@@ -315,6 +333,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     for a in pending {
         publish_alert(&shared, a, &alert_q_tx);
     }
+    shared.save_inventory();
     let _ = std::fs::remove_file(&opts.socket);
     let _ = std::fs::remove_file(&opts.attest_socket);
     info!(

@@ -96,6 +96,8 @@ pub(crate) fn record_event(r: &FlowRecord) -> AuditEvent {
 fn deliver(shared: &Shared, records: &[Arc<FlowRecord>], dedup: &Mutex<Deduper>) {
     let mut d = dedup.lock().expect("dedup lock");
     let mut ring = shared.flows.lock().expect("flows lock");
+    let mut inv = shared.inventory.lock().expect("inventory lock");
+    let mut inv_changed = false;
     // Counted per batch: one metrics update per distinct (identity, verdict, reason).
     let mut counts: HashMap<(&str, &str, &str), u64> = HashMap::new();
     for r in records {
@@ -113,9 +115,15 @@ fn deliver(shared: &Shared, records: &[Arc<FlowRecord>], dedup: &Mutex<Deduper>)
                 ))
                 .or_insert(0) += 1;
             d.observe(r);
+            if inv.observe(r, &crate::inventory::NoNames) {
+                inv_changed = true;
+            }
         }
         ring.push(r.clone());
         let _ = shared.flow_tx.send(r.clone());
+    }
+    if inv_changed {
+        shared.inventory_dirty.store(true, Ordering::Relaxed);
     }
     for ((identity, verdict, reason), n) in counts {
         shared.metrics.decisions(identity, verdict, reason, n);

@@ -74,6 +74,10 @@ pub struct Shared {
     pub(super) shutting_down: AtomicBool,
     /// Gateway host name cache.
     pub(super) dns: crate::dns::DnsCache,
+    /// The shadow-integration inventory (persisted in the state dir).
+    pub(super) inventory: Mutex<crate::inventory::Inventory>,
+    /// The inventory changed since it was last saved.
+    pub(super) inventory_dirty: AtomicBool,
     /// eventfd that tells the cgroup watcher to re-arm (the policy changed).
     pub(super) rearm_fd: i32,
     /// What the per-netns TC backstop covers, per identity name (`None`: it could not start).

@@ -72,6 +72,31 @@ impl Shared {
             generation: self.active.read().expect("active lock").generation,
             programs: self.programs(),
             enforcing: self.enforcing(),
+            inventory: self.inventory.lock().expect("inventory lock").counts(),
+        }
+    }
+
+    /// `chokepoint inventory`.
+    pub(crate) fn inventory_json(&self, identity: Option<&str>) -> serde_json::Value {
+        self.inventory
+            .lock()
+            .expect("inventory lock")
+            .view(identity)
+    }
+
+    /// Writes the inventory to the state dir when it changed since the last save.
+    pub(crate) fn save_inventory(&self) {
+        if !self
+            .inventory_dirty
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
+        let snapshot = self.inventory.lock().expect("inventory lock").clone();
+        if let Err(e) = snapshot.save(&self.opts.state_dir) {
+            self.inventory_dirty
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(error = %e, "saving the inventory failed; retrying");
         }
     }
 

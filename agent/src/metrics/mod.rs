@@ -57,6 +57,8 @@ pub struct Gauges {
     pub generation: u32,
     pub programs: Vec<(String, bool)>,
     pub enforcing: Vec<(String, bool)>,
+    /// Unsanctioned destinations in the inventory, per identity.
+    pub inventory: Vec<(String, usize)>,
 }
 
 impl Metrics {
@@ -200,6 +202,18 @@ impl Metrics {
                 "chokepoint_enforcing{{identity=\"{}\"}} {}",
                 esc(i),
                 u8::from(*up)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP chokepoint_inventory_destinations Unsanctioned destinations an identity tried (the shadow-integration inventory; `chokepoint inventory` lists them)."
+        );
+        let _ = writeln!(o, "# TYPE chokepoint_inventory_destinations gauge");
+        for (i, n) in &g.inventory {
+            let _ = writeln!(
+                o,
+                "chokepoint_inventory_destinations{{identity=\"{}\"}} {n}",
+                esc(i)
             );
         }
         let _ = writeln!(
