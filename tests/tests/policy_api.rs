@@ -82,9 +82,19 @@ fn apply_rollback_restart() {
     // diff names what would change.
     let f = fx.daemon.dir.join("next.yaml");
     std::fs::write(&f, with_forbidden_allowed(&fx)).expect("write");
-    let d = fx
-        .daemon
-        .cli_json(&["policy", "diff", f.to_str().expect("utf8"), "--json"]);
+    // Exit 1 when there are changes (like `kubectl diff`), with the JSON on stdout.
+    let out = std::process::Command::new(chokepoint_bin())
+        .args(["policy", "diff", f.to_str().expect("utf8"), "--json", "--socket"])
+        .arg(&fx.daemon.socket)
+        .output()
+        .expect("cli");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let d: serde_json::Value = serde_json::from_slice(&out.stdout).expect("diff JSON");
     assert!(
         d["changes"]
             .as_array()
