@@ -393,7 +393,11 @@ mod tests {
         let d = parse_dst("fd00::1").unwrap();
         assert!(d.matches(Some("[fd00::1]:1")));
         assert!(parse_dst("10.0.0.0/33").is_err());
-        assert!(parse_dst("10.0.0.9/24:80").unwrap().matches(Some("10.0.0.1:80")));
+        assert!(
+            parse_dst("10.0.0.9/24:80")
+                .unwrap()
+                .matches(Some("10.0.0.1:80"))
+        );
         assert!(parse_dst("10.0.0.1:http").is_err());
         assert!(parse_dst("[fd00::1]443").is_err());
     }

@@ -84,7 +84,13 @@ fn apply_rollback_restart() {
     std::fs::write(&f, with_forbidden_allowed(&fx)).expect("write");
     // Exit 1 when there are changes (like `kubectl diff`), with the JSON on stdout.
     let out = std::process::Command::new(chokepoint_bin())
-        .args(["policy", "diff", f.to_str().expect("utf8"), "--json", "--socket"])
+        .args([
+            "policy",
+            "diff",
+            f.to_str().expect("utf8"),
+            "--json",
+            "--socket",
+        ])
         .arg(&fx.daemon.socket)
         .output()
         .expect("cli");

@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Deserialize;
 
-
 /// Chokepoint: makes the sanctioned AI/API gateway the only way out for AI-agent workloads.
 #[derive(Parser, Debug)]
 #[command(
@@ -117,7 +116,9 @@ impl QueryArgs {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Load and attach the kernel programs, apply policy, serve the API and metrics.
-    #[command(after_help = "Example:\n  chokepoint daemon --policy /etc/chokepoint/policy.yaml --audit-log /var/log/chokepoint/audit.jsonl")]
+    #[command(
+        after_help = "Example:\n  chokepoint daemon --policy /etc/chokepoint/policy.yaml --audit-log /var/log/chokepoint/audit.jsonl"
+    )]
     Daemon(Box<DaemonArgs>),
     /// Validate, apply, show, diff, list and roll back policy.
     #[command(after_help = "Example:\n  chokepoint policy apply policy.yaml")]
@@ -138,7 +139,9 @@ pub enum Command {
         out: OutputArgs,
     },
     /// Flow records: the most recent the daemon holds, or a live stream with --follow.
-    #[command(after_help = "Example:\n  chokepoint flows --identity research-agent --verdict deny --since 10m\n  chokepoint flows --dst 10.0.0.0/8:443 --last 20 -o jsonl\n  chokepoint flows --follow --reason dns_resolver")]
+    #[command(
+        after_help = "Example:\n  chokepoint flows --identity research-agent --verdict deny --since 10m\n  chokepoint flows --dst 10.0.0.0/8:443 --last 20 -o jsonl\n  chokepoint flows --follow --reason dns_resolver"
+    )]
     Flows {
         /// Stream new records as they arrive (a `lost` line reports any the stream missed).
         #[arg(long)]
@@ -149,7 +152,9 @@ pub enum Command {
         out: OutputArgs,
     },
     /// Bypass alerts: the most recent the daemon holds, or a live stream with --follow.
-    #[command(after_help = "Example:\n  chokepoint alerts --since 1h --reason raw_socket\n  chokepoint alerts --follow -o jsonl")]
+    #[command(
+        after_help = "Example:\n  chokepoint alerts --since 1h --reason raw_socket\n  chokepoint alerts --follow -o jsonl"
+    )]
     Alerts {
         /// Stream new alerts as they are raised (a `lost` line reports any the stream missed).
         #[arg(long)]
@@ -160,7 +165,9 @@ pub enum Command {
         out: OutputArgs,
     },
     /// Grant a task a destination for a limited time (checked in the kernel).
-    #[command(after_help = "Example:\n  chokepoint grant --identity research-agent --to 10.0.0.5:443/tcp --ttl 10m --task T-42")]
+    #[command(
+        after_help = "Example:\n  chokepoint grant --identity research-agent --to 10.0.0.5:443/tcp --ttl 10m --task T-42"
+    )]
     Grant {
         /// The identity the grant is for.
         #[arg(long)]
@@ -187,7 +194,9 @@ pub enum Command {
         out: OutputArgs,
     },
     /// Which identity, tenant and task is behind a live gateway connection.
-    #[command(after_help = "Example:\n  chokepoint attest --peer 10.202.0.2:40312 --local 10.77.0.1:8080")]
+    #[command(
+        after_help = "Example:\n  chokepoint attest --peer 10.202.0.2:40312 --local 10.77.0.1:8080"
+    )]
     Attest {
         /// The client's address as the gateway sees it.
         #[arg(long)]
@@ -214,14 +223,18 @@ pub enum Command {
         cmd: AuditCmd,
     },
     /// Shell completions for bash, zsh or fish, printed to stdout.
-    #[command(after_help = "Example:\n  chokepoint completion bash > /etc/bash_completion.d/chokepoint\n  chokepoint completion zsh > \"${fpath[1]}/_chokepoint\"")]
+    #[command(
+        after_help = "Example:\n  chokepoint completion bash > /etc/bash_completion.d/chokepoint\n  chokepoint completion zsh > \"${fpath[1]}/_chokepoint\""
+    )]
     Completion {
         /// The shell.
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
     /// The man page (roff), printed to stdout, or one page per command written into DIR.
-    #[command(after_help = "Example:\n  chokepoint man | man -l -\n  chokepoint man --dir /usr/local/share/man/man1")]
+    #[command(
+        after_help = "Example:\n  chokepoint man | man -l -\n  chokepoint man --dir /usr/local/share/man/man1"
+    )]
     Man {
         /// Write chokepoint.1 and chokepoint-COMMAND.1 into this directory.
         #[arg(long, value_name = "DIR")]
@@ -242,7 +255,9 @@ pub enum AuditCmd {
     /// Check the hash chain and signed checkpoints of audit log files (any order; rotated files
     /// are put in chain order). Exit 1 and the first edited, inserted, removed, reordered or
     /// truncated record (file:line) on tampering.
-    #[command(after_help = "Example:\n  chokepoint audit verify /var/log/chokepoint/audit.jsonl /var/log/chokepoint/audit.jsonl.*\n  chokepoint audit verify --key audit-key.pub audit.jsonl.3 audit.jsonl.2")]
+    #[command(
+        after_help = "Example:\n  chokepoint audit verify /var/log/chokepoint/audit.jsonl /var/log/chokepoint/audit.jsonl.*\n  chokepoint audit verify --key audit-key.pub audit.jsonl.3 audit.jsonl.2"
+    )]
     Verify {
         /// The audit log files (the live file and its rotations).
         #[arg(required = true, value_name = "FILE")]
@@ -281,7 +296,9 @@ impl VerdictArg {
 #[derive(Subcommand, Debug)]
 pub enum PolicyCmd {
     /// Exit 0, or print every problem as file:line:col: field: message.
-    #[command(after_help = "Example:\n  chokepoint policy validate policy.yaml\n  chokepoint policy validate --offline policy.yaml   # in CI: no DNS")]
+    #[command(
+        after_help = "Example:\n  chokepoint policy validate policy.yaml\n  chokepoint policy validate --offline policy.yaml   # in CI: no DNS"
+    )]
     Validate {
         /// The policy document.
         file: PathBuf,
@@ -318,7 +335,9 @@ pub enum PolicyCmd {
         out: OutputArgs,
     },
     /// Re-apply GENERATION (default: the one before the active one) as a new generation.
-    #[command(after_help = "Example:\n  chokepoint policy rollback\n  chokepoint policy rollback 3")]
+    #[command(
+        after_help = "Example:\n  chokepoint policy rollback\n  chokepoint policy rollback 3"
+    )]
     Rollback {
         /// The generation to restore.
         generation: Option<u32>,

@@ -177,11 +177,7 @@ impl Shared {
     }
 
     /// Removes every grant of `task`.
-    pub(crate) fn revoke(
-        &self,
-        task: String,
-        who: &Who,
-    ) -> anyhow::Result<serde_json::Value> {
+    pub(crate) fn revoke(&self, task: String, who: &Who) -> anyhow::Result<serde_json::Value> {
         let shared = self;
         let store = shared.store.lock().expect("store lock");
         let mut grants = store.grants()?;
@@ -203,12 +199,7 @@ impl Shared {
 
     /// Writes a grant or revoke record (who, when, what) to the audit log, on disk before the
     /// API answers.
-    fn audit_grant_change(
-        &self,
-        event: AuditEvent,
-        mut rec: serde_json::Value,
-        who: &Who,
-    ) {
+    fn audit_grant_change(&self, event: AuditEvent, mut rec: serde_json::Value, who: &Who) {
         if let Some(o) = rec.as_object_mut() {
             o.insert("schema".into(), audit::SCHEMA_VERSION.into());
             o.insert("time".into(), util::rfc3339_ns(util::wall_ns()).into());
