@@ -263,6 +263,7 @@ fn a_slow_follow_subscriber_gets_lost_lines() {
         let out = guard.0.stdout.take().expect("stdout");
         let mut lost = 0u64;
         let mut seen = 0u64;
+        let mut lagged = 0u64;
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(out).lines() {
@@ -284,16 +285,31 @@ fn a_slow_follow_subscriber_gets_lost_lines() {
                     v["reason"] == "subscriber_lagged" || v["reason"] == "ring_buffer_full",
                     "{v}"
                 );
-                lost += v["count"].as_u64().expect("count");
+                let n = v["count"].as_u64().expect("count");
+                lost += n;
+                if v["reason"] == "subscriber_lagged" {
+                    lagged += n;
+                }
             } else {
                 seen += 1;
             }
         }
         drop(guard);
         assert!(lost > 0, "{what}: no lost line ({seen} entries seen)");
+        assert!(
+            lagged > 0,
+            "{what}: no subscriber_lagged line ({seen} entries seen)"
+        );
         if what == "flows" {
-            // Every record is either seen or counted.
-            assert_eq!(seen + lost, 60000, "{what}: seen {seen} + lost {lost}");
+            // Every record the daemon received is either seen or counted in a lost line (the
+            // daemon's own `lost` records, a handful, may themselves be among those counted).
+            let st = fx.daemon.cli_json(&["status", "--json"]);
+            let delivered = st["records"]["delivered"].as_u64().expect("delivered");
+            assert!(
+                seen + lagged >= delivered && seen + lagged <= delivered + 10,
+                "{what}: seen {seen} + lagged {lagged} vs {delivered} delivered; daemon records: {}",
+                st["records"]
+            );
         }
     }
 }
