@@ -163,6 +163,18 @@ impl Shared {
                 ));
             }
         }
+        if let Some(covers) = self.backstop.lock().expect("backstop lock").as_ref() {
+            for (identity, nets) in covers {
+                for n in nets {
+                    for f in &n.failed {
+                        problems.push(format!(
+                            "identity {identity}: TC backstop in netns {} failed: {f}",
+                            n.netns
+                        ));
+                    }
+                }
+            }
+        }
         let health = if !core {
             "not_enforcing"
         } else if problems.is_empty() {
