@@ -181,3 +181,93 @@ impl StateStore {
         write_atomic(&p, &data).map_err(self.io(&p))
     }
 }
+
+/// The exclusive lock on a state dir: one daemon per state. Held (an `flock` on `DIR/lock`)
+/// until dropped or the process ends, however it ends.
+#[derive(Debug)]
+pub struct StateLock {
+    _file: fs::File,
+}
+
+/// Why the state dir could not be locked.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    /// Another process holds the lock.
+    #[error(
+        "state dir {} is in use by another chokepoint daemon{}; refusing to start (nothing was changed)",
+        dir.display(),
+        holder.map(|p| format!(" (pid {p})")).unwrap_or_default()
+    )]
+    Held {
+        /// The state dir.
+        dir: PathBuf,
+        /// The holder's pid, as it wrote it.
+        holder: Option<u32>,
+    },
+    /// The lock file could not be opened or locked.
+    #[error("state dir {}: cannot take its lock: {source}", dir.display())]
+    Io {
+        /// The state dir.
+        dir: PathBuf,
+        /// The failure.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl StateLock {
+    /// Takes the lock on `dir` (creating `dir` and its lock file), without waiting.
+    pub fn acquire(dir: &Path) -> Result<Self, LockError> {
+        let io = |source| LockError::Io {
+            dir: dir.to_path_buf(),
+            source,
+        };
+        fs::create_dir_all(dir).map_err(io)?;
+        let path = dir.join("lock");
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io)?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&path)
+                    .ok()
+                    .and_then(|s| s.trim().parse().ok());
+                return Err(LockError::Held {
+                    dir: dir.to_path_buf(),
+                    holder,
+                });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(io(e)),
+        }
+        // Who holds it, for the next one's error message.
+        use std::io::{Seek, Write};
+        file.set_len(0).map_err(io)?;
+        file.seek(std::io::SeekFrom::Start(0)).map_err(io)?;
+        writeln!(file, "{}", std::process::id()).map_err(io)?;
+        Ok(Self { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_lock_on_the_same_dir_is_refused_and_names_the_holder() {
+        let dir = std::env::temp_dir().join(format!("cp-lock-{}", std::process::id()));
+        let first = StateLock::acquire(&dir).expect("first");
+        let err = StateLock::acquire(&dir).expect_err("second");
+        assert!(
+            matches!(err, LockError::Held { holder: Some(p), .. } if p == std::process::id()),
+            "{err}"
+        );
+        drop(first);
+        StateLock::acquire(&dir).expect("after release");
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -60,7 +60,7 @@ use crate::{
     audit::AuditSink,
     bpf::{self, Kernel, StartOptions},
     metrics::Metrics,
-    state::StateStore,
+    state::{StateLock, StateStore},
     util,
 };
 
@@ -91,6 +91,26 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             opts.cgroup_root.display()
         );
     }
+    // One daemon per state: the lock, then every socket and port, before any kernel state is
+    // touched, so a second daemon (or a taken address) exits having changed nothing.
+    let _state_lock = StateLock::acquire(&opts.state_dir)?;
+    let listener = crate::api::server::bind(&opts.socket)?;
+    let attest_listener = crate::attest::bind_unix(
+        &opts.attest_socket,
+        opts.attest_socket_mode,
+        opts.attest_group.as_deref(),
+    )?;
+    let attest_tcp = match &opts.attest_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the attestation endpoint on {addr}"))?,
+        ),
+        None => None,
+    };
+    let metrics_listener = TcpListener::bind(&opts.metrics_addr)
+        .await
+        .with_context(|| format!("binding metrics on {}", opts.metrics_addr))?;
     let store = StateStore::open(&opts.state_dir)?;
     // The audit and alert logs' one writer each, opened before any kernel state is touched.
     let audit = match &opts.audit_log {
@@ -289,32 +309,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let s = shared.clone();
         set.spawn(async move { housekeeping(s, baseline).await });
     }
-    let listener = crate::api::server::bind(&opts.socket)?;
     {
         let s = shared.clone();
         set.spawn(async move { crate::api::server::serve(s, listener).await });
     }
-    let attest_listener = crate::attest::bind_unix(
-        &opts.attest_socket,
-        opts.attest_socket_mode,
-        opts.attest_group.as_deref(),
-    )?;
     {
         let s = shared.clone();
         set.spawn(async move {
             crate::attest::serve(s, crate::attest::Listener::Unix(attest_listener)).await
         });
     }
-    if let Some(addr) = &opts.attest_addr {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the attestation endpoint on {addr}"))?;
+    if let Some(l) = attest_tcp {
         let s = shared.clone();
         set.spawn(async move { crate::attest::serve(s, crate::attest::Listener::Tcp(l)).await });
     }
-    let metrics_listener = TcpListener::bind(&opts.metrics_addr)
-        .await
-        .with_context(|| format!("binding metrics on {}", opts.metrics_addr))?;
     {
         let s = shared.clone();
         set.spawn(async move { crate::metrics::server::serve(s, metrics_listener).await });
