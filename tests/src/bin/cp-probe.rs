@@ -585,6 +585,17 @@ fn bind_v6only(ty: i32, port: u16) -> std::io::Result<OwnedFd> {
 }
 
 fn echo_serve_on(l: TcpListener, u: UdpSocket, also: Option<SocketAddr>) {
+    let qlen: libc::c_int = 16;
+    // SAFETY: setsockopt on our listener with a valid int (TCP Fast Open server side).
+    unsafe {
+        libc::setsockopt(
+            l.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_FASTOPEN,
+            std::ptr::from_ref(&qlen).cast(),
+            4,
+        );
+    }
     std::thread::spawn(move || {
         for c in l.incoming() {
             let Ok(mut c) = c else { continue };
