@@ -12,6 +12,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod daemon;
 pub mod dns;
+pub mod fqdn;
 pub mod inventory;
 pub mod metrics;
 pub mod options;

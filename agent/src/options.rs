@@ -32,4 +32,6 @@ pub struct Options {
     pub attest_addr: Option<String>,
     /// How often gateway host names are re-resolved.
     pub dns_refresh: Duration,
+    /// `toFQDN` rules: DNS proxy and learning.
+    pub fqdn: crate::fqdn::cli::FqdnOptions,
 }

@@ -34,6 +34,16 @@ pub mod names {
     /// LRU hash of [`crate::ReplyKey`] → [`crate::ReplyVal`]: UDP peers that sent first to a
     /// socket of an identity, with when they last did.
     pub const REPLY: &str = "CP_REPLY";
+    /// Hash of [`crate::FqdnKey`] → [`crate::FqdnVal`]: addresses learned for `toFQDN` rules,
+    /// per identity, with their expiry.
+    pub const FQDN: &str = "CP_FQDN";
+    /// Hash of identity id → [`crate::DnsProxy`]: where the identity's DNS is redirected.
+    pub const DNSPX: &str = "CP_DNSPX";
+    /// Array[1] of [`crate::DnsCfg`]: the DNS proxy's addresses.
+    pub const DNSCFG: &str = "CP_DNSCFG";
+    /// LRU hash of socket cookie → [`crate::DnsOrig`]: the resolver a redirected socket asked,
+    /// restored as the source of the replies.
+    pub const DNSORIG: &str = "CP_DNSORIG";
 
     /// `cgroup/sock_create` program.
     pub const PROG_SOCK_CREATE: &str = "cp_sock_create";
@@ -58,8 +68,13 @@ pub mod names {
     /// `cgroup/setsockopt` program (options that would skip the TC backstop).
     pub const PROG_SETSOCKOPT: &str = "cp_setsockopt";
 
+    /// `cgroup/recvmsg4` program (DNS proxy replies).
+    pub const PROG_RECVMSG4: &str = "cp_recvmsg4";
+    /// `cgroup/getpeername4` program (DNS proxy peer).
+    pub const PROG_GETPEER4: &str = "cp_getpeername4";
+
     /// Every program, in attach order.
-    pub const PROGRAMS: [&str; 11] = [
+    pub const PROGRAMS: [&str; 13] = [
         PROG_SOCK_CREATE,
         PROG_LSM_SOCKET,
         PROG_CONNECT4,
@@ -71,6 +86,8 @@ pub mod names {
         PROG_SOCK_OPS,
         PROG_SKB_INGRESS,
         PROG_SETSOCKOPT,
+        PROG_RECVMSG4,
+        PROG_GETPEER4,
     ];
 }
 
@@ -100,6 +117,14 @@ pub const ACCEPT_SIZE: u32 = 65_536;
 pub const REPLY_SIZE: u32 = 131_072;
 /// How long after a UDP peer's last datagram a socket of an identity may reply to it.
 pub const REPLY_WINDOW_NS: u64 = 60_000_000_000;
+/// Capacity of the learned-address map (all identities).
+pub const MAX_FQDN: u32 = 65_536;
+/// Entries (rule × ports) per learned address of one identity.
+pub const MAX_FQDN_ENTRIES: usize = 8;
+/// Capacity of the DNS proxy map (identities with `toFQDN` rules).
+pub const MAX_DNSPX: u32 = 4096;
+/// Capacity of the redirected-socket map.
+pub const DNSORIG_SIZE: u32 = 65_536;
 /// Ring buffer size in bytes (power of two, multiple of the page size).
 pub const EVENTS_BYTES: u32 = 1 << 22;
 
@@ -155,6 +180,8 @@ pub mod reason {
     pub const REPLY: u8 = 13;
     /// A peer outside `ingress.allowFrom` tried to open a connection to the identity.
     pub const INGRESS_DENIED: u8 = 14;
+    /// Destination learned for a `toFQDN` rule from the identity's own DNS answers.
+    pub const FQDN: u8 = 15;
     /// Number of reason codes (array bound).
     pub const COUNT: u8 = 16;
 
@@ -175,6 +202,7 @@ pub mod reason {
             LINK_LOCAL => "link_local",
             REPLY => "reply",
             INGRESS_DENIED => "ingress_denied",
+            FQDN => "fqdn",
             _ => "none",
         }
     }
@@ -687,6 +715,87 @@ pub struct ReplyVal {
     pub _pad: [u8; 3],
 }
 
+/// Key of [`names::FQDN`]: one address learned by one identity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct FqdnKey {
+    /// Identity id.
+    pub ident: u32,
+    /// 4 or 6.
+    pub family: u8,
+    /// Padding.
+    pub _pad: [u8; 3],
+    /// Address; IPv4 in the first 4 bytes.
+    pub addr: [u8; 16],
+}
+
+/// One (rule, ports) a learned address is allowed for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FqdnEntry {
+    /// Expiry on the `CLOCK_BOOTTIME` clock (ns); 0 marks an unused entry.
+    pub expires_ns: u64,
+    /// Rule index within the identity (the `toFQDN` rule).
+    pub rule: u32,
+    /// First port.
+    pub port_lo: u16,
+    /// Last port, inclusive.
+    pub port_hi: u16,
+    /// IP protocol number or [`PROTO_ANY`].
+    pub proto: u8,
+    /// Padding.
+    pub _pad: [u8; 7],
+}
+
+/// Value of [`names::FQDN`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FqdnVal {
+    /// Entries; unused ones have `expires_ns == 0`.
+    pub entries: [FqdnEntry; MAX_FQDN_ENTRIES],
+}
+
+/// Value of [`names::DNSPX`]: the proxy port serving one identity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsProxy {
+    /// Rule index of the resolver rule (for records of the redirected lookups).
+    pub rule: u32,
+    /// UDP port of the proxy socket for this identity (host order).
+    pub port: u16,
+    /// Padding.
+    pub _pad: u16,
+}
+
+/// Value of [`names::DNSCFG`]: where the proxy listens.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsCfg {
+    /// Network namespace cookie of the daemon: sockets there are redirected to 127.0.0.1.
+    pub host_netns: u64,
+    /// Address (network order bytes) sockets of other namespaces (pods) are redirected to; zero
+    /// when not configured (then they go to 127.0.0.1 of their own namespace: no answer).
+    pub pod_addr: [u8; 4],
+    /// Padding.
+    pub _pad: u32,
+}
+
+/// Value of [`names::DNSORIG`]: the resolver a redirected socket addressed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsOrig {
+    /// The resolver's IPv4 address (network order bytes).
+    pub addr: [u8; 4],
+    /// The proxy address the socket was sent to (network order bytes).
+    pub proxy_addr: [u8; 4],
+    /// The resolver's port (host order).
+    pub port: u16,
+    /// The proxy port (host order).
+    pub proxy_port: u16,
+    /// Padding.
+    pub _pad: u32,
+}
+
 macro_rules! assert_size {
     ($t:ty, $n:expr) => {
         const _: () = assert!(core::mem::size_of::<$t>() == $n);
@@ -709,6 +818,12 @@ assert_size!(FlowKey, 40);
 assert_size!(AcceptVal, 56);
 assert_size!(ReplyKey, 32);
 assert_size!(ReplyVal, 16);
+assert_size!(FqdnKey, 24);
+assert_size!(FqdnEntry, 24);
+assert_size!(FqdnVal, 24 * MAX_FQDN_ENTRIES);
+assert_size!(DnsProxy, 8);
+assert_size!(DnsCfg, 16);
+assert_size!(DnsOrig, 16);
 
 #[cfg(feature = "user")]
 mod pod {
@@ -730,4 +845,10 @@ mod pod {
     unsafe impl aya::Pod for AcceptVal {}
     unsafe impl aya::Pod for ReplyKey {}
     unsafe impl aya::Pod for ReplyVal {}
+    unsafe impl aya::Pod for FqdnKey {}
+    unsafe impl aya::Pod for FqdnEntry {}
+    unsafe impl aya::Pod for FqdnVal {}
+    unsafe impl aya::Pod for DnsProxy {}
+    unsafe impl aya::Pod for DnsCfg {}
+    unsafe impl aya::Pod for DnsOrig {}
 }

@@ -239,6 +239,9 @@ pub fn decide(cfg: &Config, id: &Ident, d: &Dest) -> Decision {
             i += 1;
         }
     }
+    if let Some(dec) = crate::fqdn::allow(id, d) {
+        return dec;
+    }
     denied(id, deny_reason(d))
 }
 

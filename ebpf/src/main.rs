@@ -11,6 +11,8 @@
 //! | `cp_sock_ops`    | `sockops` (attestation, accepted sockets) | 5.10 (sk storage in sockops) |
 //! | `cp_skb_ingress` | `cgroup_skb/ingress` (who opens connections) | 5.7 |
 //! | `cp_setsockopt`  | `cgroup/setsockopt` (options that skip TC) | 5.3 |
+//! | `cp_recvmsg4`    | `cgroup/recvmsg4` (DNS proxy replies) | 5.2             |
+//! | `cp_getpeername4`| `cgroup/getpeername4` (DNS proxy peer) | 5.8            |
 //!
 //! Every program calls the one decision function in [`decide`]; a program only extracts the
 //! destination from its context and applies the verdict.
@@ -19,6 +21,8 @@
 
 #[cfg(target_arch = "bpf")]
 mod decide;
+#[cfg(target_arch = "bpf")]
+mod fqdn;
 #[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]

@@ -10,6 +10,9 @@ use chokepoint_common::{
     EVENTS_BYTES, FlowKey, GrantVal, IdentKey, IdentVal, LPM_DATA_LEN, MAX_GRANTS,
     MAX_IDENT_CGROUPS, MAX_RULES, REPLY_SIZE, ReplyKey, ReplyVal, RuleVal, STATS_LEN, SockTag,
 };
+use chokepoint_common::{
+    DNSORIG_SIZE, DnsCfg, DnsOrig, DnsProxy, FqdnKey, FqdnVal, MAX_DNSPX, MAX_FQDN,
+};
 
 #[map]
 pub static CP_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -45,3 +48,15 @@ pub static CP_ACCEPT: LruHashMap<FlowKey, AcceptVal> = LruHashMap::with_max_entr
 
 #[map]
 pub static CP_REPLY: LruHashMap<ReplyKey, ReplyVal> = LruHashMap::with_max_entries(REPLY_SIZE, 0);
+
+#[map]
+pub static CP_FQDN: HashMap<FqdnKey, FqdnVal> = HashMap::with_max_entries(MAX_FQDN, 0);
+
+#[map]
+pub static CP_DNSPX: HashMap<u32, DnsProxy> = HashMap::with_max_entries(MAX_DNSPX, 0);
+
+#[map]
+pub static CP_DNSCFG: Array<DnsCfg> = Array::with_max_entries(1, 0);
+
+#[map]
+pub static CP_DNSORIG: LruHashMap<u64, DnsOrig> = LruHashMap::with_max_entries(DNSORIG_SIZE, 0);

@@ -123,16 +123,23 @@ fn handle(ctx: &SockAddrContext, v6: bool, hook_code: u8) -> i32 {
             dec = crate::reply::reply_decision();
         }
     }
+    // An identity's lookups to its sanctioned resolver go to its DNS proxy (toFQDN rules); the
+    // socket caches the destination its packets will carry.
+    let sent = if v6 {
+        d
+    } else {
+        crate::fqdn::redirect(ctx, &id, &d, &dec).unwrap_or(d)
+    };
     if !tag_ptr.is_null() {
         let t = unsafe { &mut *tag_ptr };
         // Whatever this socket was, it is now one the workload opens itself.
         t.passive = 0;
         if dec.verdict == verdict::ALLOW
-            && (cache_covers(t, epoch, &d, true) || same_flow_was_allowed(t, &d))
+            && (cache_covers(t, epoch, &sent, true) || same_flow_was_allowed(t, &sent))
         {
             first_of_flow = false;
         }
-        cache_store(t, epoch, &d, &dec);
+        cache_store(t, epoch, &sent, &dec);
     }
     if let Some(first) = reply_first {
         first_of_flow = first;

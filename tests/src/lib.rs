@@ -224,6 +224,10 @@ fn forwarding_off() {
 pub struct Received(Arc<Mutex<Vec<Value>>>);
 
 impl Received {
+    /// Adds an event (for servers a test runs itself).
+    pub fn push(&self, v: Value) {
+        self.0.lock().expect("received lock").push(v);
+    }
     /// Everything so far.
     pub fn all(&self) -> Vec<Value> {
         self.0.lock().expect("received lock").clone()

@@ -67,6 +67,11 @@ pub enum Request {
         peer: String,
         local: String,
     },
+    /// Names learned for toFQDN rules.
+    Fqdn {
+        #[serde(default)]
+        identity: Option<String>,
+    },
 }
 
 /// Why a request line was rejected before it reached a handler.

@@ -35,6 +35,9 @@ pub struct FlowRecord {
     /// For `verdict: "lost"`: how many records were lost.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub count: Option<u64>,
+    /// For `reason: "fqdn"`: the name whose answer allowed the destination.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fqdn: Option<String>,
 }
 
 /// What enrichment needs to know about the identities of a generation.
@@ -43,6 +46,10 @@ pub trait Names {
     fn rule(&self, generation: u32, ident: u32, reason: u8, rule: u32) -> Option<String>;
     fn task(&self, task: u64) -> Option<String>;
     fn cgroup(&mut self, id: u64) -> Option<String>;
+    /// The looked-up name that allowed `addr` under a `toFQDN` rule.
+    fn fqdn_name(&self, _identity: &str, _addr: std::net::IpAddr, _rule: u32) -> Option<String> {
+        None
+    }
 }
 
 fn sock_proto(ev: &Event) -> String {
@@ -87,6 +94,13 @@ pub fn enrich(ev: &Event, node: &str, names: &mut dyn Names) -> FlowRecord {
         .unwrap_or(ev.comm.len());
     let comm = String::from_utf8_lossy(&ev.comm[..comm_end]).into_owned();
     let has_addr = ev.family == 4 || ev.family == 6;
+    let fqdn = if ev.reason == reason::FQDN {
+        identity
+            .as_deref()
+            .and_then(|i| names.fqdn_name(i, event_addr(ev.family, &ev.daddr), ev.rule))
+    } else {
+        None
+    };
     let src_known = has_addr && ev.saddr != [0u8; 16];
     FlowRecord {
         schema: SCHEMA_VERSION,
@@ -113,6 +127,7 @@ pub fn enrich(ev: &Event, node: &str, names: &mut dyn Names) -> FlowRecord {
         hook: Some(hook::name(ev.hook).into()),
         policy_generation: ev.generation,
         rule: names.rule(ev.generation, ev.ident, ev.reason, ev.rule),
+        fqdn,
         socket_cookie: (ev.cookie != 0).then_some(ev.cookie),
         mode: Some(
             match ev.mode {
@@ -150,6 +165,7 @@ pub fn lost_record(node: &str, count: u64, why: &str, generation: u32) -> FlowRe
         socket_cookie: None,
         mode: None,
         count: Some(count),
+        fqdn: None,
     }
 }
 

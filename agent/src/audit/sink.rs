@@ -48,6 +48,8 @@ pub enum AuditEvent {
     Revoke,
     /// A bypass alert (the alert log).
     Alert,
+    /// Addresses not learned for `toFQDN` rules: the identity's cap was reached.
+    FqdnCap,
 }
 
 impl AuditEvent {
@@ -60,6 +62,7 @@ impl AuditEvent {
             Self::Grant => "grant",
             Self::Revoke => "revoke",
             Self::Alert => "alert",
+            Self::FqdnCap => "fqdn_cap",
         }
     }
 }

@@ -9,6 +9,7 @@
 //! program).
 
 pub mod backstop;
+pub mod fqdn;
 pub mod maps;
 pub mod pins;
 
@@ -36,7 +37,7 @@ pub use self::maps::{GrantSpec, IdentBinding, PolicyMaps, Stats};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chokepoint"));
 
 /// Every map the agent pins.
-pub const MAPS: [&str; 11] = [
+pub const MAPS: [&str; 15] = [
     names::CONFIG,
     names::IDENT,
     names::RULES,
@@ -48,6 +49,10 @@ pub const MAPS: [&str; 11] = [
     names::ATTEST,
     names::ACCEPT,
     names::REPLY,
+    names::FQDN,
+    names::DNSPX,
+    names::DNSCFG,
+    names::DNSORIG,
 ];
 
 /// Maps added after the first release: an install pinned without them adopts the rest and
@@ -113,6 +118,7 @@ pub struct Attached {
 pub struct Kernel {
     pub policy: PolicyMaps,
     pub attest: maps::Attest,
+    pub fqdn: fqdn::FqdnMaps,
     pub events: Option<RingBuf<MapData>>,
     pub stats: Stats,
     pub attached: Vec<Attached>,
@@ -204,7 +210,7 @@ fn check_layout(bpffs: &Path) -> Result<bool, LoadError> {
         });
     }
     use chokepoint_common::*;
-    let expect: [(&str, u32, u32); 4] = [
+    let expect: [(&str, u32, u32); 5] = [
         (names::CONFIG, 4, size_of::<Config>() as u32),
         (
             names::IDENT,
@@ -220,6 +226,11 @@ fn check_layout(bpffs: &Path) -> Result<bool, LoadError> {
             names::GRANTS,
             size_of::<LpmKey>() as u32,
             size_of::<GrantVal>() as u32,
+        ),
+        (
+            names::FQDN,
+            size_of::<FqdnKey>() as u32,
+            size_of::<FqdnVal>() as u32,
         ),
     ];
     for (name, k, v) in expect {
@@ -432,6 +443,12 @@ pub fn start(
         map: take(&mut bpf, names::ATTEST, HashMap::try_from)?,
     };
 
+    let fqdn = fqdn::FqdnMaps {
+        learned: take(&mut bpf, names::FQDN, HashMap::try_from)?,
+        proxies: take(&mut bpf, names::DNSPX, HashMap::try_from)?,
+        cfg: take(&mut bpf, names::DNSCFG, Array::try_from)?,
+    };
+
     let cgroup = fs::File::open(opts.cgroup_root).map_err(|source| LoadError::Cgroup {
         path: opts.cgroup_root.to_path_buf(),
         source,
@@ -589,6 +606,7 @@ pub fn start(
     Ok(Kernel {
         policy,
         attest,
+        fqdn,
         events,
         stats,
         attached,

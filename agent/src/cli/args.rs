@@ -240,6 +240,8 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         dir: Option<PathBuf>,
     },
+    /// Names learned for toFQDN rules, their addresses and remaining TTLs.
+    Fqdn(crate::fqdn::cli::FqdnCmd),
     /// Detach and unpin everything: the only way enforcement stops.
     #[command(after_help = "Example:\n  chokepoint uninstall --bpffs /sys/fs/bpf/chokepoint")]
     Uninstall {
@@ -425,4 +427,6 @@ pub struct DaemonArgs {
     /// 10 minutes after they leave the answer).
     #[arg(long)]
     pub dns_refresh: Option<String>,
+    #[command(flatten)]
+    pub fqdn: crate::fqdn::cli::FqdnArgs,
 }

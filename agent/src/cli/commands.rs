@@ -385,6 +385,7 @@ pub async fn run_client(cmd: Command, socket: &Path) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Fqdn(cmd) => cmd.run(&socket).await,
         Command::Revoke { task, out } => {
             let r = call(&socket, Request::Revoke { task }).await?;
             if out.format() != Format::Text {

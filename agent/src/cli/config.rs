@@ -120,6 +120,7 @@ impl DaemonArgs {
                         .unwrap_or_else(|| "30s".into()),
                 )
                 .map_err(|e| anyhow::anyhow!("--dns-refresh: {e}"))?,
+                fqdn: self.fqdn.resolve()?,
             },
             self.log_format
                 .or(cfg.log_format)

@@ -31,4 +31,7 @@ impl Names for EnrichNames<'_> {
     fn cgroup(&mut self, id: u64) -> Option<String> {
         self.paths.as_mut()?.path(id)
     }
+    fn fqdn_name(&self, identity: &str, addr: std::net::IpAddr, rule: u32) -> Option<String> {
+        self.shared.fqdn.name_for(identity, addr, rule)
+    }
 }

@@ -95,6 +95,9 @@ impl Shared {
         };
         // The watcher must watch this generation's selectors.
         self.rearm_watcher();
+        // Learned toFQDN addresses follow their identity and rule to the new ids.
+        self.fqdn
+            .on_policy(&self.active.read().expect("active lock").policy);
         // Identity ids may have moved: rewrite grants for the new ids.
         if let Err(e) = self.sync_grants() {
             warn!(error = %e, "re-writing grants after apply failed");

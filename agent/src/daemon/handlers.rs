@@ -13,6 +13,7 @@ pub(crate) fn handle_request(
 ) -> anyhow::Result<serde_json::Value> {
     match req {
         Request::Status => Ok(shared.status_json()),
+        Request::Fqdn { identity } => Ok(shared.fqdn.list_json(identity.as_deref())),
         Request::Identities => Ok(shared.identities_json()),
         Request::PolicyShow => {
             let a = shared.active.read().expect("active lock");

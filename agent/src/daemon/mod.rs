@@ -162,6 +162,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let Kernel {
         mut policy,
         attest,
+        fqdn,
         events,
         stats,
         attached,
@@ -203,6 +204,19 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
 
     let inventory = load_inventory(&opts.state_dir);
+    let fqdn = crate::fqdn::Fqdn::new(
+        crate::fqdn::Settings {
+            pod_addr: opts.fqdn.pod_addr,
+            min_ttl: opts.fqdn.min_ttl,
+            grace: opts.fqdn.grace,
+            max_per_identity: opts.fqdn.max_per_identity,
+            state_file: opts.state_dir.join("fqdn.json"),
+            audit: audit.clone(),
+            node: util::node_name(),
+        },
+        fqdn,
+    )?;
+    fqdn.on_policy(&start_policy);
     let (flow_tx, _) = broadcast::channel(16_384);
     let (alert_tx, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
@@ -232,6 +246,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         dns,
         inventory: Mutex::new(inventory),
         inventory_dirty: AtomicBool::new(false),
+        fqdn: fqdn.clone(),
         // SAFETY: eventfd has no preconditions; -1 (failure) is handled by the watcher's poll.
         rearm_fd: unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) },
         backstop: Mutex::new(None),
@@ -309,6 +324,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let s = shared.clone();
         set.spawn(async move { housekeeping(s, baseline).await });
     }
+    set.spawn(fqdn.clone().housekeeping());
     {
         let s = shared.clone();
         set.spawn(async move { crate::api::server::serve(s, listener).await });

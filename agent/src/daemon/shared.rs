@@ -78,6 +78,8 @@ pub struct Shared {
     pub(super) inventory: Mutex<crate::inventory::Inventory>,
     /// The inventory changed since it was last saved.
     pub(super) inventory_dirty: AtomicBool,
+    /// `toFQDN` rules: the DNS proxy and the learned addresses.
+    pub(super) fqdn: Arc<crate::fqdn::Fqdn>,
     /// eventfd that tells the cgroup watcher to re-arm (the policy changed).
     pub(super) rearm_fd: i32,
     /// What the per-netns TC backstop covers, per identity name (`None`: it could not start).

@@ -5,12 +5,13 @@ use std::{
     fmt,
 };
 
-use chokepoint_common::{MAX_PORT_ENTRIES, PortEntry, kind};
+use chokepoint_common::{MAX_PORT_ENTRIES, PROTO_UDP, PortEntry, kind};
 use serde::Serialize;
 use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
 use super::{
+    fqdn::{FqdnPattern, parse_pattern},
     model::PolicyDoc,
     parse::{
         Cidr, PortSpec, Resolver, parse_cidr, parse_endpoint_with, parse_ports, system_resolve,
@@ -87,6 +88,11 @@ pub struct CompiledIdentity {
     pub gateways: Vec<String>,
     /// Labels of the allow rules, by rule index.
     pub rules: Vec<String>,
+    /// The `toFQDN` rules.
+    pub fqdn: Vec<FqdnRule>,
+    /// Single-address resolvers its `53/udp` rules allow (rule index, address): where the DNS
+    /// proxy forwards this identity's lookups.
+    pub resolvers: Vec<(u32, std::net::IpAddr)>,
     /// Destination prefixes with everything allowed there (ancestors merged in).
     #[serde(skip)]
     pub entries: BTreeMap<Cidr, Vec<PortEntry>>,
@@ -113,6 +119,17 @@ impl CompiledIdentity {
             ],
         }
     }
+}
+
+/// A compiled `toFQDN` rule.
+#[derive(Clone, Debug, Serialize)]
+pub struct FqdnRule {
+    /// Rule index within the identity.
+    pub rule: u32,
+    pub pattern: FqdnPattern,
+    /// The ports it allows at every learned address.
+    #[serde(skip)]
+    pub ports: Vec<PortSpec>,
 }
 
 /// A compiled policy: what one generation holds.
@@ -142,7 +159,9 @@ impl CompiledPolicy {
             chokepoint_common::reason::GATEWAY => {
                 Some(format!("gateway:{}", self.gateways.get(rule as usize)?))
             }
-            chokepoint_common::reason::RULE => id.rules.get(rule as usize).cloned(),
+            chokepoint_common::reason::RULE | chokepoint_common::reason::FQDN => {
+                id.rules.get(rule as usize).cloned()
+            }
             _ => None,
         }
     }
@@ -428,12 +447,41 @@ fn compile_doc(
             }
         }
         let mut rules = Vec::new();
-        for (ri, r) in id.egress.allow.iter().enumerate() {
+        let mut fqdn_rules = Vec::new();
+        let mut resolvers = Vec::new();
+        for (ri, rs) in id.egress.allow.iter().enumerate() {
+            let r = &rs.value;
             let rf = format!("{field}.egress.allow[{ri}]");
-            let cidr = match parse_cidr(&r.to.value) {
-                Ok(c) => Some(c),
-                Err(m) => {
-                    cx.at(&r.to, format!("{rf}.to"), m);
+            let mut pattern = None;
+            let cidr = match (&r.to, &r.to_fqdn) {
+                (Some(to), None) => match parse_cidr(&to.value) {
+                    Ok(c) => Some(c),
+                    Err(m) => {
+                        cx.at(to, format!("{rf}.to"), m);
+                        None
+                    }
+                },
+                (None, Some(f)) => {
+                    match parse_pattern(&f.value) {
+                        Ok(p) => pattern = Some(p),
+                        Err(m) => cx.at(f, format!("{rf}.toFQDN"), m),
+                    }
+                    None
+                }
+                (Some(to), Some(_)) => {
+                    cx.at(
+                        to,
+                        rf.clone(),
+                        "give either `to` (an address or CIDR) or `toFQDN` (a DNS name), not both",
+                    );
+                    None
+                }
+                (None, None) => {
+                    cx.at(
+                        rs,
+                        rf.clone(),
+                        "a rule needs `to` (an address or CIDR) or `toFQDN` (a DNS name)",
+                    );
                     None
                 }
             };
@@ -447,15 +495,43 @@ fn compile_doc(
                     Err(m) => cx.at(p, format!("{rf}.ports[{pi}]"), m),
                 }
             }
+            let what = pattern
+                .as_ref()
+                .map(|p| format!(" toFQDN {p}"))
+                .unwrap_or_default();
             let label = match &r.reason {
-                Some(reason) => format!("allow[{ri}]: {reason}"),
-                None => format!("allow[{ri}]"),
+                Some(reason) => format!("allow[{ri}]{what}: {reason}"),
+                None => format!("allow[{ri}]{what}"),
             };
             rules.push(label);
+            if let Some(p) = pattern {
+                fqdn_rules.push(FqdnRule {
+                    rule: ri as u32,
+                    pattern: p,
+                    ports: specs.clone(),
+                });
+            }
+            if let Some(c) = cidr
+                && c.bits == if c.addr.is_ipv4() { 32 } else { 128 }
+                && specs
+                    .iter()
+                    .any(|s| s.lo <= 53 && s.hi >= 53 && (s.proto == PROTO_UDP || s.proto == 0))
+            {
+                resolvers.push((ri as u32, c.addr));
+            }
             if let Some(c) = cidr {
                 for s in specs {
                     raw.entry(c).or_default().insert((s, kind::RULE, ri as u32));
                 }
+            }
+        }
+        if let Some(first) = fqdn_rules.first()
+            && resolvers.is_empty()
+        {
+            let r = &id.egress.allow[first.rule as usize];
+            if let Some(f) = &r.value.to_fqdn {
+                cx.at(f, format!("{field}.egress.allow[{}].toFQDN", first.rule),
+                    "toFQDN rules learn from the identity's sanctioned resolver: add a rule `to: <resolver address>` (one address) with ports [\"53/udp\"]");
             }
         }
         let mut ingress_from = None;
@@ -492,6 +568,8 @@ fn compile_doc(
             cgroup_path,
             gateways: gws,
             rules,
+            fqdn: fqdn_rules,
+            resolvers,
             entries: entries
                 .into_iter()
                 .map(|(c, v)| (c, v.into_iter().take(MAX_PORT_ENTRIES).collect()))
@@ -672,6 +750,52 @@ spec:
         assert!(e.to_string().contains("colour"), "{e}");
         let e = err(&GOOD.replace("mode: enforce", "mode: yes-please"));
         assert!(e.to_string().contains("unknown mode"), "{e}");
+    }
+
+    #[test]
+    fn fqdn_rules_compile_and_errors_are_positioned() {
+        let doc = GOOD.replace(
+            "          - to: \"10.0.0.0/8\"\n            ports: [\"443/tcp\"]\n",
+            "          - toFQDN: \"API.github.com\"\n            ports: [\"443/tcp\"]\n          - toFQDN: \"*.example.com\"\n",
+        );
+        let p = compile_source("p.yaml", doc.as_bytes()).unwrap();
+        let id = &p.identities[0];
+        assert_eq!(id.fqdn.len(), 2);
+        assert_eq!(id.fqdn[0].rule, 1);
+        assert_eq!(id.fqdn[0].pattern.to_string(), "api.github.com");
+        assert_eq!(id.fqdn[1].ports, vec![PortSpec::ANY]);
+        assert!(
+            id.rules[1].contains("toFQDN api.github.com"),
+            "{:?}",
+            id.rules
+        );
+        assert_eq!(id.resolvers, vec![(0, "10.77.0.53".parse().unwrap())]);
+        // No CIDR entry comes from a toFQDN rule.
+        assert_eq!(id.entries.len(), 3);
+
+        let e = err(&doc.replace("*.example.com", "a.*.example.com"));
+        assert_eq!(
+            e.problems[0].field,
+            "spec.identities[0].egress.allow[2].toFQDN"
+        );
+        assert_eq!(e.problems[0].line, 23);
+        assert!(e.to_string().contains("wildcard"), "{e}");
+        let e = err(&doc.replace("ports: [\"53/udp\", \"53/tcp\"]", "ports: [\"53/tcp\"]"));
+        assert!(e.to_string().contains("sanctioned resolver"), "{e}");
+        assert_eq!(
+            e.problems[0].field,
+            "spec.identities[0].egress.allow[1].toFQDN"
+        );
+        let e = err(&doc.replace("API.github.com", "bad..name"));
+        assert!(e.to_string().contains("empty label"), "{e}");
+        let e = err(&doc.replace("toFQDN: \"API.github.com\"", "reason: nothing"));
+        assert_eq!(e.problems[0].field, "spec.identities[0].egress.allow[1]");
+        assert!(e.to_string().contains("needs `to`"), "{e}");
+        let e = err(&doc.replace(
+            "toFQDN: \"API.github.com\"",
+            "toFQDN: \"API.github.com\"\n            to: \"10.0.0.1\"",
+        ));
+        assert!(e.to_string().contains("not both"), "{e}");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 
 pub mod compile;
 pub mod diff;
+pub mod fqdn;
 pub mod model;
 pub mod parse;
 

@@ -98,14 +98,18 @@ pub struct Egress {
     #[serde(default)]
     pub gateways: Vec<Spanned<String>>,
     #[serde(default)]
-    pub allow: Vec<AllowRule>,
+    pub allow: Vec<Spanned<AllowRule>>,
 }
 
-/// `egress.allow[]`.
+/// `egress.allow[]`: a destination by address (`to`) or by DNS name (`toFQDN`).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowRule {
-    pub to: Spanned<String>,
+    #[serde(default)]
+    pub to: Option<Spanned<String>>,
+    /// A DNS name or `*.suffix`: the addresses the identity learns from its resolver's answers.
+    #[serde(default, rename = "toFQDN")]
+    pub to_fqdn: Option<Spanned<String>>,
     #[serde(default)]
     pub ports: Vec<Spanned<String>>,
     #[serde(default)]

@@ -13,6 +13,9 @@ use std::{
 
 use serde_json::json;
 
+#[path = "../probe_dns.rs"]
+mod dns;
+
 fn errno() -> i32 {
     std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
 }
@@ -914,6 +917,16 @@ fn main() {
             return;
         }
         "bench" => bench_client(&a(1), addr(&a(2)), a(3).parse().unwrap_or(1.0)),
+        "dns-serve" => {
+            dns::serve(&a(1), &args[2..]);
+            return;
+        }
+        "dns-query" => dns::query(
+            addr(&a(1)),
+            &a(2),
+            if a(3).is_empty() { "A" } else { &args[3] },
+            &a(4),
+        ),
         "tcp" => res(tcp(addr(&a(1)), &payload)),
         "tcp-mapped" => res(tcp_mapped(addr(&a(1)), &payload)),
         "udp-sendto" => res(udp_sendto(addr(&a(1)), &payload)),
