@@ -85,7 +85,9 @@ fn kill_9_leaves_enforcement_and_accounts_the_downtime() {
         n = log
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|f| f["verdict"] == "deny" && f["dst"] == bad_dst.as_str())
+            .filter(|f| {
+                f["event"] == "flow" && f["verdict"] == "deny" && f["dst"] == bad_dst.as_str()
+            })
             .count() as u64;
         if n >= bad {
             break;

@@ -258,7 +258,26 @@ fn a_slow_follow_subscriber_gets_lost_lines() {
             "flood",
         );
         assert_eq!(r["refused"], 60000, "{r}");
-        // Alerts are raised when their window closes.
+        // The daemon takes in the whole burst (delivered or counted lost), and alerts are raised
+        // when their window closes.
+        let t0 = Instant::now();
+        loop {
+            let st = fx.daemon.cli_json(&["status", "--json"]);
+            let r = &st["records"];
+            let (d, l, k) = (
+                r["delivered"].as_u64().unwrap_or(0),
+                r["lost"].as_u64().unwrap_or(0),
+                r["kernel_decisions"].as_u64().unwrap_or(0),
+            );
+            if k > 0 && d + l >= k {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "consumer stuck: {r}"
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
         std::thread::sleep(Duration::from_secs(3));
         let out = guard.0.stdout.take().expect("stdout");
         let mut lost = 0u64;
@@ -274,8 +293,8 @@ fn a_slow_follow_subscriber_gets_lost_lines() {
             }
         });
         let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(30) {
-            let Ok(line) = rx.recv_timeout(Duration::from_secs(3)) else {
+        while t0.elapsed() < Duration::from_secs(60) {
+            let Ok(line) = rx.recv_timeout(Duration::from_secs(5)) else {
                 break;
             };
             let v: Value = serde_json::from_str(&line).expect("json line");
@@ -341,7 +360,6 @@ fn read_log(files: &[PathBuf]) -> Vec<Value> {
 }
 
 #[test]
-#[ignore = "lands with the audit chain in the sink"]
 fn every_event_kind_in_a_real_log_matches_the_schema() {
     let fx = Fixture::with_args("enforce", &["--audit-checkpoint-every", "5"]);
     let d = &fx.daemon;
@@ -510,7 +528,6 @@ fn put_lines(p: &Path, l: &[String]) {
 }
 
 #[test]
-#[ignore = "lands with the audit chain in the sink"]
 fn audit_verify_catches_each_kind_of_tampering_across_rotation() {
     let mut fx = Fixture::with_args(
         "enforce",
@@ -594,7 +611,7 @@ fn audit_verify_catches_each_kind_of_tampering_across_rotation() {
                 let last = l.last_mut().unwrap();
                 last.truncate(last.len() / 2);
             },
-            ": truncated".to_string(),
+            format!(":{}: truncated", base.len()),
         ),
     ];
     for (what, edit, expect) in cases {
@@ -650,7 +667,7 @@ fn audit_verify_catches_each_kind_of_tampering_across_rotation() {
 /// Recomputes the hashes of lines `from..` (what an editor without the signing key can do).
 fn rehash_from(l: &mut [String], from: usize) {
     use sha2::{Digest, Sha256};
-    const SUFFIX: usize = 76;
+    const SUFFIX: usize = 75;
     let hash_of = |s: &str| -> [u8; 32] {
         let h = &s[s.len() - 66..s.len() - 2];
         let mut out = [0u8; 32];

@@ -404,6 +404,73 @@ impl Chain {
     }
 }
 
+/// Bytes [`Chain::seal_line`] adds at most: `seq` and `hash`, and for a checkpoint `prev`,
+/// `key_id` and `signature`.
+const MAX_EXTRA: usize = 32 + HASH_SUFFIX_LEN + 10 + 64 + 12 + 16 + 15 + 128;
+
+/// Length of a whole checkpoint line without its node name (with slack).
+const CHECKPOINT_LINE: usize = 512;
+
+impl super::Transform for Chain {
+    fn line(&mut self, event: super::AuditEvent, line: &mut Vec<u8>) {
+        // Every line the sink writes is a JSON object; anything else stays unchained and
+        // `audit verify` reports it.
+        let _ = self.seal_line(line, event == super::AuditEvent::Checkpoint);
+    }
+    fn rotated(&mut self) -> Vec<(super::AuditEvent, Vec<u8>)> {
+        // The new file opens with a checkpoint that signs everything before it.
+        vec![(
+            super::AuditEvent::Checkpoint,
+            self.checkpoint_body(
+                CheckpointReason::Rotate,
+                crate::util::rfc3339_ns(crate::util::wall_ns()),
+            ),
+        )]
+    }
+    fn max_extra_bytes(&self) -> usize {
+        // What sealing adds, plus room for the interval checkpoint that may follow the line
+        // (written right after it, without a rotation in between).
+        MAX_EXTRA + CHECKPOINT_LINE + self.node.len()
+    }
+    fn after(&mut self) -> Vec<(super::AuditEvent, Vec<u8>)> {
+        if !self.checkpoint_due() {
+            return Vec::new();
+        }
+        vec![(
+            super::AuditEvent::Checkpoint,
+            self.checkpoint_body(
+                CheckpointReason::Interval,
+                crate::util::rfc3339_ns(crate::util::wall_ns()),
+            ),
+        )]
+    }
+    fn open_span(&self) -> u64 {
+        self.since_checkpoint
+    }
+}
+
+/// A checkpoint record as the daemon writes it through the sink (`event` is the sink's, the
+/// signature the chain's).
+pub fn checkpoint_record(reason: CheckpointReason, node: &str) -> serde_json::Value {
+    serde_json::json!({
+        "schema": super::SCHEMA_VERSION,
+        "time": crate::util::rfc3339_ns(crate::util::wall_ns()),
+        "node": node,
+        "reason": reason.name(),
+    })
+}
+
+/// The audit log files a chain may continue from, newest first: `path`, `path.1`, … `path.keep`.
+pub fn log_files(path: &Path, keep: usize) -> Vec<PathBuf> {
+    let mut out = vec![path.to_path_buf()];
+    for n in 1..=keep {
+        let mut s = path.as_os_str().to_owned();
+        s.push(format!(".{n}"));
+        out.push(PathBuf::from(s));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

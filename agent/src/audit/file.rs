@@ -30,7 +30,17 @@ impl JsonLines {
             .create(true)
             .append(true)
             .open(path)?;
-        let size = file.metadata()?.len();
+        let mut size = file.metadata()?.len();
+        if size > 0 {
+            // A line cut short (a crash mid-write, or an edit) stays a line of its own: the next
+            // line starts on a new one.
+            let mut last = [0u8; 1];
+            std::os::unix::fs::FileExt::read_at(&fs::File::open(path)?, &mut last, size - 1)?;
+            if last[0] != b'\n' {
+                (&file).write_all(b"\n")?;
+                size += 1;
+            }
+        }
         Ok(Self {
             path: path.to_path_buf(),
             file,

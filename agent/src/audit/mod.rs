@@ -11,3 +11,11 @@ pub mod verify;
 pub use file::JsonLines;
 pub use record::{FlowRecord, Names, SCHEMA_VERSION, enrich, lost_record, verdict_name};
 pub use sink::{AuditEvent, AuditSink, Transform, append_field};
+
+/// A record with the schema version in front (for records whose type has no `schema` field).
+#[derive(serde::Serialize)]
+pub struct Versioned<'a, T: serde::Serialize> {
+    pub schema: u32,
+    #[serde(flatten)]
+    pub record: &'a T,
+}

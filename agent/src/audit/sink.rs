@@ -46,10 +46,16 @@ pub enum AuditEvent {
     Grant,
     /// A task's grants revoked.
     Revoke,
-    /// A bypass alert (the alert log).
+    /// A bypass alert.
     Alert,
     /// Addresses not learned for `toFQDN` rules: the identity's cap was reached.
     FqdnCap,
+    /// An identity's mode switched (enforce ↔ audit) with a new generation.
+    ModeChange,
+    /// A grant lapsed.
+    Expiry,
+    /// A signed checkpoint of the hash chain ([`super::chain`]).
+    Checkpoint,
 }
 
 impl AuditEvent {
@@ -63,6 +69,9 @@ impl AuditEvent {
             Self::Revoke => "revoke",
             Self::Alert => "alert",
             Self::FqdnCap => "fqdn_cap",
+            Self::ModeChange => "mode_change",
+            Self::Expiry => "expiry",
+            Self::Checkpoint => "checkpoint",
         }
     }
 }
@@ -80,6 +89,16 @@ pub trait Transform: Send {
     /// Most bytes [`Transform::line`] adds to a line: the sink decides on rotation before it
     /// calls the transform, so the transform sees lines in file order.
     fn max_extra_bytes(&self) -> usize {
+        0
+    }
+    /// Called after each line is written; lines returned are written right after it (they go
+    /// through [`Transform::line`] too). A chain returns its periodic checkpoint here.
+    fn after(&mut self) -> Vec<(AuditEvent, Vec<u8>)> {
+        Vec::new()
+    }
+    /// Lines written since the transform last closed a span (a chain: since its last
+    /// checkpoint); the daemon closes an idle span with a checkpoint of its own.
+    fn open_span(&self) -> u64 {
         0
     }
 }
@@ -116,6 +135,7 @@ struct Inner {
     file: JsonLines,
     transform: Option<Box<dyn Transform>>,
     dirty: bool,
+    last_write: std::time::Instant,
 }
 
 impl Inner {
@@ -130,6 +150,7 @@ impl Inner {
                 .map(|t| t.rotated())
                 .unwrap_or_default();
             for (e, mut l) in opening {
+                prepend_event(e, &mut l);
                 if let Some(t) = self.transform.as_mut() {
                     t.line(e, &mut l);
                 }
@@ -143,6 +164,27 @@ impl Inner {
         line.push(b'\n');
         self.file.append(&line)?;
         self.dirty = true;
+        self.last_write = std::time::Instant::now();
+        let after = self
+            .transform
+            .as_mut()
+            .map(|t| t.after())
+            .unwrap_or_default();
+        for (e, l) in after {
+            self.write_bytes_raw(e, l)?;
+        }
+        Ok(())
+    }
+
+    /// Writes a transform's own line right after the one that asked for it (no rotation in
+    /// between: the file may exceed its size by that line).
+    fn write_bytes_raw(&mut self, event: AuditEvent, mut line: Vec<u8>) -> io::Result<()> {
+        prepend_event(event, &mut line);
+        if let Some(t) = self.transform.as_mut() {
+            t.line(event, &mut line);
+        }
+        line.push(b'\n');
+        self.file.append(&line)?;
         Ok(())
     }
 }
@@ -169,6 +211,7 @@ impl AuditSink {
                     file,
                     transform: None,
                     dirty: false,
+                    last_write: std::time::Instant::now(),
                 }),
                 Notify::new(),
             ))),
@@ -202,6 +245,19 @@ impl AuditSink {
             i.1.notify_one();
         }
         Ok(())
+    }
+
+    /// Lines in the transform's open span (see [`Transform::open_span`]) and how long ago the
+    /// last line was written.
+    pub fn open_span(&self) -> (u64, Duration) {
+        let Some(i) = &self.inner else {
+            return (0, Duration::ZERO);
+        };
+        let g = lock(&i.0);
+        (
+            g.transform.as_ref().map_or(0, |t| t.open_span()),
+            g.last_write.elapsed(),
+        )
     }
 
     /// Writes one record and `fsync`s the file before returning.

@@ -28,6 +28,16 @@ pub(crate) fn publish_alert(shared: &Shared, a: Alert, q: &mpsc::Sender<Alert>) 
     if let Err(e) = shared.alert_log.write_synced(AuditEvent::Alert, &a) {
         warn!(error = %e, "alert log write failed");
     }
+    // The audit log holds the whole trail, alerts included.
+    if let Err(e) = shared.audit.write(
+        AuditEvent::Alert,
+        &crate::audit::Versioned {
+            schema: crate::audit::SCHEMA_VERSION,
+            record: &a,
+        },
+    ) {
+        warn!(error = %e, "audit log write of an alert failed");
+    }
     if shared.opts.alert_webhook.is_some() && q.try_send(a.clone()).is_err() {
         shared.webhook.dropped.fetch_add(1, Ordering::Relaxed);
     }

@@ -55,7 +55,10 @@ impl Shared {
         let bindings = bind(&self.opts.cgroup_root, &policy);
         let store = self.store.lock().expect("store lock");
         let mut maps = self.maps.lock().expect("maps lock");
-        let previous = self.active.read().expect("active lock").generation;
+        let (previous, old_policy) = {
+            let a = self.active.read().expect("active lock");
+            (a.generation, a.policy.clone())
+        };
         let generation = store.last_generation()?.max(previous) + 1;
         maps.apply(&policy, &bindings, generation)?;
         let meta = GenerationMeta {
@@ -124,6 +127,34 @@ impl Shared {
             });
             if let Err(e) = self.audit.write_synced(AuditEvent::PolicyChange, &rec) {
                 error!(error = %e, generation, "audit log write of the policy change failed");
+            }
+        }
+        // Mode switches (enforce ↔ audit) of identities the old generation had, one record each.
+        let new_policy = self.active.read().expect("active lock").policy.clone();
+        for id in &new_policy.identities {
+            let Some(old) = old_policy.identities.iter().find(|o| o.name == id.name) else {
+                continue;
+            };
+            if old.mode == id.mode {
+                continue;
+            }
+            let rec = json!({
+                "schema": audit::SCHEMA_VERSION,
+                "time": meta.applied_at,
+                "node": self.node,
+                "identity": id.name,
+                "tenant": id.tenant,
+                "mode": id.mode,
+                "previous_mode": old.mode,
+                "policy_generation": generation,
+                "previous_generation": meta.previous,
+                "uid": who.uid,
+                "pid": who.pid,
+                "comm": who.comm,
+            });
+            info!(identity = %id.name, mode = ?id.mode, previous = ?old.mode, generation, "identity mode switched");
+            if let Err(e) = self.audit.write_synced(AuditEvent::ModeChange, &rec) {
+                error!(error = %e, generation, "audit log write of a mode change failed");
             }
         }
         Ok(generation)

@@ -169,6 +169,8 @@ impl Shared {
             AuditEvent::Grant,
             json!({
                 "identity": identity, "to": to, "task": task, "ttl_secs": ttl_secs,
+                "destinations": answer["destinations"],
+                "ports": answer["ports"],
                 "expires_at": util::rfc3339_ns(g.expires_wall_ns),
             }),
             who,
@@ -181,9 +183,10 @@ impl Shared {
         let shared = self;
         let store = shared.store.lock().expect("store lock");
         let mut grants = store.grants()?;
-        let before = grants.len();
-        grants.retain(|g| g.task != task);
-        let removed = before - grants.len();
+        let (gone, kept): (Vec<StoredGrant>, Vec<StoredGrant>) =
+            grants.drain(..).partition(|g| g.task == task);
+        grants = kept;
+        let removed = gone.len();
         let specs = shared.grant_specs(&grants);
         store.set_grants(&grants)?;
         shared.maps.lock().expect("maps lock").set_grants(&specs)?;
@@ -191,7 +194,18 @@ impl Shared {
         info!(task, removed, by_uid = ?who.uid, by_pid = ?who.pid, "task revoked");
         self.audit_grant_change(
             AuditEvent::Revoke,
-            json!({"task": task, "revoked": removed}),
+            json!({
+                "task": task,
+                "revoked": removed,
+                "grants": gone
+                    .iter()
+                    .map(|g| json!({
+                        "identity": g.identity,
+                        "to": g.to,
+                        "expires_at": util::rfc3339_ns(g.expires_wall_ns),
+                    }))
+                    .collect::<Vec<_>>(),
+            }),
             who,
         );
         Ok(json!({"task": task, "revoked": removed}))
@@ -204,6 +218,10 @@ impl Shared {
             o.insert("schema".into(), audit::SCHEMA_VERSION.into());
             o.insert("time".into(), util::rfc3339_ns(util::wall_ns()).into());
             o.insert("node".into(), self.node.clone().into());
+            o.insert(
+                "policy_generation".into(),
+                self.active.read().expect("active lock").generation.into(),
+            );
             o.insert("uid".into(), who.uid.into());
             o.insert("pid".into(), who.pid.into());
             o.insert("comm".into(), who.comm.clone().into());

@@ -13,6 +13,9 @@ use crate::{
     util,
 };
 
+/// How long the audit log is quiet before its open span gets a checkpoint.
+const IDLE_CHECKPOINT: Duration = Duration::from_secs(2);
+
 /// How often a changed inventory is written to the state dir (and once more at shutdown).
 const INVENTORY_SAVE: Duration = Duration::from_secs(2);
 
@@ -25,6 +28,18 @@ pub(crate) async fn housekeeping(shared: Arc<Shared>, baseline_lost: u64) {
     let mut last_inventory = Instant::now();
     loop {
         tick.tick().await;
+        // Records after the last checkpoint are signed once the log is quiet for a moment.
+        let (open, quiet) = shared.audit.open_span();
+        if open > 0 && quiet >= IDLE_CHECKPOINT {
+            let s = shared.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                s.audit.write_synced(
+                    AuditEvent::Checkpoint,
+                    &audit::chain::checkpoint_record(audit::chain::CheckpointReason::Idle, &s.node),
+                )
+            })
+            .await;
+        }
         if last_inventory.elapsed() >= INVENTORY_SAVE {
             last_inventory = Instant::now();
             let s = shared.clone();
@@ -66,26 +81,41 @@ pub(crate) async fn housekeeping(shared: Arc<Shared>, baseline_lost: u64) {
             let s = shared.clone();
             let _ = tokio::task::spawn_blocking(move || s.refresh_dns()).await;
         }
-        let prune = {
+        let expired: Vec<StoredGrant> = {
             let store = shared.store.lock().expect("store lock");
             match store.grants() {
                 Ok(g) => {
                     let now = util::wall_ns();
-                    let live: Vec<StoredGrant> = g
-                        .iter()
-                        .filter(|x| x.expires_wall_ns > now)
-                        .cloned()
-                        .collect();
-                    if live.len() != g.len() {
-                        let _ = store.set_grants(&live);
-                        true
+                    let (live, gone): (Vec<StoredGrant>, Vec<StoredGrant>) =
+                        g.into_iter().partition(|x| x.expires_wall_ns > now);
+                    if !gone.is_empty() && store.set_grants(&live).is_err() {
+                        Vec::new()
                     } else {
-                        false
+                        gone
                     }
                 }
-                Err(_) => false,
+                Err(_) => Vec::new(),
             }
         };
+        let prune = !expired.is_empty();
+        let generation = shared.active.read().expect("active lock").generation;
+        for g in &expired {
+            // The kernel stopped honouring it at its expiry; this records that it lapsed.
+            let rec = serde_json::json!({
+                "schema": audit::SCHEMA_VERSION,
+                "time": util::rfc3339_ns(util::wall_ns()),
+                "node": shared.node,
+                "identity": g.identity,
+                "task": g.task,
+                "to": g.to,
+                "expired_at": util::rfc3339_ns(g.expires_wall_ns),
+                "policy_generation": generation,
+            });
+            tracing::info!(task = %g.task, identity = %g.identity, to = %g.to, "grant expired");
+            if let Err(e) = shared.audit.write_synced(AuditEvent::Expiry, &rec) {
+                tracing::error!(error = %e, "audit log write of a grant expiry failed");
+            }
+        }
         if prune {
             let _ = shared.sync_grants();
         }

@@ -64,6 +64,30 @@ use crate::{
     util,
 };
 
+/// Opens the audit log with its hash chain: the signing key from the state dir (created on first
+/// use), the chain continued from the last line of the newest file, and a `start` checkpoint.
+fn open_audit_log(path: &std::path::Path, opts: &Options) -> anyhow::Result<AuditSink> {
+    use crate::audit::chain;
+    let sink = AuditSink::open(path, opts.audit_log_max_bytes, opts.audit_log_keep)
+        .with_context(|| format!("opening the audit log {}", path.display()))?;
+    let key = chain::load_or_create_key(&opts.state_dir)?;
+    let head = chain::resume(&chain::log_files(path, opts.audit_log_keep));
+    let node = util::node_name();
+    sink.set_transform(Box::new(chain::Chain::new(
+        key,
+        head,
+        opts.audit_checkpoint_every,
+        &node,
+    )));
+    sink.write_synced(
+        crate::audit::AuditEvent::Checkpoint,
+        &chain::checkpoint_record(chain::CheckpointReason::Start, &node),
+    )
+    .with_context(|| format!("writing the audit log {}", path.display()))?;
+    info!(seq = head.next_seq, "audit log chain continued");
+    Ok(sink)
+}
+
 /// The inventory from the state dir; an unreadable one is moved aside (`inventory.json.corrupt`)
 /// and a new one started: it is a report, not enforcement state.
 fn load_inventory(dir: &std::path::Path) -> crate::inventory::Inventory {
@@ -114,8 +138,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let store = StateStore::open(&opts.state_dir)?;
     // The audit and alert logs' one writer each, opened before any kernel state is touched.
     let audit = match &opts.audit_log {
-        Some(p) => AuditSink::open(p, opts.audit_log_max_bytes, opts.audit_log_keep)
-            .with_context(|| format!("opening the audit log {}", p.display()))?,
+        Some(p) => open_audit_log(p, &opts)?,
         None => AuditSink::disabled(),
     };
     let alert_log = match &opts.alert_log {
@@ -358,6 +381,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         publish_alert(&shared, a, &alert_q_tx);
     }
     shared.save_inventory();
+    // The chain's last span is signed before the daemon goes.
+    if let Err(e) = shared.audit.write_synced(
+        crate::audit::AuditEvent::Checkpoint,
+        &crate::audit::chain::checkpoint_record(
+            crate::audit::chain::CheckpointReason::Stop,
+            &shared.node,
+        ),
+    ) {
+        warn!(error = %e, "writing the stop checkpoint failed");
+    }
     let _ = std::fs::remove_file(&opts.socket);
     let _ = std::fs::remove_file(&opts.attest_socket);
     info!(
