@@ -549,7 +549,9 @@ fn audit_verify_catches_each_kind_of_tampering_across_rotation() {
     for i in 20..40 {
         deny_tcp(&fx, OTHER_TCP + i, &format!("v{i}"));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1500));
+    // Stopped (its last span signed): the files hold still while the test edits copies.
+    fx.daemon.kill(libc::SIGTERM);
     let files = audit_files(&fx.daemon.audit_log);
     assert!(files.len() >= 3, "the log did not rotate: {files:?}");
     let (code, out) = verify(&files, &fx.daemon.state);
@@ -572,12 +574,18 @@ fn audit_verify_catches_each_kind_of_tampering_across_rotation() {
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1), "{seqs:?}");
 
     // Tamper with a rotated file (the oldest but one: not the live one), at a flow line.
-    let target = files.len() - 2;
+    // A rotated file (not the live one) with a flow record to tamper with.
+    let is_flow_deny = |l: &str| l.starts_with("{\"event\":\"flow\"") && l.contains("\"deny\"");
+    let (target, i) = (1..files.len())
+        .find_map(|t| {
+            let l = file_lines(&files[t]);
+            (2..l.len().saturating_sub(1))
+                .find(|&i| is_flow_deny(&l[i]))
+                .map(|i| (t, i))
+        })
+        .unwrap_or_else(|| panic!("no rotated file with a flow record: {files:?}"));
     let tmp = fx.daemon.dir.join("tamper");
     let base = file_lines(&files[target]);
-    let i = (2..base.len() - 1)
-        .find(|&i| base[i].contains("\"deny\""))
-        .unwrap_or_else(|| panic!("no deny line in {:?}", files[target]));
     type Edit = fn(&mut Vec<String>, usize);
     let cases: [(&str, Edit, String); 5] = [
         (
@@ -651,10 +659,6 @@ fn audit_verify_catches_each_kind_of_tampering_across_rotation() {
     // A line edited with the chain recomputed (no key): caught by the next signed checkpoint.
     let set = copy_set(&files, &tmp);
     let mut l = file_lines(&set[target]);
-    let i = l
-        .iter()
-        .position(|x| x.contains("\"event\":\"flow\""))
-        .expect("a flow line");
     l[i] = l[i].replacen("\"deny\"", "\"allow\"", 1);
     rehash_from(&mut l, i);
     put_lines(&set[target], &l);
