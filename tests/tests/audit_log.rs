@@ -154,7 +154,8 @@ fn rotation_with_several_writers_loses_and_misplaces_nothing() {
                 "revoke",
                 "expiry",
                 "alert",
-                "checkpoint"
+                "checkpoint",
+                "fqdn_cap"
             ]
             .contains(&e),
             "unexpected event {e}: {v}"

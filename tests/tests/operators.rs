@@ -911,6 +911,10 @@ fn cli_conventions() {
         &["attest"],
         &["uninstall"],
         &["daemon"],
+        &["fqdn"],
+        &["man"],
+        &["audit"],
+        &["policy"],
     ] {
         let out = Command::new(&bin).args(cmd).arg("--help").output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout);

@@ -241,6 +241,7 @@ pub enum Command {
         dir: Option<PathBuf>,
     },
     /// Names learned for toFQDN rules, their addresses and remaining TTLs.
+    #[command(after_help = "Example:\n  chokepoint fqdn --identity research-agent -o json")]
     Fqdn(crate::fqdn::cli::FqdnCmd),
     /// Detach and unpin everything: the only way enforcement stops.
     #[command(after_help = "Example:\n  chokepoint uninstall --bpffs /sys/fs/bpf/chokepoint")]
