@@ -2,7 +2,8 @@
 //! BPF LSM nothing refuses those sockets, so the TC program must sit where their frames pass. For
 //! every network namespace a process of an identity lives in (found from the processes in the
 //! identity's cgroups via `/proc/PID/ns/net`), the TC egress program is attached through tcx to
-//! every interface of that namespace but `lo`, pinned as `links/cp_tc_egress@ns<INODE>_<IFACE>`
+//! every interface of that namespace, `lo` included (a frame written on `lo` comes back in as
+//! ingress: a forged "reply" source would open `CP_REPLY`/`CP_ACCEPT` paths), pinned as `links/cp_tc_egress@ns<INODE>_<IFACE>`
 //! (so it keeps enforcing when the daemon stops), re-armed as namespaces, interfaces and processes
 //! come, and unpinned when no identity lives there any more.
 
@@ -93,7 +94,6 @@ fn interfaces() -> Vec<String> {
         }
         libc::if_freenameindex(list);
     }
-    v.retain(|n| n != "lo");
     v
 }
 

@@ -364,6 +364,44 @@ fn packet(
     send_to(&fd, &frame, 0, &sll, size_of::<libc::sockaddr_ll>() as u32)
 }
 
+/// The reply-poisoning attack: a UDP socket on `port`, then an AF_PACKET frame on `lo` that
+/// claims to come from `peer` (any address) to `local`:`port`; if that datagram arrives, the
+/// socket "answers" `peer`. Reports whether the forged datagram arrived and the answer's result.
+fn spoof_reply(port: u16, local: std::net::Ipv4Addr, peer: SocketAddr, payload: &str) {
+    let SocketAddr::V4(pv4) = peer else {
+        panic!("spoof-reply is IPv4")
+    };
+    let u = UdpSocket::bind(("0.0.0.0", port)).expect("bind");
+    u.set_read_timeout(Some(std::time::Duration::from_millis(700)))
+        .expect("timeout");
+    let forged = (|| -> std::io::Result<()> {
+        let fd = socket(
+            libc::AF_PACKET,
+            libc::SOCK_DGRAM,
+            (libc::ETH_P_IP as u16).to_be() as i32,
+        )?;
+        let mut udp = Vec::new();
+        udp.extend_from_slice(&pv4.port().to_be_bytes());
+        udp.extend_from_slice(&port.to_be_bytes());
+        udp.extend_from_slice(&((8 + 6) as u16).to_be_bytes());
+        udp.extend_from_slice(&[0, 0]);
+        udp.extend_from_slice(b"forged");
+        let mut frame = ipv4_header(pv4.ip().octets(), local.octets(), 17, udp.len());
+        frame.extend_from_slice(&udp);
+        // SAFETY: zeroed sockaddr_ll is valid.
+        let mut sll: libc::sockaddr_ll = unsafe { zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_IP as u16).to_be();
+        sll.sll_ifindex = 1;
+        sll.sll_halen = 6;
+        send_to(&fd, &frame, 0, &sll, size_of::<libc::sockaddr_ll>() as u32)
+    })();
+    let mut buf = [0u8; 64];
+    let got = u.recv_from(&mut buf).ok().map(|(_, from)| from.to_string());
+    let answer = u.send_to(payload.as_bytes(), peer).map(|_| ());
+    out(json!({"forged": res(forged), "received_from": got, "answer": res(answer)}));
+}
+
 /// Connects, then sends a line every 100 ms for `secs`, reporting each send.
 fn hold(dst: SocketAddr, secs: u64) {
     let mut s = match TcpStream::connect_timeout(&dst, Duration::from_secs(2)) {
@@ -1050,6 +1088,15 @@ fn main() {
             // A resident process (a pod's long-lived container) that opens nothing.
             out(json!({"event": "ready", "pid": std::process::id()}));
             std::thread::sleep(Duration::from_secs(a(1).parse().unwrap_or(30)));
+            return;
+        }
+        "spoof-reply" => {
+            spoof_reply(
+                a(1).parse().expect("port"),
+                a(2).parse().expect("local ip"),
+                addr(&a(3)),
+                &payload,
+            );
             return;
         }
         "udp-from" => res(udp_from(a(1).parse().expect("port"), addr(&a(2)), &payload)),

@@ -1,0 +1,124 @@
+//! Red-team tests: an adversarial workload (CAP_NET_RAW, like a pod) against the reply paths and
+//! the packet-socket backstop. Each test fails when the hole it names is open.
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use chokepoint_tests::*;
+use serde_json::Value;
+
+/// A sandbox, an identity cgroup and a daemon with no `--tc-iface`.
+struct Bare {
+    daemon: Daemon,
+    cg: Cgroup,
+    sb: Sandbox,
+}
+
+impl Bare {
+    fn new() -> Self {
+        let sb = Sandbox::new();
+        let cg = Cgroup::new(&unique("cpt-rt"));
+        let policy = sb.policy(&[("agent", &cg.rel, "enforce")]);
+        let daemon = Daemon::start(&policy, &["--alert-window", "1s"]);
+        Self { daemon, cg, sb }
+    }
+
+    /// Waits until the identity's TC backstop covers netns `ino` on `iface`.
+    fn wait_covered(&self, ino: u64, iface: &str) {
+        let t0 = Instant::now();
+        loop {
+            let st = self.daemon.cli_json(&["status", "--json"]);
+            let c = st["identities"][0]["backstop"]["tc_netns"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if c.iter().any(|n| {
+                n["netns"] == ino
+                    && n["ifaces"]
+                        .as_array()
+                        .is_some_and(|i| i.iter().any(|x| x == iface))
+            }) {
+                return;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(5),
+                "netns {ino} never covered on {iface}: {c:?}\n{}",
+                self.daemon.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn netns_ino_of_pid(pid: u32) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{pid}/ns/net"))
+        .expect("ns")
+        .ino()
+}
+
+/// A resident process of the identity in `netns`.
+fn resident(cg: &Path, netns: Option<&Netns>) -> (Proc, u64) {
+    let (p, rec) = spawn_probe(Some(cg), netns, &["idle", "60"]);
+    let pid = rec.all()[0]["pid"].as_u64().expect("pid") as u32;
+    (p, netns_ino_of_pid(pid))
+}
+
+/// One probe run from `cgroup`/`netns`; its last JSON line.
+fn probe(cgroup: Option<&Path>, netns: Option<&Netns>, args: &[&str], payload: &str) -> Value {
+    let mut cmd = Command::new(probe_bin());
+    cmd.args(args)
+        .env("CP_PAYLOAD", payload)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let out = in_cgroup(cmd, cgroup, netns).output().expect("probe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap_or(Value::Null)
+}
+
+/// Attack: the workload forges, through an AF_PACKET socket on `lo` (no TC there before the
+/// fix), a UDP datagram "from" a forbidden peer to its own UDP socket. `cp_skb_ingress` then
+/// remembers that peer in `CP_REPLY`, and the socket's "answer" to the peer passes as `reply`:
+/// a full UDP channel to any address. The forged frame must never arrive, and the answer must
+/// be refused and never leave.
+#[test]
+fn a_forged_datagram_on_lo_opens_no_reply_path() {
+    let b = Bare::new();
+    let (_res, ino) = resident(&b.cg.path, Some(&b.sb.pod));
+    b.wait_covered(ino, "lo");
+    let peer = SocketAddr::new(b.sb.forbidden4(), OTHER_UDP).to_string();
+    let pod4 = b.sb.pod4().to_string();
+    // Control, outside any identity: the forged datagram is delivered on this kernel (so the
+    // attack is real and the test can fail).
+    let p = payload("rt-spoof-outside");
+    let r = probe(
+        None,
+        Some(&b.sb.pod),
+        &["spoof-reply", "47011", &pod4, &peer],
+        &p,
+    );
+    assert_eq!(r["received_from"], peer.as_str(), "control: {r}");
+    // The identity: same steps.
+    let p = payload("rt-spoof");
+    let r = probe(
+        Some(&b.cg.path),
+        Some(&b.sb.pod),
+        &["spoof-reply", "47012", &pod4, &peer],
+        &p,
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        b.sb.received.with_payload(&p),
+        0,
+        "the answer to a forged peer left the pod: {r}"
+    );
+    assert!(
+        r["received_from"].is_null(),
+        "the forged datagram reached the identity's socket: {r}"
+    );
+    assert!(eperm(&r["answer"]), "the answer was not refused: {r}");
+}
