@@ -14,6 +14,7 @@ pub mod daemon;
 pub mod dns;
 pub mod fqdn;
 pub mod inventory;
+pub mod k8s;
 pub mod metrics;
 pub mod options;
 pub mod peer;

@@ -34,4 +34,6 @@ pub struct Options {
     pub dns_refresh: Duration,
     /// `toFQDN` rules: DNS proxy and learning.
     pub fqdn: crate::fqdn::cli::FqdnOptions,
+    /// Kubernetes: pod identities from the API server, policy from an `EgressPolicy`.
+    pub kube: Option<crate::k8s::KubeOptions>,
 }

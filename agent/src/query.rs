@@ -103,9 +103,8 @@ impl Queryable for FlowRecord {
             reason: &self.reason,
             dst: self.dst.as_deref(),
             verdict: &self.verdict,
-            // Pod fields arrive with pod identities; until then no record has them.
-            namespace: None,
-            pod: None,
+            namespace: self.namespace.as_deref(),
+            pod: self.pod.as_deref(),
         }
     }
 }
@@ -120,9 +119,8 @@ impl Queryable for Alert {
             reason: &self.reason,
             dst: self.dst.as_deref(),
             verdict: &self.verdict,
-            // Pod fields arrive with pod identities; until then no record has them.
-            namespace: None,
-            pod: None,
+            namespace: self.namespace.as_deref(),
+            pod: self.pod.as_deref(),
         }
     }
 }

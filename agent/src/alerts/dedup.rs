@@ -28,6 +28,13 @@ pub struct Alert {
     pub policy_generation: u32,
     pub pid: Option<u32>,
     pub comm: Option<String>,
+    /// On Kubernetes: the pod of the first attempt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 struct Pending {
@@ -91,6 +98,9 @@ impl Deduper {
                             policy_generation: r.policy_generation,
                             pid: r.pid,
                             comm: r.comm.clone(),
+                            namespace: r.namespace.clone(),
+                            pod: r.pod.clone(),
+                            service_account: r.service_account.clone(),
                         },
                         opened: Instant::now(),
                     },

@@ -38,6 +38,21 @@ pub struct FlowRecord {
     /// For `reason: "fqdn"`: the name whose answer allowed the destination.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fqdn: Option<String>,
+    /// On Kubernetes: the pod's namespace, name and service account.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
+}
+
+/// The pod behind a cgroup (Kubernetes).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PodRef {
+    pub namespace: String,
+    pub pod: String,
+    pub service_account: String,
 }
 
 /// What enrichment needs to know about the identities of a generation.
@@ -48,6 +63,10 @@ pub trait Names {
     fn cgroup(&mut self, id: u64) -> Option<String>;
     /// The looked-up name that allowed `addr` under a `toFQDN` rule.
     fn fqdn_name(&self, _identity: &str, _addr: std::net::IpAddr, _rule: u32) -> Option<String> {
+        None
+    }
+    /// The pod a cgroup path belongs to.
+    fn pod(&self, _cgroup: &str) -> Option<PodRef> {
         None
     }
 }
@@ -102,6 +121,12 @@ pub fn enrich(ev: &Event, node: &str, names: &mut dyn Names) -> FlowRecord {
         None
     };
     let src_known = has_addr && ev.saddr != [0u8; 16];
+    let cgroup = names.cgroup(ev.cgroup_id);
+    let pod = cgroup.as_deref().and_then(|c| names.pod(c));
+    let (namespace, pod, service_account) = match pod {
+        Some(p) => (Some(p.namespace), Some(p.pod), Some(p.service_account)),
+        None => (None, None, None),
+    };
     FlowRecord {
         schema: SCHEMA_VERSION,
         time: util::rfc3339_ns(util::boot_to_wall_ns(ev.time_ns)),
@@ -113,7 +138,7 @@ pub fn enrich(ev: &Event, node: &str, names: &mut dyn Names) -> FlowRecord {
         } else {
             None
         },
-        cgroup: names.cgroup(ev.cgroup_id),
+        cgroup,
         pid: (pid != 0).then_some(pid),
         comm: (!comm.is_empty()).then_some(comm),
         uid: (ev.pid_tgid != 0 || ev.uid_gid != 0).then_some(ev.uid_gid as u32),
@@ -137,6 +162,9 @@ pub fn enrich(ev: &Event, node: &str, names: &mut dyn Names) -> FlowRecord {
             .into(),
         ),
         count: None,
+        namespace,
+        pod,
+        service_account,
     }
 }
 
@@ -166,6 +194,9 @@ pub fn lost_record(node: &str, count: u64, why: &str, generation: u32) -> FlowRe
         mode: None,
         count: Some(count),
         fqdn: None,
+        namespace: None,
+        pod: None,
+        service_account: None,
     }
 }
 

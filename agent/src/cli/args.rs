@@ -430,4 +430,19 @@ pub struct DaemonArgs {
     pub dns_refresh: Option<String>,
     #[command(flatten)]
     pub fqdn: crate::fqdn::cli::FqdnArgs,
+    /// Kubernetes: resolve `selector.pod` from the API server (a watcher of this node's pods and
+    /// of namespaces; credentials from KUBECONFIG or the pod's ServiceAccount).
+    #[arg(long)]
+    pub kube: bool,
+    /// This node's name (default: $NODE_NAME, else the host name).
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// Apply the cluster-scoped `EgressPolicy` of this name, following its changes (implies
+    /// --kube).
+    #[arg(long)]
+    pub kube_policy: Option<String>,
+    /// Kubelet `--cgroup-root` under which pod cgroups live (repeatable; default `/` and kind's
+    /// `/kubelet`).
+    #[arg(long)]
+    pub kube_cgroup_prefix: Vec<String>,
 }

@@ -34,6 +34,11 @@ struct ConfigFile {
     attest_group: Option<String>,
     attest_addr: Option<String>,
     dns_refresh: Option<String>,
+    kube: Option<bool>,
+    node_name: Option<String>,
+    kube_policy: Option<String>,
+    #[serde(default)]
+    kube_cgroup_prefixes: Vec<String>,
 }
 
 impl DaemonArgs {
@@ -57,6 +62,33 @@ impl DaemonArgs {
             .alert_window
             .or(cfg.alert_window)
             .unwrap_or_else(|| "5s".into());
+        let kube_policy = self.kube_policy.or(cfg.kube_policy);
+        let kube = (self.kube || cfg.kube.unwrap_or(false) || kube_policy.is_some()).then(|| {
+            let mut prefixes = self.kube_cgroup_prefix;
+            if prefixes.is_empty() {
+                prefixes = cfg.kube_cgroup_prefixes;
+            }
+            crate::k8s::KubeOptions {
+                node_name: self
+                    .node_name
+                    .or(cfg.node_name)
+                    .unwrap_or_else(util::node_name),
+                policy: kube_policy,
+                cgroup_prefixes: if prefixes.is_empty() {
+                    crate::k8s::default_prefixes()
+                } else {
+                    prefixes
+                        .iter()
+                        .map(|p| {
+                            p.split('/')
+                                .filter(|c| !c.is_empty())
+                                .map(str::to_string)
+                                .collect()
+                        })
+                        .collect()
+                },
+            }
+        });
         let mut tc = self.tc_iface;
         if tc.is_empty() {
             tc = cfg.tc_ifaces;
@@ -121,6 +153,7 @@ impl DaemonArgs {
                 )
                 .map_err(|e| anyhow::anyhow!("--dns-refresh: {e}"))?,
                 fqdn: self.fqdn.resolve()?,
+                kube,
             },
             self.log_format
                 .or(cfg.log_format)

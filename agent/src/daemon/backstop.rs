@@ -31,11 +31,24 @@ pub(crate) fn start(shared: Arc<Shared>) -> std::io::Result<()> {
             while !shared.shutting_down.load(Ordering::Relaxed) {
                 let identities: Vec<(String, PathBuf)> = {
                     let a = shared.active.read().expect("active lock");
-                    a.policy
+                    let mut v: Vec<(String, PathBuf)> = a
+                        .policy
                         .identities
                         .iter()
+                        .filter(|i| i.pod.is_none() && !i.unresolved)
                         .map(|i| (i.name.clone(), shared.opts.cgroup_root.join(&i.cgroup_path)))
-                        .collect()
+                        .collect();
+                    // Pod identities: each pod cgroup they cover now.
+                    if let Some(p) = &shared.pods {
+                        for b in p.bindings(&shared.opts.cgroup_root, &a.policy) {
+                            if let Some(i) =
+                                a.policy.identities.iter().find(|i| i.id == b.binding.ident)
+                            {
+                                v.push((i.name.clone(), shared.opts.cgroup_root.join(&b.path)));
+                            }
+                        }
+                    }
+                    v
                 };
                 let covers = bs.sync(&identities);
                 *shared.backstop.lock().expect("backstop lock") = Some(covers);

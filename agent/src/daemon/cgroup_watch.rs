@@ -27,6 +27,7 @@ impl Shared {
             .policy
             .identities
             .iter()
+            .filter(|i| i.pod.is_none() && !i.unresolved)
             .map(|i| {
                 let mut p = self.opts.cgroup_root.join(&i.cgroup_path);
                 p.pop();
@@ -34,6 +35,11 @@ impl Shared {
                 p
             })
             .collect();
+        if a.policy.has_pod_identities()
+            && let Some(p) = &self.pods
+        {
+            dirs.extend(p.watch_dirs(&self.opts.cgroup_root));
+        }
         dirs.sort();
         dirs.dedup();
         dirs

@@ -34,4 +34,12 @@ impl Names for EnrichNames<'_> {
     fn fqdn_name(&self, identity: &str, addr: std::net::IpAddr, rule: u32) -> Option<String> {
         self.shared.fqdn.name_for(identity, addr, rule)
     }
+    fn pod(&self, cgroup: &str) -> Option<crate::audit::record::PodRef> {
+        let p = self.shared.pods.as_ref()?.cache.pod_of_cgroup(cgroup)?;
+        Some(crate::audit::record::PodRef {
+            namespace: p.namespace.clone(),
+            pod: p.name.clone(),
+            service_account: p.service_account.clone(),
+        })
+    }
 }

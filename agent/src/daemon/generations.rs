@@ -12,18 +12,25 @@ use crate::{
     audit::{self, AuditEvent},
     bpf::IdentBinding,
     cgroup,
+    k8s::PodBinder,
     peer::Who,
     policy::CompiledPolicy,
     state::GenerationMeta,
     util,
 };
 
-/// Resolves every identity's selector to its cgroup id; missing cgroups are skipped (the
-/// reconciler binds them when they appear).
-pub(crate) fn bind(root: &Path, policy: &CompiledPolicy) -> Vec<IdentBinding> {
-    policy
+/// Resolves every identity's selector to its cgroup id (pod selectors to pod cgroups through
+/// the pod watcher's cache); missing cgroups are skipped (the reconciler binds them when they
+/// appear).
+pub(crate) fn bind(
+    root: &Path,
+    policy: &CompiledPolicy,
+    pods: Option<&PodBinder>,
+) -> Vec<IdentBinding> {
+    let mut out: Vec<IdentBinding> = policy
         .identities
         .iter()
+        .filter(|id| id.pod.is_none() && !id.unresolved)
         .filter_map(|id| {
             let path = root.join(&id.cgroup_path);
             cgroup::id_of(&path).ok().map(|cgroup_id| IdentBinding {
@@ -32,7 +39,11 @@ pub(crate) fn bind(root: &Path, policy: &CompiledPolicy) -> Vec<IdentBinding> {
                 mode: id.mode.code(),
             })
         })
-        .collect()
+        .collect();
+    if let Some(p) = pods {
+        out.extend(p.bindings(root, policy).into_iter().map(|b| b.binding));
+    }
+    out
 }
 
 pub(crate) fn same_bindings(a: &[IdentBinding], b: &[IdentBinding]) -> bool {
@@ -51,8 +62,20 @@ impl Shared {
         who: &Who,
     ) -> anyhow::Result<u32> {
         let t0 = Instant::now();
+        if policy.has_pod_identities() {
+            match &self.pods {
+                None => anyhow::bail!(
+                    "the policy selects pods, which needs the daemon's Kubernetes integration (`--kube`: pod identities from the API server); nothing changed"
+                ),
+                Some(p) if !p.cache.wait_synced(crate::k8s::SYNC_TIMEOUT) => anyhow::bail!(
+                    "the pod watcher has not listed this node's pods within {}s (is the API server reachable?); nothing changed",
+                    crate::k8s::SYNC_TIMEOUT.as_secs()
+                ),
+                Some(_) => {}
+            }
+        }
         let policy = Arc::new(policy);
-        let bindings = bind(&self.opts.cgroup_root, &policy);
+        let bindings = bind(&self.opts.cgroup_root, &policy, self.pods.as_deref());
         let store = self.store.lock().expect("store lock");
         let mut maps = self.maps.lock().expect("maps lock");
         let (previous, old_policy) = {
@@ -166,7 +189,7 @@ impl Shared {
             let a = self.active.read().expect("active lock");
             (a.policy.clone(), a.generation, a.bindings.clone())
         };
-        let now = bind(&self.opts.cgroup_root, &policy);
+        let now = bind(&self.opts.cgroup_root, &policy, self.pods.as_deref());
         if same_bindings(&now, &old) {
             return;
         }

@@ -1,6 +1,6 @@
 //! The API's request handlers: what each command does to the daemon's state.
 
-use anyhow::bail;
+use anyhow::{Context, bail};
 use serde_json::json;
 
 use super::{Shared, compile_cached};
@@ -23,7 +23,9 @@ pub(crate) fn handle_request(
             let p = compile_cached(&shared.dns, &file, source.as_bytes())
                 .map_err(|e| anyhow::anyhow!("{e}"))?;
             let previous = shared.active.read().expect("active lock").generation;
-            let g = shared.apply(p, "apply", &who)?;
+            let g = shared
+                .apply(p, "apply", &who)
+                .with_context(|| format!("{file}:1:1"))?;
             let a = shared.active.read().expect("active lock");
             Ok(json!({"generation": g, "previous": previous, "digest": a.policy.digest}))
         }

@@ -178,7 +178,26 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let start_policy = Arc::new(start_policy);
     generations.insert(start_gen, start_policy.clone());
-    let bindings = bind(&opts.cgroup_root, &start_policy);
+    // SAFETY: eventfd has no preconditions; -1 (failure) is handled by the watcher's poll.
+    let rearm_fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    // Kubernetes: the client and the pod cache exist before anything binds.
+    let (kube_client, pods) = match &opts.kube {
+        Some(k) => {
+            let client = crate::k8s::client().await.context(
+                "configuring the Kubernetes client (KUBECONFIG, or the pod's ServiceAccount)",
+            )?;
+            let cache = Arc::new(crate::k8s::pods::PodCache::new(move || {
+                let one: u64 = 1;
+                // SAFETY: writing 8 bytes to our eventfd wakes the cgroup watcher (re-bind).
+                unsafe { libc::write(rearm_fd, std::ptr::from_ref(&one).cast(), 8) };
+            }));
+            let binder =
+                crate::k8s::PodBinder::new(cache, &opts.cgroup_root, k.cgroup_prefixes.clone());
+            (Some(client), Some(Arc::new(binder)))
+        }
+        None => (None, None),
+    };
+    let bindings = bind(&opts.cgroup_root, &start_policy, pods.as_deref());
 
     // Load/adopt. A fresh install is filled before any program attaches.
     let installed_before = bpf::pins::is_installed(&opts.bpffs);
@@ -243,7 +262,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let (flow_tx, _) = broadcast::channel(16_384);
     let (alert_tx, _) = broadcast::channel(1024);
     let shared = Arc::new(Shared {
-        node: util::node_name(),
+        node: opts
+            .kube
+            .as_ref()
+            .map(|k| k.node_name.clone())
+            .unwrap_or_else(util::node_name),
         maps: Mutex::new(policy),
         stats: Mutex::new(stats),
         attest: Mutex::new(attest),
@@ -270,9 +293,9 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         inventory: Mutex::new(inventory),
         inventory_dirty: AtomicBool::new(false),
         fqdn: fqdn.clone(),
-        // SAFETY: eventfd has no preconditions; -1 (failure) is handled by the watcher's poll.
-        rearm_fd: unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) },
         backstop: Mutex::new(None),
+        rearm_fd,
+        pods: pods.clone(),
         opts: opts.clone(),
     });
     backstop::start(shared.clone()).context("starting the per-netns TC backstop")?;
@@ -283,6 +306,52 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .name("cgroup-watch".into())
             .spawn(move || watch_cgroups(s))
             .context("starting the cgroup watcher")?;
+    }
+
+    let mut set = tokio::task::JoinSet::new();
+    if let (Some(client), Some(binder), Some(k)) = (&kube_client, &pods, &opts.kube) {
+        set.spawn(crate::k8s::pods::run(
+            client.clone(),
+            k.node_name.clone(),
+            binder.cache.clone(),
+        ));
+        // A policy with pod identities waits for the first list (apply checks it too).
+        let t0 = std::time::Instant::now();
+        while !binder.cache.synced() && t0.elapsed() < crate::k8s::SYNC_TIMEOUT {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        if !binder.cache.synced() {
+            warn!(
+                "the pod watcher has not listed this node's pods yet; pod identities bind when it has"
+            );
+        }
+        if let Some(name) = &k.policy {
+            let s = shared.clone();
+            let apply = Arc::new(move |label: String, doc: String| {
+                use crate::k8s::policy_source::Outcome;
+                let p = match compile_cached(&s.dns, &label, doc.as_bytes()) {
+                    Ok(p) => p,
+                    Err(e) => return Outcome::Rejected(e.to_string()),
+                };
+                let (generation, digest) = {
+                    let a = s.active.read().expect("active lock");
+                    (a.generation, a.policy.digest.clone())
+                };
+                if p.digest == digest {
+                    return Outcome::Unchanged(generation);
+                }
+                match s.apply(p, "kubernetes", &crate::peer::Who::daemon()) {
+                    Ok(g) => Outcome::Applied(g),
+                    Err(e) => Outcome::Rejected(format!("{e:#}")),
+                }
+            });
+            set.spawn(crate::k8s::policy_source::run(
+                client.clone(),
+                name.clone(),
+                k.node_name.clone(),
+                apply,
+            ));
+        }
     }
 
     // --policy: apply when it differs from the active generation.
@@ -296,7 +365,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
 
     // Consumers before anything else can produce records for them.
-    let mut set = tokio::task::JoinSet::new();
     for (what, sink) in [("audit log", audit), ("alert log", alert_log)] {
         set.spawn(async move {
             if let Err(e) = sink.run_sync().await {

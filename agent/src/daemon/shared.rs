@@ -84,6 +84,8 @@ pub struct Shared {
     pub(super) rearm_fd: i32,
     /// What the per-netns TC backstop covers, per identity name (`None`: it could not start).
     pub(super) backstop: Mutex<Option<BTreeMap<String, Vec<crate::bpf::backstop::NetnsCover>>>>,
+    /// Pod identities (with `--kube`).
+    pub(super) pods: Option<Arc<crate::k8s::PodBinder>>,
 }
 
 /// Compiled generations kept in memory to name identities and rules in records.
@@ -97,6 +99,7 @@ pub(crate) fn empty_policy() -> CompiledPolicy {
         gateways: Vec::new(),
         identities: Vec::new(),
         resolved: BTreeMap::new(),
+        unresolved_pods: Default::default(),
         source: String::new(),
     }
 }

@@ -61,7 +61,13 @@ impl Shared {
             .identities
             .iter()
             .map(|i| {
-                let bound = a.bindings.iter().any(|b| b.ident == i.id);
+                // A pod identity covers however many pods it selects now, none included; it is
+                // enforcing when the programs are and the pod watcher has listed the node.
+                let bound = if i.pod.is_some() || i.unresolved {
+                    self.pods.as_ref().is_some_and(|p| p.cache.synced())
+                } else {
+                    a.bindings.iter().any(|b| b.ident == i.id)
+                };
                 (i.name.clone(), core && gen_ok && bound)
             })
             .collect()
@@ -103,11 +109,43 @@ impl Shared {
     pub(crate) fn identities_json(&self) -> serde_json::Value {
         let a = self.active.read().expect("active lock");
         let enforcing: HashMap<String, bool> = self.enforcing().into_iter().collect();
+        let pod_bindings = self
+            .pods
+            .as_ref()
+            .map(|p| p.bindings(&self.opts.cgroup_root, &a.policy))
+            .unwrap_or_default();
         let list: Vec<serde_json::Value> = a
             .policy
             .identities
             .iter()
             .map(|i| {
+                if i.pod.is_some() || i.unresolved {
+                    let covered: Vec<serde_json::Value> = pod_bindings
+                        .iter()
+                        .filter(|b| b.binding.ident == i.id)
+                        .map(|b| {
+                            json!({
+                                "namespace": b.pod.as_ref().map(|p| &p.namespace),
+                                "pod": b.pod.as_ref().map(|p| &p.name),
+                                "service_account": b.pod.as_ref().map(|p| &p.service_account),
+                                "cgroup": format!("/{}", b.path),
+                                "cgroup_id": b.binding.cgroup_id,
+                            })
+                        })
+                        .collect();
+                    return json!({
+                        "name": i.name,
+                        "tenant": i.tenant,
+                        "mode": i.mode,
+                        "selector": {"pod": i.pod},
+                        "pods": covered,
+                        "cgroups": covered.len(),
+                        "gateways": i.gateways,
+                        "rules": i.rules,
+                        "destinations": i.entries.len(),
+                        "enforcing": enforcing.get(&i.name).copied().unwrap_or(false),
+                    });
+                }
                 let path = self.opts.cgroup_root.join(&i.cgroup_path);
                 let cgroups = count_cgroups(&path);
                 json!({
@@ -201,6 +239,19 @@ impl Shared {
             "bpffs": self.opts.bpffs,
             "cgroup_root": self.opts.cgroup_root,
             "tc_ifaces": self.opts.tc_ifaces,
+            "kubernetes": self.pods.as_ref().map(|p| {
+                let (pods, namespaces) = p.cache.counts();
+                json!({
+                    "node": self.opts.kube.as_ref().map(|k| &k.node_name),
+                    "policy": self.opts.kube.as_ref().and_then(|k| k.policy.as_ref()),
+                    "synced": p.cache.synced(),
+                    "pods": pods,
+                    "namespaces": namespaces,
+                    "lists": p.cache.lists.load(Ordering::Relaxed),
+                    "watch_errors": p.cache.errors.load(Ordering::Relaxed),
+                    "unresolved_pods": a.policy.unresolved_pods,
+                })
+            }),
         })
     }
 

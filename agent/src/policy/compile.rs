@@ -10,9 +10,11 @@ use serde::Serialize;
 use serde_saphyr::Spanned;
 use sha2::{Digest, Sha256};
 
+use crate::k8s::selector::{self, LabelMatch, NamespaceMatch, PodMatch, Requirement};
+
 use super::{
     fqdn::{FqdnPattern, parse_pattern},
-    model::PolicyDoc,
+    model::{LabelExpression, PodSelector, PolicyDoc},
     parse::{
         Cidr, PortSpec, Resolver, parse_cidr, parse_endpoint_with, parse_ports, system_resolve,
     },
@@ -83,8 +85,16 @@ pub struct CompiledIdentity {
     pub name: String,
     pub tenant: Option<String>,
     pub mode: Mode,
-    /// Selector path relative to the cgroup root, without leading or trailing `/`.
+    /// Selector path relative to the cgroup root, without leading or trailing `/` (empty for a
+    /// pod selector).
     pub cgroup_path: String,
+    /// `selector.pod`, compiled: resolved to pod cgroups by the daemon's pod watcher.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodMatch>,
+    /// The identity the daemon gives pod cgroups whose pod is not known yet
+    /// (`spec.defaults.unresolvedPods`); not written in the document.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub unresolved: bool,
     pub gateways: Vec<String>,
     /// Labels of the allow rules, by rule index.
     pub rules: Vec<String>,
@@ -143,11 +153,37 @@ pub struct CompiledPolicy {
     pub identities: Vec<CompiledIdentity>,
     /// Gateway host names and the addresses compiled in for them.
     pub resolved: BTreeMap<String, Vec<std::net::IpAddr>>,
+    /// `spec.defaults.unresolvedPods`.
+    pub unresolved_pods: UnresolvedPods,
     #[serde(skip)]
     pub source: String,
 }
 
+/// `spec.defaults.unresolvedPods`: what a pod cgroup may reach before its pod is known.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnresolvedPods {
+    /// The gateways the policy's pod identities use, nothing else.
+    #[default]
+    GatewayOnly,
+    /// Nothing.
+    Deny,
+    /// Everything (the cgroup is not bound until its pod is known).
+    Allow,
+}
+
+/// Name of the identity of not-yet-known pods.
+pub const UNRESOLVED_IDENTITY: &str = "(unresolved pod)";
+
 impl CompiledPolicy {
+    /// Whether any identity selects pods.
+    pub fn has_pod_identities(&self) -> bool {
+        self.identities.iter().any(|i| i.pod.is_some())
+    }
+    /// The identity of not-yet-known pods, when the policy binds them.
+    pub fn unresolved_identity(&self) -> Option<&CompiledIdentity> {
+        self.identities.iter().find(|i| i.unresolved)
+    }
     /// Number of destination prefixes across identities.
     pub fn prefix_count(&self) -> usize {
         self.identities.iter().map(|i| i.entries.len()).sum()
@@ -384,6 +420,12 @@ fn compile_doc(
         let name = id.name.value.trim().to_string();
         if name.is_empty() {
             cx.at(&id.name, format!("{field}.name"), "must not be empty");
+        } else if name == UNRESOLVED_IDENTITY {
+            cx.at(
+                &id.name,
+                format!("{field}.name"),
+                format!("`{UNRESOLVED_IDENTITY}` is reserved for pods not known yet"),
+            );
         } else if let Some(prev) = names.insert(name.clone(), ii) {
             cx.at(
                 &id.name,
@@ -406,6 +448,7 @@ fn compile_doc(
         };
         let sel = &id.selector;
         let mut cgroup_path = String::new();
+        let mut pod = None;
         match (&sel.value.cgroup_path, &sel.value.pod) {
             (Some(p), None) => match norm_cgroup_path(&p.value) {
                 Ok(n) => {
@@ -421,10 +464,20 @@ fn compile_doc(
                 }
                 Err(m) => cx.at(p, format!("{field}.selector.cgroupPath"), m),
             },
-            (None, Some(p)) => cx.at(p, format!("{field}.selector.pod"),
-                "pod selectors need the Kubernetes integration, which this build does not include; select the pod's cgroup with cgroupPath"),
-            (Some(p), Some(_)) => cx.at(p, format!("{field}.selector"), "give either cgroupPath or pod, not both"),
-            (None, None) => cx.at(sel, format!("{field}.selector"), "a selector needs cgroupPath"),
+            (None, Some(p)) => match compile_pod_selector(&p.value) {
+                Ok(m) => pod = Some(m),
+                Err((what, m)) => cx.at(p, format!("{field}.selector.pod{what}"), m),
+            },
+            (Some(p), Some(_)) => cx.at(
+                p,
+                format!("{field}.selector"),
+                "give either cgroupPath or pod, not both",
+            ),
+            (None, None) => cx.at(
+                sel,
+                format!("{field}.selector"),
+                "a selector needs cgroupPath or pod",
+            ),
         }
 
         let mut raw: BTreeMap<Cidr, BTreeSet<(PortSpec, u8, u32)>> = BTreeMap::new();
@@ -566,6 +619,8 @@ fn compile_doc(
             tenant: id.tenant.as_ref().map(|t| t.value.clone()),
             mode,
             cgroup_path,
+            pod,
+            unresolved: false,
             gateways: gws,
             rules,
             fqdn: fqdn_rules,
@@ -575,6 +630,71 @@ fn compile_doc(
                 .map(|(c, v)| (c, v.into_iter().take(MAX_PORT_ENTRIES).collect()))
                 .collect(),
             ingress_from,
+        });
+    }
+    // Pods not known yet: an extra identity after the document's (ids stay positions).
+    let unresolved_pods = match doc
+        .spec
+        .defaults
+        .as_ref()
+        .and_then(|d| d.unresolved_pods.as_ref())
+    {
+        None => UnresolvedPods::GatewayOnly,
+        Some(v) => match v.value.as_str() {
+            "gateway-only" => UnresolvedPods::GatewayOnly,
+            "deny" => UnresolvedPods::Deny,
+            "allow" => UnresolvedPods::Allow,
+            other => {
+                cx.at(
+                    v,
+                    "spec.defaults.unresolvedPods",
+                    format!("unknown value `{other}` (expected gateway-only, deny or allow)"),
+                );
+                UnresolvedPods::GatewayOnly
+            }
+        },
+    };
+    if unresolved_pods != UnresolvedPods::Allow && compiled.iter().any(|i| i.pod.is_some()) {
+        let mut gws: Vec<String> = Vec::new();
+        let mut raw: BTreeMap<Cidr, BTreeSet<(PortSpec, u8, u32)>> = BTreeMap::new();
+        if unresolved_pods == UnresolvedPods::GatewayOnly {
+            for g in compiled
+                .iter()
+                .filter(|i| i.pod.is_some())
+                .flat_map(|i| &i.gateways)
+            {
+                if gws.contains(g) {
+                    continue;
+                }
+                gws.push(g.clone());
+                if let Some(&idx) = gw_index.get(g) {
+                    for (c, p) in &gw_endpoints[idx] {
+                        raw.entry(*c)
+                            .or_default()
+                            .insert((*p, kind::GATEWAY, idx as u32));
+                    }
+                }
+            }
+        }
+        let entries = merge_ancestors(&raw);
+        prefixes += entries.len();
+        compiled.push(CompiledIdentity {
+            id: compiled.len() as u32 + 1,
+            name: UNRESOLVED_IDENTITY.into(),
+            tenant: None,
+            mode: Mode::Enforce,
+            cgroup_path: String::new(),
+            pod: None,
+            unresolved: true,
+            ingress_from: None,
+            fqdn: Vec::new(),
+            resolvers: Vec::new(),
+            gateways: gws,
+            rules: Vec::new(),
+            entries: entries
+                .into_iter()
+                .map(|(c, v)| (c, v.into_iter().take(MAX_PORT_ENTRIES).collect()))
+                .collect(),
         });
     }
     if prefixes > MAX_PREFIXES {
@@ -610,7 +730,65 @@ fn compile_doc(
         gateways: gw_names,
         identities: compiled,
         resolved,
+        unresolved_pods,
         source: text.to_string(),
+    })
+}
+
+fn compile_expressions(
+    what: &str,
+    exprs: &[LabelExpression],
+) -> Result<Vec<Requirement>, (String, String)> {
+    exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            Requirement::new(&e.key, &e.operator, &e.values)
+                .map_err(|m| (format!("{what}.matchExpressions[{i}]"), m))
+        })
+        .collect()
+}
+
+/// Compiles `selector.pod`; an error names the sub-field (`.namespace`, …) and what is wrong.
+fn compile_pod_selector(p: &PodSelector) -> Result<PodMatch, (String, String)> {
+    let namespace = match (&p.namespace, &p.namespace_selector) {
+        (Some(n), None) => {
+            selector::validate_name("namespace", n, false).map_err(|m| (".namespace".into(), m))?;
+            NamespaceMatch::Name(n.clone())
+        }
+        (None, Some(s)) => NamespaceMatch::Selector(
+            LabelMatch::new(
+                &s.match_labels,
+                compile_expressions(".namespaceSelector", &s.match_expressions)?,
+            )
+            .map_err(|m| (".namespaceSelector.matchLabels".into(), m))?,
+        ),
+        (Some(_), Some(_)) => {
+            return Err((
+                String::new(),
+                "give either namespace or namespaceSelector, not both".into(),
+            ));
+        }
+        (None, None) => {
+            return Err((
+                String::new(),
+                "a pod selector needs namespace or namespaceSelector".into(),
+            ));
+        }
+    };
+    let labels = LabelMatch::new(
+        &p.match_labels,
+        compile_expressions("", &p.match_expressions)?,
+    )
+    .map_err(|m| (".matchLabels".into(), m))?;
+    if let Some(sa) = &p.service_account {
+        selector::validate_name("service account", sa, true)
+            .map_err(|m| (".serviceAccount".into(), m))?;
+    }
+    Ok(PodMatch {
+        namespace,
+        labels,
+        service_account: p.service_account.clone(),
     })
 }
 
