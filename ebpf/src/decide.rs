@@ -3,13 +3,15 @@
 use core::{ffi::c_void, ptr};
 
 use aya_ebpf::{
-    bindings::BPF_SK_STORAGE_GET_F_CREATE,
+    bindings::{
+        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SK_STORAGE_GET_F_CREATE,
+    },
     helpers::{bpf_ktime_get_boot_ns, generated::bpf_sk_storage_get},
 };
 use chokepoint_common::{
-    CgCache, Config, Event, IdentKey, LPM_DATA_LEN, LPM_HEADER_BITS, MAX_CGROUP_DEPTH,
-    MAX_GRANT_ENTRIES, MAX_PORT_ENTRIES, MODE_AUDIT, MODE_NONE, PROTO_ANY, STAT_LOST, SockTag,
-    kind, reason, stat_index, verdict,
+    CgCache, Config, EVENTS_BYTES, Event, IdentKey, LPM_DATA_LEN, LPM_HEADER_BITS,
+    MAX_CGROUP_DEPTH, MAX_GRANT_ENTRIES, MAX_PORT_ENTRIES, MODE_AUDIT, MODE_NONE, PROTO_ANY,
+    STAT_LOST, SockTag, kind, reason, stat_index, verdict,
 };
 
 use crate::maps::{
@@ -290,6 +292,34 @@ fn count(index: u32) {
     }
 }
 
+/// Pending bytes in the ring at which a record wakes the consumer whatever its verdict: 1/8 and
+/// 1/2 of the ring.
+const WAKE_AT: [u64; 2] = [EVENTS_BYTES as u64 / 8, EVENTS_BYTES as u64 / 2];
+/// Width of the band above a [`WAKE_AT`] mark in which a record wakes (a few records, so
+/// concurrent producers cannot all step over it).
+const WAKE_BAND: u64 = 1024;
+
+/// How a record notifies the consumer. A denial or audit wakes it when it had caught up
+/// (adaptive: alerts are prompt). An allowed flow does not (the consumer also drains on its own
+/// 10-100 ms timer): a wakeup is an irq_work self-interrupt on the CPU of the connecting task,
+/// which on a VM is an exit, and it was a large part of the allowed connect's cost. A record
+/// that brings the pending bytes into a [`WAKE_AT`] band wakes it whatever the verdict, so a
+/// burst is drained long before the ring is full (edge-triggered: a wakeup per record above
+/// the mark would cost every record an interrupt).
+#[inline(always)]
+fn wakeup_flags(verdict_code: u8) -> u64 {
+    let pending = CP_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    if (pending >= WAKE_AT[0] && pending < WAKE_AT[0] + WAKE_BAND)
+        || (pending >= WAKE_AT[1] && pending < WAKE_AT[1] + WAKE_BAND)
+    {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else if verdict_code == verdict::DENY || verdict_code == verdict::AUDIT {
+        0
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
 /// Counts a decision and writes its record straight into the ring buffer (no copy on the BPF
 /// stack): the slot is zeroed, `verdict`/`reason` set, then `fill` writes the rest. A failed
 /// reserve is counted, never silent.
@@ -306,8 +336,7 @@ pub fn record<F: FnOnce(&mut Event)>(verdict_code: u8, reason_code: u8, fill: F)
             ev.verdict = verdict_code;
             ev.reason = reason_code;
             fill(ev);
-            // Adaptive notification: the consumer is woken only when it had caught up.
-            slot.submit(0);
+            slot.submit(wakeup_flags(verdict_code));
         }
         None => count(STAT_LOST),
     }

@@ -33,7 +33,7 @@ const SERVER: &str = "10.210.0.2";
 const CONFIGS: [&str; 4] = ["none", "nft-linear", "nft-set", "chokepoint"];
 
 /// `cargo xtask bench --help`.
-pub const HELP: &str = "usage: cargo xtask bench [--quick | --progs | --soak DURATION]
+pub const HELP: &str = "usage: cargo xtask bench [--quick] [--reps N] [--progs] [--soak DURATION]
 
 Builds release binaries, then measures what enforcement costs (needs root): a client cgroup in one
 network namespace, a server in another, joined by veth. Configurations interleaved within every
@@ -46,6 +46,7 @@ the daemon's footprint. Writes bench-results/bench-<time>.{json,md}.
 SIGINT/SIGTERM stop the run and clean up (daemon, namespaces, cgroups, bpf_stats).
 
   --quick   N = 10 only, 3 short repetitions (the CI smoke run; numbers are not judged)
+  --reps N  repetitions per figure (default 30, --quick 3)
   --progs   the per-program (bpf_stats) pass only, N = 10 and 1 identity (about a minute)
   --soak DURATION
             mixed load for DURATION (90s, 30m, 1h): connects, UDP, denials, a policy apply every
@@ -472,10 +473,10 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
         let mut v = Vec::new();
         let mut it = rest.iter();
         while let Some(a) = it.next() {
-            if a == "--soak"
+            if (a == "--soak" || a == "--reps")
                 && let Some(d) = it.next()
             {
-                v.push(format!("--soak={d}"));
+                v.push(format!("{a}={d}"));
             } else {
                 v.push(a.clone());
             }
@@ -484,8 +485,18 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
     };
     let mut quick = false;
     let mut progs_only = false;
+    let mut reps_arg: Option<usize> = None;
     for a in &rest {
         match a.as_str() {
+            other if other.starts_with("--reps=") => {
+                let n: usize = other["--reps=".len()..]
+                    .parse()
+                    .with_context(|| format!("{other}: expected a number of repetitions"))?;
+                if n == 0 {
+                    bail!("--reps must be at least 1");
+                }
+                reps_arg = Some(n);
+            }
             "--quick" => quick = true,
             "--progs" => progs_only = true,
             "--soak" => bail!("--soak needs a duration (e.g. --soak 30m)\n\n{HELP}"),
@@ -513,6 +524,8 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
     };
     let reps = if progs_only {
         0
+    } else if let Some(n) = reps_arg {
+        n
     } else if quick {
         3
     } else {

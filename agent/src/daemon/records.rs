@@ -32,10 +32,16 @@ pub(crate) async fn consume(
         .and_then(|v| v.parse::<u64>().ok())
         .map(Duration::from_millis);
     let limit = if delay.is_some() { 64 } else { 4096 };
-    // The kernel wakes us only when we had caught up (adaptive notification). After a wakeup we
-    // wait COALESCE before draining, so a busy workload costs at most ~200 wakeups/s and an idle
-    // one none.
+    // The kernel wakes us for denials and audits when we had caught up, and for every record once
+    // an eighth of the ring is pending; allowed flows never wake us (a wakeup is an interrupt on
+    // the connecting task's CPU). So we also drain on a timer: POLL_MIN after a drain that found
+    // records, doubling to POLL_MAX while the ring stays empty (an idle daemon wakes 10 times a
+    // second). After a wakeup we wait COALESCE before draining, so a busy workload costs at most
+    // ~200 wakeups/s.
     const COALESCE: Duration = Duration::from_millis(5);
+    const POLL_MIN: Duration = Duration::from_millis(10);
+    const POLL_MAX: Duration = Duration::from_millis(100);
+    let mut poll = POLL_MIN;
     // fsync of the audit log is the sink's task (at most every 100 ms while records flow, and
     // once more when they stop).
     let mut drained = true;
@@ -43,8 +49,10 @@ pub(crate) async fn consume(
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
         } else if drained {
-            afd.readable_mut().await?.clear_ready();
-            tokio::time::sleep(COALESCE).await;
+            if let Ok(ready) = tokio::time::timeout(poll, afd.readable_mut()).await {
+                ready?.clear_ready();
+                tokio::time::sleep(COALESCE).await;
+            }
         }
         drained = true;
         let mut records = Vec::new();
@@ -74,8 +82,10 @@ pub(crate) async fn consume(
             }
         }
         if records.is_empty() {
+            poll = (poll * 2).min(POLL_MAX);
             continue;
         }
+        poll = POLL_MIN;
         shared
             .metrics
             .delivered
