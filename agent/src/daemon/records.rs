@@ -48,11 +48,9 @@ pub(crate) async fn consume(
     loop {
         if let Some(d) = delay {
             tokio::time::sleep(d).await;
-        } else if drained {
-            if let Ok(ready) = tokio::time::timeout(poll, afd.readable_mut()).await {
-                ready?.clear_ready();
-                tokio::time::sleep(COALESCE).await;
-            }
+        } else if drained && let Ok(ready) = tokio::time::timeout(poll, afd.readable_mut()).await {
+            ready?.clear_ready();
+            tokio::time::sleep(COALESCE).await;
         }
         drained = true;
         let mut records = Vec::new();
