@@ -275,13 +275,13 @@ pub fn sock_tag(sk: *mut c_void, create: bool) -> *mut SockTag {
     unsafe { bpf_sk_storage_get(map, sk, ptr::null_mut(), flags) }.cast::<SockTag>()
 }
 
-/// Build variant of this object (`CHOKEPOINT_BUILD_VARIANT` at build time, default 1). It is
-/// counted with every record in an otherwise unused counter slot (verdict 0), which makes objects
-/// of different variants differ in their instructions: the upgrade tests use this to build "a
-/// different build" of the same source.
-const BUILD_VARIANT: u8 = match option_env!("CHOKEPOINT_BUILD_VARIANT") {
-    Some(v) if !v.is_empty() => v.as_bytes()[0].wrapping_sub(b'0') % reason::COUNT,
-    _ => 1,
+/// Build variant of this object, only in test builds: `CHOKEPOINT_BUILD_VARIANT` set at build time
+/// (xtask's variant build for the upgrade test). It is counted with every record in an otherwise
+/// unused counter slot (verdict 0), which makes objects of different variants differ in their
+/// instructions. Without it (every ordinary and release build) there is no such instruction.
+const BUILD_VARIANT: Option<u8> = match option_env!("CHOKEPOINT_BUILD_VARIANT") {
+    Some(v) if !v.is_empty() => Some(v.as_bytes()[0].wrapping_sub(b'0') % reason::COUNT),
+    _ => None,
 };
 
 /// Counts one decision.
@@ -326,7 +326,9 @@ fn wakeup_flags(verdict_code: u8) -> u64 {
 #[inline(always)]
 pub fn record<F: FnOnce(&mut Event)>(verdict_code: u8, reason_code: u8, fill: F) {
     count(stat_index(verdict_code, reason_code));
-    count(stat_index(0, BUILD_VARIANT));
+    if let Some(v) = BUILD_VARIANT {
+        count(stat_index(0, v));
+    }
     match CP_EVENTS.reserve::<Event>(0) {
         Some(mut slot) => {
             let p = slot.as_mut_ptr();

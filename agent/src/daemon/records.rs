@@ -26,11 +26,15 @@ pub(crate) async fn consume(
     let mut afd = unsafe { tokio::io::unix::AsyncFd::register(events) }
         .map_err(|e| anyhow::anyhow!("registering the ring buffer: {}", e.into_parts().1))?;
     let mut paths = PathCache::new(shared.opts.cgroup_root.clone());
-    // Test knob: slow the consumer down to exercise loss accounting.
+    // Test knob (builds with the `test-hooks` feature only): slow the consumer down to exercise
+    // loss accounting.
+    #[cfg(feature = "test-hooks")]
     let delay = std::env::var("CHOKEPOINT_CONSUMER_DELAY_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
         .map(Duration::from_millis);
+    #[cfg(not(feature = "test-hooks"))]
+    let delay: Option<Duration> = None;
     let limit = if delay.is_some() { 64 } else { 4096 };
     // The kernel wakes us for denials and audits when we had caught up, and for every record once
     // an eighth of the ring is pending; allowed flows never wake us (a wakeup is an interrupt on
