@@ -202,7 +202,9 @@ fn resolve_package(series: &str) -> anyhow::Result<String> {
         names = rd
             .filter_map(Result::ok)
             .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|n| is_series_image(n, series) && Path::new(CACHE).join(n).join(".done").exists())
+            .filter(|n| {
+                is_series_image(n, series) && Path::new(CACHE).join(n).join(".done").exists()
+            })
             .collect();
     }
     names.sort_by_key(|n| version_key(n));
@@ -220,7 +222,9 @@ struct KernelTree {
 
 impl KernelTree {
     fn vmlinuz(&self) -> PathBuf {
-        self.root.join("boot").join(format!("vmlinuz-{}", self.release))
+        self.root
+            .join("boot")
+            .join(format!("vmlinuz-{}", self.release))
     }
     fn modules(&self) -> PathBuf {
         self.root.join("lib/modules").join(&self.release)
@@ -254,13 +258,8 @@ fn fetch_kernel(series: &str) -> anyhow::Result<KernelTree> {
         fs::create_dir_all(&root)?;
         crate::run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
         let release = release_of(&root)?;
-        crate::run(
-            Command::new("depmod")
-                .arg("-b")
-                .arg(&root)
-                .arg(&release),
-        )
-        .context("depmod on the extracted kernel")?;
+        crate::run(Command::new("depmod").arg("-b").arg(&root).arg(&release))
+            .context("depmod on the extracted kernel")?;
         fs::remove_dir_all(&dl)?;
         fs::write(&done, &package)?;
     }
@@ -331,7 +330,10 @@ fn module_order(tree: &KernelTree, wanted: &[&str]) -> anyhow::Result<Vec<PathBu
             if is_builtin(&w) {
                 continue;
             }
-            bail!("{}: module {w} is neither built in nor a module", tree.package);
+            bail!(
+                "{}: module {w} is neither built in nor a module",
+                tree.package
+            );
         }
         visit(&w, &deps, &mut out, &mut seen);
     }
@@ -347,8 +349,15 @@ fn initramfs(tree: &KernelTree, work: &Path) -> anyhow::Result<PathBuf> {
     fs::copy("/bin/busybox", dir.join("bin/busybox")).context("busybox-static")?;
     let mut order = Vec::new();
     for m in module_order(tree, MODULES)? {
-        let name = m.file_name().unwrap_or_default().to_string_lossy().to_string();
-        let plain = name.trim_end_matches(".xz").trim_end_matches(".zst").to_string();
+        let name = m
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string();
+        let plain = name
+            .trim_end_matches(".xz")
+            .trim_end_matches(".zst")
+            .to_string();
         let dst = dir.join("modules").join(&plain);
         if name.ends_with(".xz") {
             let out = Command::new("xz").arg("-dc").arg(&m).output()?;
@@ -396,8 +405,11 @@ fn shell_quote(s: &str) -> String {
 
 fn run_script(suite: &Suite) -> String {
     let mut s = String::from("set -u\n");
-    s += &format!("cd {}\n", shell_quote(&crate::root().join("tests").to_string_lossy()));
-    s += "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1 TMPDIR=/tmp\n";
+    s += &format!(
+        "cd {}\n",
+        shell_quote(&crate::root().join("tests").to_string_lossy())
+    );
+    s += "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root RUST_BACKTRACE=1 TMPDIR=/tmp CP_TEST_TIME_SCALE=6 CP_REQUIRE_BPF_LSM=1\n";
     for (k, v) in [
         ("CHOKEPOINT_BIN", &suite.chokepoint),
         ("CP_PROBE_BIN", &suite.probe),
@@ -639,7 +651,10 @@ mod tests {
             "linux-image-6.1.0-57-cloud-amd64-unsigned",
             "6.1"
         ));
-        assert!(!is_series_image("linux-image-6.1.0-57-cloud-amd64-dbg", "6.1"));
+        assert!(!is_series_image(
+            "linux-image-6.1.0-57-cloud-amd64-dbg",
+            "6.1"
+        ));
         assert!(!is_series_image("linux-image-6.12-cloud-amd64", "6.12"));
         assert!(
             version_key("linux-image-6.1.0-57-cloud-amd64")
