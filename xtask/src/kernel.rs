@@ -297,10 +297,7 @@ fn module_order(tree: &KernelTree, wanted: &[&str]) -> anyhow::Result<Vec<PathBu
         .map(|(m, d)| {
             (
                 stem(m),
-                (
-                    m.to_string(),
-                    d.split_whitespace().map(|x| stem(x)).collect(),
-                ),
+                (m.to_string(), d.split_whitespace().map(&stem).collect()),
             )
         })
         .collect();
@@ -431,6 +428,38 @@ fn run_script(suite: &Suite) -> String {
     s
 }
 
+/// Hard links of the binaries the guest runs, so a rebuild on the host during the run (which
+/// replaces the files) does not pull them from under the guest (virtio-fs reports ESTALE).
+fn snapshot(suite: &Suite, dir: &Path) -> anyhow::Result<Suite> {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir)?;
+    let link = |p: &Path, name: &str| -> anyhow::Result<PathBuf> {
+        let dst = dir.join(name);
+        if fs::hard_link(p, &dst).is_err() {
+            fs::copy(p, &dst).with_context(|| format!("copying {}", p.display()))?;
+        }
+        Ok(dst)
+    };
+    let name = |p: &Path| {
+        p.file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .to_string()
+    };
+    Ok(Suite {
+        chokepoint: link(&suite.chokepoint, "chokepoint")?,
+        probe: link(&suite.probe, "cp-probe")?,
+        variant: link(&suite.variant, "chokepoint-variant")?,
+        executables: suite
+            .executables
+            .iter()
+            .map(|e| link(e, &name(e)))
+            .collect::<anyhow::Result<_>>()?,
+        threads: suite.threads,
+        filter: suite.filter.clone(),
+    })
+}
+
 /// Boots `series` and runs the suite in it.
 pub fn run_guest(series: &str, suite: &Suite) -> anyhow::Result<GuestRun> {
     ensure_packages()?;
@@ -439,8 +468,9 @@ pub fn run_guest(series: &str, suite: &Suite) -> anyhow::Result<GuestRun> {
     let work = crate::root().join("target/kernel").join(series);
     fs::create_dir_all(&work)?;
     let cpio = initramfs(&tree, &work)?;
+    let snap = snapshot(suite, &work.join("bin"))?;
     let script = work.join("run.sh");
-    fs::write(&script, run_script(suite))?;
+    fs::write(&script, run_script(&snap))?;
     let sock = work.join("virtiofs.sock");
     let _ = fs::remove_file(&sock);
     let log = fs::File::create(work.join("virtiofsd.log"))?;

@@ -108,6 +108,7 @@ pub fn needs(program: &str) -> &'static str {
         PROG_CONNECT4 | PROG_CONNECT6 => "cgroup/connect4 and connect6 (Linux 4.17+)",
         PROG_SENDMSG4 | PROG_SENDMSG6 => "cgroup/sendmsg4 and sendmsg6 (Linux 4.18+)",
         PROG_SKB_EGRESS => "cgroup_skb/egress with ancestor cgroup ids (Linux 5.7+)",
+        PROG_SKB_INGRESS => "cgroup_skb/ingress with socket storage (Linux 5.7+)",
         PROG_TC_EGRESS => {
             "a TC classifier: tcx (Linux 6.6+) or a clsact qdisc with cls_bpf (sch_ingress, cls_bpf modules)"
         }

@@ -680,6 +680,15 @@ pub fn pinned_links(bpffs: &Path) -> Vec<(String, Option<String>)> {
 pub fn uninstall(bpffs: &Path) -> std::io::Result<Vec<PathBuf>> {
     // The clsact filters (kernels without tcx) first, like links: enforcement stops, then maps.
     let mut removed = tc::uninstall(bpffs)?;
+    // The kernel releases an unpinned link after an RCU grace period and a workqueue run, so
+    // enforcement can outlive the unlink by a moment: note the links' ids, then wait for them.
+    let link_ids: Vec<u32> = fs::read_dir(bpffs.join("links"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| PinnedLink::from_pin(e.path()).ok())
+        .filter_map(|l| FdLink::from(l).info().ok().map(|i| i.id()))
+        .collect();
     for sub in ["links", "progs", "maps"] {
         let dir = bpffs.join(sub);
         if let Ok(rd) = fs::read_dir(&dir) {
@@ -692,6 +701,16 @@ pub fn uninstall(bpffs: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     if bpffs.exists() {
         let _ = fs::remove_dir(bpffs);
+    }
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(10) {
+        let live = aya::programs::loaded_links()
+            .filter_map(Result::ok)
+            .any(|l| link_ids.contains(&l.id()));
+        if !live {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Ok(removed)
 }
