@@ -7,7 +7,7 @@
 //! | `cp_connect4/6`  | `cgroup/connect4`, `connect6`| 4.17           |
 //! | `cp_sendmsg4/6`  | `cgroup/sendmsg4`, `sendmsg6`| 4.18           |
 //! | `cp_skb_egress`  | `cgroup_skb/egress`          | 5.7 (skb ancestor cgroup id in cgroup_skb) |
-//! | `cp_tc_egress`   | TC egress via tcx            | 6.6            |
+//! | `cp_tc_egress`   | TC via tcx, else clsact      | 6.6 (tcx), 4.5 (clsact) |
 //! | `cp_sock_ops`    | `sockops` (attestation, accepted sockets) | 5.10 (sk storage in sockops) |
 //! | `cp_skb_ingress` | `cgroup_skb/ingress` (who opens connections) | 5.7 |
 //! | `cp_setsockopt`  | `cgroup/setsockopt` (options that skip TC) | 5.3 |

@@ -54,6 +54,16 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
+/// Factor for the harness's waits: `CP_TEST_TIME_SCALE` (set by `cargo xtask test --kernel` for
+/// guests under software emulation, where loading the programs alone takes tens of seconds).
+pub fn time_scale() -> u32 {
+    std::env::var("CP_TEST_TIME_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|n| *n >= 1)
+        .unwrap_or(1)
+}
+
 /// Panics with a clear message unless the test runs as root with the kernel features needed.
 pub fn require_privileges() {
     // SAFETY: geteuid has no preconditions.
@@ -835,7 +845,7 @@ impl Daemon {
                 panic!("daemon exited ({st}) during start:\n{}", self.log_text());
             }
             assert!(
-                t0.elapsed() < Duration::from_secs(30),
+                t0.elapsed() < Duration::from_secs(30) * time_scale(),
                 "daemon not ready:\n{}",
                 self.log_text()
             );
@@ -995,8 +1005,11 @@ impl Fixture {
         probe(None, pod.then_some(&self.sb.pod), args, payload)
     }
 
-    /// Asserts a bypass attempt failed, reached nothing, and produced a deny record for `dst`
-    /// (an `ip:port` or `[ip]:port` string, or just an address prefix) with `reason` when given.
+    /// Asserts a bypass attempt ran, failed, reached nothing, and produced a deny record of its
+    /// own for `dst` (an `ip:port` or `[ip]:port` string, or just an address prefix) with `reason`
+    /// when given. The record is tied to this attempt by the pid cp-probe reports (or, for
+    /// crafted frames, by the source address it reports), so records of earlier attempts cannot
+    /// satisfy it, and a probe that never made the attempt (spawn or exec failed) fails it.
     pub fn assert_blocked(
         &self,
         what: &str,
@@ -1005,7 +1018,14 @@ impl Fixture {
         dst: &str,
         reason: Option<&str>,
     ) {
+        let pid = r["pid"].as_u64().unwrap_or_else(|| {
+            panic!("{what}: the attempt did not run (cp-probe reported no pid): {r}")
+        });
         assert!(!ok(r), "{what}: the attempt succeeded: {r}");
+        assert!(
+            r.get("errno").is_some() || r["sent_locally"] == true,
+            "{what}: the attempt did not reach the kernel (no errno, nothing sent): {r}"
+        );
         std::thread::sleep(Duration::from_millis(300));
         assert_eq!(
             self.sb.received.with_payload(payload),
@@ -1013,15 +1033,17 @@ impl Fixture {
             "{what}: the world server received the payload: {:?}",
             self.sb.received.all()
         );
+        let src = r["src"].as_str();
         let rec = self.daemon.wait_flow(Duration::from_secs(5), |f| {
             f["verdict"] == "deny"
                 && f["identity"] == "agent"
                 && f["dst"].as_str().is_some_and(|d| d.starts_with(dst))
                 && reason.is_none_or(|why| f["reason"] == why)
+                && (f["pid"].as_u64() == Some(pid) || src.is_some_and(|s| f["src"] == s))
         });
         assert!(
             rec.is_some(),
-            "{what}: no deny record for {dst} ({reason:?}); records: {:#?}",
+            "{what}: no deny record of this attempt (pid {pid}, src {src:?}) for {dst} ({reason:?}); records: {:#?}",
             self.daemon.flows()
         );
     }

@@ -319,24 +319,40 @@ fn link_local_metadata_blocked() {
 #[test]
 fn loopback_relay_blocked() {
     let fx = Fixture::new("enforce");
-    // A relay on the host's loopback, outside any identity.
-    let relay = std::net::TcpListener::bind("127.0.0.1:0").expect("relay");
-    relay.set_nonblocking(true).expect("nonblocking");
-    let port = relay.local_addr().expect("addr").port();
-    let p = payload("loop");
-    let r = fx.attempt(false, &["tcp", &format!("127.0.0.1:{port}")], &p);
-    assert!(eperm(&r), "expected EPERM: {r}");
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    assert!(
-        relay.accept().is_err(),
-        "the loopback relay accepted a connection"
-    );
-    let rec = fx.daemon.wait_flow(std::time::Duration::from_secs(5), |f| {
-        f["verdict"] == "deny" && f["reason"] == "loopback"
-    });
-    assert!(rec.is_some(), "no loopback deny record");
-    let r = fx.attempt(false, &["tcp", &format!("[::1]:{port}")], &p);
-    assert!(!ok(&r), "IPv6 loopback got through: {r}");
+    // A relay on each of the host's loopbacks, outside any identity.
+    for bind in ["127.0.0.1:0", "[::1]:0"] {
+        let relay = std::net::TcpListener::bind(bind).expect("relay");
+        relay.set_nonblocking(true).expect("nonblocking");
+        let at = relay.local_addr().expect("addr").to_string();
+        let p = payload("loop");
+        let r = fx.attempt(false, &["tcp", &at], &p);
+        assert!(eperm(&r), "{at}: expected EPERM: {r}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            relay.accept().is_err(),
+            "{at}: the loopback relay accepted a connection"
+        );
+        let pid = r["pid"].as_u64().expect("probe pid");
+        let rec = fx.daemon.wait_flow(std::time::Duration::from_secs(5), |f| {
+            f["verdict"] == "deny" && f["reason"] == "loopback" && f["pid"].as_u64() == Some(pid)
+        });
+        assert!(
+            rec.is_some(),
+            "{at}: no loopback deny record of this attempt: {:#?}",
+            fx.daemon.flows()
+        );
+        // The relay is real: outside the identity the same connect reaches it.
+        let r = fx.outside(false, &["tcp", &at], &p);
+        assert!(
+            ok(&r),
+            "{at}: the relay is not reachable outside identities: {r}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(
+            relay.accept().is_ok(),
+            "{at}: the relay saw no connection from outside identities"
+        );
+    }
 }
 
 #[test]

@@ -42,58 +42,126 @@ fn raw_icmp_socket_refused() {
     assert!(ok(&r), "raw socket outside identities failed: {r}");
 }
 
+/// `bpf` is among the kernel's active LSMs (read by the test, not taken from the daemon).
+fn bpf_lsm_in_kernel() -> bool {
+    std::fs::read_to_string("/sys/kernel/security/lsm")
+        .is_ok_and(|l| l.trim().split(',').any(|x| x == "bpf"))
+}
+
+/// Packet (AF_PACKET) sockets of identities: refused at `socket()` by the BPF LSM where it runs,
+/// else their frames are dropped by the TC backstop. The test says which, and requires the LSM
+/// where it is active: in the guest kernels of `cargo xtask test --kernel` (which set
+/// `CP_REQUIRE_BPF_LSM=1`) and wherever the daemon attached the LSM program.
 #[test]
 fn packet_socket_frames_dropped() {
     let fx = Fixture::new("enforce");
+    let st = fx.daemon.cli_json(&["status", "--json"]);
+    let k = &st["kernel"];
+    let attached = k["lsm_program_attached"] == true;
+    let by_lsm = attached && bpf_lsm_in_kernel();
+    if std::env::var("CP_REQUIRE_BPF_LSM").is_ok_and(|v| v == "1") {
+        assert!(
+            by_lsm,
+            "this kernel must run the BPF LSM (lsm list has bpf: {}), but the daemon reports: {k}",
+            bpf_lsm_in_kernel()
+        );
+    }
+    let guard = if by_lsm { "lsm" } else { "tc_backstop" };
+    assert_eq!(k["packet_sockets"]["by"], guard, "status: {k}");
+    let metric_iface = if by_lsm {
+        String::new()
+    } else {
+        fx.sb.host_world_if.clone()
+    };
+    assert_eq!(
+        metric(
+            &fx.daemon.scrape(),
+            &format!("chokepoint_packet_socket_guard{{by=\"{guard}\",iface=\"{metric_iface}\"}}")
+        ),
+        Some(1.0),
+        "the packet-socket guard metric does not say {guard}"
+    );
+    eprintln!(
+        "packet sockets of identities: {}",
+        if by_lsm {
+            "refused at socket() by the BPF LSM".to_string()
+        } else {
+            format!(
+                "no BPF LSM ({}); frames dropped by the TC backstop on {}",
+                st["problems"], k["packet_sockets"]["interfaces"]
+            )
+        }
+    );
     let dst = std::net::SocketAddr::new(fx.sb.forbidden4(), OTHER_UDP).to_string();
     // Host netns: frames straight onto the world link (TC egress).
     let world_mac = mac_of(Some(&fx.sb.world.name), "eth0");
-    let p = payload("pkt-host");
-    let r = fx.attempt(
-        false,
-        &[
-            "packet",
-            &fx.sb.host_world_if,
-            &world_mac,
-            &fx.sb.host4().to_string(),
-            &dst,
-        ],
-        &p,
-    );
-    fx.assert_blocked("AF_PACKET (host netns)", &r_or_sent(&r), &p, &dst, None);
+    let host_args = [
+        "packet",
+        &fx.sb.host_world_if,
+        &world_mac,
+        &fx.sb.host4().to_string(),
+        &dst,
+    ];
     // Pod netns: frames onto the pod's link, routed by the node (TC ingress on the host veth).
     let node_mac = mac_of(None, &fx.sb.host_pod_if);
-    let p = payload("pkt-pod");
-    let r = fx.attempt(
-        true,
-        &["packet", "eth0", &node_mac, &fx.sb.pod4().to_string(), &dst],
-        &p,
-    );
-    fx.assert_blocked("AF_PACKET (pod netns)", &r_or_sent(&r), &p, &dst, None);
+    let pod4 = fx.sb.pod4().to_string();
+    let pod_args = ["packet", "eth0", &node_mac, &pod4, &dst];
+    for (what, pod, args) in [
+        ("AF_PACKET (host netns)", false, &host_args),
+        ("AF_PACKET (pod netns)", true, &pod_args),
+    ] {
+        let p = payload("pkt");
+        let r = fx.attempt(pod, &args[..], &p);
+        let pid = r["pid"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{what}: no attempt: {r}"));
+        if by_lsm {
+            // Refused at socket(): the frame was never built, so no backstop could have seen it.
+            assert!(
+                eperm(&r),
+                "{what}: the BPF LSM did not refuse socket(): {r}"
+            );
+            let rec = fx.daemon.wait_flow(std::time::Duration::from_secs(5), |f| {
+                f["verdict"] == "deny"
+                    && f["reason"] == "raw_socket"
+                    && f["hook"] == "lsm_socket_create"
+                    && f["pid"].as_u64() == Some(pid)
+            });
+            assert!(
+                rec.is_some(),
+                "{what}: no LSM record of this attempt: {:#?}",
+                fx.daemon.flows()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            assert_eq!(
+                fx.sb.received.with_payload(&p),
+                0,
+                "{what}: a frame arrived"
+            );
+        } else {
+            // The socket opened (no LSM) and the frame was handed to the device: sendto either
+            // returns (queued) or reports the TC drop as ENOBUFS. Never EPERM: that is the LSM.
+            assert!(
+                ok(&r) || r["errno"] == libc::ENOBUFS,
+                "{what}: expected the frame to reach the backstop: {r}"
+            );
+            let r = if ok(&r) { sent_locally(&r) } else { r };
+            fx.assert_blocked(what, &r, &p, &dst, None);
+        }
+    }
     // The same frame from outside any identity arrives: the test can fail.
     let p = payload("pkt-outside");
-    let r = fx.outside(
-        false,
-        &[
-            "packet",
-            &fx.sb.host_world_if,
-            &world_mac,
-            &fx.sb.host4().to_string(),
-            &dst,
-        ],
-        &p,
-    );
+    let r = fx.outside(false, &host_args[..], &p);
     fx.assert_allowed("AF_PACKET outside identities", &r, &p);
 }
 
 /// A packet socket's `sendto` succeeds locally (the frame is queued) before the backstop drops
-/// it; what matters is that nothing arrives. Treat a local success as "attempted".
-fn r_or_sent(r: &serde_json::Value) -> serde_json::Value {
-    if ok(r) {
-        serde_json::json!({"ok": false, "sent_locally": true})
-    } else {
-        r.clone()
-    }
+/// it; what matters is that nothing arrives. Marks a local success as "attempted, sent".
+fn sent_locally(r: &serde_json::Value) -> serde_json::Value {
+    let mut r = r.clone();
+    r["ok"] = false.into();
+    r["sent_locally"] = true.into();
+    r
 }
 
 #[test]

@@ -6,6 +6,7 @@
 
 mod bench;
 mod demo;
+mod kernel;
 mod setup;
 
 use std::{
@@ -23,6 +24,8 @@ const COMMANDS: &str =
     "  setup            install what is missing (apt packages, eBPF toolchain, bpf-linker)
   demo             sandboxed end-to-end demo of enforcement
   test [--fuzz]    every test, including the privileged integration tests
+  test --kernel 6.1|6.12|all [-- FILTER]
+                   the privileged suite in Debian's kernel under QEMU (all: host + both)
   lint             rustfmt check and clippy (host crates and the eBPF crate)
   bench [OPTIONS]  none / nftables / chokepoint side by side, ratios measured in one run";
 
@@ -46,7 +49,7 @@ fn command_help(cmd: &str) -> Option<&'static str> {
             "usage: cargo xtask demo\n\nRuns `setup`, builds, then a sandboxed end-to-end demo (needs root): a world netns\nwith a gateway, an agent workload in its own cgroup and netns, the real daemon\nenforcing; sanctioned traffic passes, bypass attempts are refused and recorded.\nEverything is torn down on exit and on Ctrl-C."
         }
         "test" => {
-            "usage: cargo xtask test [--fuzz]\n\nRuns `setup`, builds, then the unit tests and the privileged integration tests\n(needs root: real programs, cgroups and network namespaces).\n\n  --fuzz   also run each cargo-fuzz target for FUZZ_SECONDS (default 30)"
+            "usage: cargo xtask test [--fuzz]\n\nRuns `setup`, builds, then the unit tests and the privileged integration tests\n(needs root: real programs, cgroups and network namespaces).\n\n  --fuzz   also run each cargo-fuzz target for FUZZ_SECONDS (default 30)\n  --kernel 6.1|6.12|all [-- FILTER]\n           the privileged suite in Debian's cloud kernel under QEMU (TCG), BPF LSM on;\n           all = the host and both kernels; one summary per kernel"
         }
         "lint" => {
             "usage: cargo xtask lint\n\nrustfmt check, clippy -D warnings on the host crates and on the eBPF crate."
@@ -250,11 +253,26 @@ fn build_variant() -> anyhow::Result<PathBuf> {
 }
 
 fn test(rest: &[String]) -> anyhow::Result<()> {
+    let kernel_arg = rest
+        .iter()
+        .position(|a| a == "--kernel")
+        .map(|i| rest.get(i + 1).context("--kernel needs 6.1, 6.12 or all"))
+        .transpose()?;
     let (bin, probe) = build()?;
     let variant = build_variant()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the privileged integration tests need root (BPF, cgroups, network namespaces)");
+    }
+    if let Some(k) = kernel_arg {
+        let (host, guests) = kernel::parse(k)?;
+        let filter: Vec<String> = rest
+            .iter()
+            .skip_while(|a| *a != "--")
+            .skip(1)
+            .cloned()
+            .collect();
+        return kernel_matrix(host, &guests, filter, &bin, &probe, &variant);
     }
     println!("== unit tests (agent, common, xtask)");
     let (unit_ok, unit_out) = cargo_test(
@@ -291,6 +309,70 @@ fn test(rest: &[String]) -> anyhow::Result<()> {
     );
     if !(unit_ok && int_ok && fuzz_ok) {
         bail!("tests failed");
+    }
+    Ok(())
+}
+
+/// `test --kernel …`: the host run (for `all`) and one guest run per kernel, one summary each.
+fn kernel_matrix(
+    host: bool,
+    guests: &[&str],
+    filter: Vec<String>,
+    bin: &Path,
+    probe: &Path,
+    variant: &Path,
+) -> anyhow::Result<()> {
+    let mut lines = Vec::new();
+    let mut all_ok = true;
+    if host {
+        let t = std::time::Instant::now();
+        println!("== privileged integration tests on the host kernel");
+        let mut args = vec!["-p", "chokepoint-tests", "--", "--test-threads", "4"];
+        args.extend(filter.iter().map(String::as_str));
+        let (ok, out) = cargo_test(
+            &args,
+            &[
+                ("CHOKEPOINT_BIN", bin),
+                ("CP_PROBE_BIN", probe),
+                ("CHOKEPOINT_BIN_VARIANT", variant),
+            ],
+        )?;
+        let (p, f, i) = tally(&out);
+        let ok = ok && p > 0;
+        all_ok &= ok;
+        lines.push(format!(
+            "kernel host ({}): {p} passed, {f} failed, {i} skipped; {} in {:.0} s",
+            String::from_utf8_lossy(&Command::new("uname").arg("-r").output()?.stdout).trim(),
+            if ok { "ok" } else { "FAILED" },
+            t.elapsed().as_secs_f64()
+        ));
+    }
+    let suite = kernel::Suite {
+        chokepoint: bin.to_path_buf(),
+        probe: probe.to_path_buf(),
+        variant: variant.to_path_buf(),
+        executables: kernel::test_executables()?,
+        threads: 2,
+        filter,
+    };
+    for series in guests {
+        match kernel::run_guest(series, &suite) {
+            Ok(r) => {
+                all_ok &= r.ok;
+                lines.push(r.summary());
+            }
+            Err(e) => {
+                all_ok = false;
+                lines.push(format!("kernel {series}: could not run: {e:#}"));
+            }
+        }
+    }
+    println!("\n== kernel matrix");
+    for l in &lines {
+        println!("{l}");
+    }
+    if !all_ok {
+        bail!("tests failed on at least one kernel");
     }
     Ok(())
 }

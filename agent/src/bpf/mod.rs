@@ -2,16 +2,19 @@
 //!
 //! Layout under `--bpffs` (default `/sys/fs/bpf/chokepoint`):
 //! `maps/<MAP>` for every map and `links/<program>` (TC: `links/cp_tc_egress@<iface>`) for every
-//! link. Pinned links keep enforcing when the daemon exits; only `chokepoint uninstall` removes
+//! link; on kernels without tcx (before 6.6) the TC backstop is a clsact filter whose program is
+//! pinned at `tc/cp_tc_egress@<iface>` (see [`tc`]). Pinned links keep enforcing when the daemon exits; only `chokepoint uninstall` removes
 //! them. At start the daemon reuses pinned maps (so policy, grants, socket tags and unread
 //! records survive), and for every program either keeps the pinned link (same program) or
 //! attaches the new program first and then replaces the old link's pin (no window without a
 //! program).
 
 pub mod backstop;
+pub mod features;
 pub mod fqdn;
 pub mod maps;
 pub mod pins;
+pub mod tc;
 
 use std::{
     fs,
@@ -23,7 +26,7 @@ use aya::{
     Btf, Ebpf, EbpfLoader,
     maps::{Array, HashMap, LpmTrie, Map, MapData, PerCpuArray, RingBuf},
     programs::{
-        CgroupAttachMode, CgroupSkbAttachType, Program, TcAttachType,
+        CgroupAttachMode, CgroupSkbAttachType, Program,
         links::{FdLink, PinnedLink},
         loaded_programs,
     },
@@ -72,7 +75,7 @@ pub enum LoadError {
     },
     #[error("loading the eBPF object failed: {0}")]
     Ebpf(#[from] aya::EbpfError),
-    #[error("program {name}: {source}")]
+    #[error("program {name} (needs {}): {source}", features::needs(name))]
     Program {
         name: String,
         #[source]
@@ -124,6 +127,8 @@ pub struct Kernel {
     pub attached: Vec<Attached>,
     /// Programs that could not attach (e.g. no BPF LSM): name → reason.
     pub degraded: Vec<(String, String)>,
+    /// Kernel features detected at start (BPF LSM, TC attach mode, packet socket coverage).
+    pub features: features::Features,
     /// True when the maps were adopted from pins (a restart), false on a fresh install.
     pub adopted: bool,
 }
@@ -455,6 +460,7 @@ pub fn start(
     })?;
     let mut attached = Vec::new();
     let mut degraded = Vec::new();
+    let mut tc_mode: Option<tc::TcMode> = None;
     let btf_ref = btf.as_ref();
     for name in names::PROGRAMS {
         let targets: Vec<Option<String>> = if name == names::PROG_TC_EGRESS {
@@ -511,6 +517,47 @@ pub fn start(
         let new_tag = prog.info().map(|i| i.tag()).ok();
         for target in targets {
             let path = link_path(opts.bpffs, name, target.as_deref());
+            if let (Program::SchedClassifier(p), Some(spec)) = (&mut *prog, target.as_deref()) {
+                let old_tag = pinned_program_tag(&path);
+                if old_tag.is_some() && old_tag == new_tag {
+                    tc_mode.get_or_insert(tc::TcMode::Tcx);
+                    attached.push(Attached {
+                        program: name.into(),
+                        target: spec.to_string(),
+                        pin: path,
+                        how: "kept",
+                    });
+                    continue;
+                }
+                let (pin, how) =
+                    match tc::attach(p, opts.bpffs, name, spec, &mut tc_mode).map_err(perr)? {
+                        tc::Attach::Tcx(link) => {
+                            pin_replace(link, &path)?;
+                            (
+                                path,
+                                if old_tag.is_some() {
+                                    "replaced"
+                                } else {
+                                    "attached"
+                                },
+                            )
+                        }
+                        tc::Attach::Clsact(how) => {
+                            // A tcx link pinned on another kernel went with that kernel.
+                            let _ = fs::remove_file(&path);
+                            (tc::clsact_pin(opts.bpffs, name, spec), how)
+                        }
+                    };
+                let mode = tc_mode.map_or("?", tc::TcMode::name);
+                info!(program = name, target = spec, how, mode, "program attached");
+                attached.push(Attached {
+                    program: name.into(),
+                    target: spec.to_string(),
+                    pin,
+                    how,
+                });
+                continue;
+            }
             let old_tag = pinned_program_tag(&path);
             let target_name = target
                 .clone()
@@ -547,16 +594,6 @@ pub fn start(
                         let id = p
                             .attach(cgroup.as_fd(), dir, CgroupAttachMode::Single)
                             .map_err(perr)?;
-                        fd_link(p.take_link(id).map_err(perr)?, &path)?
-                    }
-                    Program::SchedClassifier(p) => {
-                        let spec = target.as_deref().unwrap_or_default();
-                        let (iface, dir) = match spec.rsplit_once(':') {
-                            Some((i, "ingress")) => (i, TcAttachType::Ingress),
-                            Some((i, "egress")) => (i, TcAttachType::Egress),
-                            _ => (spec, TcAttachType::Egress),
-                        };
-                        let id = p.attach(iface, dir).map_err(perr)?;
                         fd_link(p.take_link(id).map_err(perr)?, &path)?
                     }
                     Program::SockOps(p) => {
@@ -603,6 +640,11 @@ pub fn start(
     }
     // Programs stay loaded through their pinned links; the Ebpf object may go.
     drop(bpf);
+    let features = features::detect(
+        attached.iter().any(|a| a.program == names::PROG_LSM_SOCKET),
+        tc_mode,
+        opts.tc_ifaces,
+    );
     Ok(Kernel {
         policy,
         attest,
@@ -610,17 +652,17 @@ pub fn start(
         events,
         stats,
         attached,
+        features,
         degraded,
         adopted,
     })
 }
 
-/// Pinned links present under `bpffs`: (program, target).
+/// Pinned links present under `bpffs`: (program, target), clsact filters (`tc/`) included.
 pub fn pinned_links(bpffs: &Path) -> Vec<(String, Option<String>)> {
-    let Ok(rd) = fs::read_dir(bpffs.join("links")) else {
-        return Vec::new();
-    };
-    let mut v: Vec<(String, Option<String>)> = rd
+    let mut v: Vec<(String, Option<String>)> = fs::read_dir(bpffs.join("links"))
+        .into_iter()
+        .flatten()
         .filter_map(Result::ok)
         .filter_map(|e| e.file_name().into_string().ok())
         .filter(|n| !n.ends_with("_new"))
@@ -629,13 +671,24 @@ pub fn pinned_links(bpffs: &Path) -> Vec<(String, Option<String>)> {
             None => (n, None),
         })
         .collect();
+    v.extend(tc::pinned(bpffs).into_iter().map(|(p, t)| (p, Some(t))));
     v.sort();
     v
 }
 
 /// Detaches and unpins everything under `bpffs`: links first (enforcement stops), then maps.
 pub fn uninstall(bpffs: &Path) -> std::io::Result<Vec<PathBuf>> {
-    let mut removed = Vec::new();
+    // The clsact filters (kernels without tcx) first, like links: enforcement stops, then maps.
+    let mut removed = tc::uninstall(bpffs)?;
+    // The kernel releases an unpinned link after an RCU grace period and a workqueue run, so
+    // enforcement can outlive the unlink by a moment: note the links' ids, then wait for them.
+    let link_ids: Vec<u32> = fs::read_dir(bpffs.join("links"))
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|e| PinnedLink::from_pin(e.path()).ok())
+        .filter_map(|l| FdLink::from(l).info().ok().map(|i| i.id()))
+        .collect();
     for sub in ["links", "progs", "maps"] {
         let dir = bpffs.join(sub);
         if let Ok(rd) = fs::read_dir(&dir) {
@@ -648,6 +701,16 @@ pub fn uninstall(bpffs: &Path) -> std::io::Result<Vec<PathBuf>> {
     }
     if bpffs.exists() {
         let _ = fs::remove_dir(bpffs);
+    }
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < std::time::Duration::from_secs(10) {
+        let live = aya::programs::loaded_links()
+            .filter_map(Result::ok)
+            .any(|l| link_ids.contains(&l.id()));
+        if !live {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     Ok(removed)
 }

@@ -209,6 +209,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         stats,
         attached,
         degraded,
+        features,
         adopted,
     } = bpf::start(
         &StartOptions {
@@ -287,6 +288,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         audit: audit.clone(),
         alert_log: alert_log.clone(),
         degraded,
+        features,
         webhook: Arc::new(WebhookStats::default()),
         shutting_down: AtomicBool::new(false),
         dns,

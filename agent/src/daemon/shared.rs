@@ -70,6 +70,8 @@ pub struct Shared {
     /// The alert log's one writer.
     pub(super) alert_log: AuditSink,
     pub(super) degraded: Vec<(String, String)>,
+    /// Kernel features detected at start (`status`'s `kernel`).
+    pub(crate) features: crate::bpf::features::Features,
     pub(super) webhook: Arc<WebhookStats>,
     pub(super) shutting_down: AtomicBool,
     /// Gateway host name cache.

@@ -79,6 +79,10 @@ impl Shared {
             programs: self.programs(),
             enforcing: self.enforcing(),
             inventory: self.inventory.lock().expect("inventory lock").counts(),
+            packet_guard: (
+                self.features.packet_sockets.by,
+                self.features.packet_sockets.interfaces.clone(),
+            ),
         }
     }
 
@@ -252,6 +256,7 @@ impl Shared {
                     "unresolved_pods": a.policy.unresolved_pods,
                 })
             }),
+            "kernel": self.features,
         })
     }
 

@@ -59,6 +59,9 @@ pub struct Gauges {
     pub enforcing: Vec<(String, bool)>,
     /// Unsanctioned destinations in the inventory, per identity.
     pub inventory: Vec<(String, usize)>,
+    /// Who stops packet sockets of identities (`lsm`, `tc_backstop`, `none`) and on which
+    /// interfaces (empty for the LSM, which refuses at `socket()`).
+    pub packet_guard: (&'static str, Vec<String>),
 }
 
 impl Metrics {
@@ -213,6 +216,25 @@ impl Metrics {
             let _ = writeln!(
                 o,
                 "chokepoint_inventory_destinations{{identity=\"{}\"}} {n}",
+                esc(i)
+            );
+        }
+        let _ = writeln!(
+            o,
+            "# HELP chokepoint_packet_socket_guard 1 for what stops identities' packet (AF_PACKET) sockets: by=\"lsm\" (refused at socket()), by=\"tc_backstop\" (frames dropped on iface), by=\"tc_backstop_netns\" (every interface of each identity netns)."
+        );
+        let _ = writeln!(o, "# TYPE chokepoint_packet_socket_guard gauge");
+        let (by, ifaces) = &g.packet_guard;
+        if ifaces.is_empty() {
+            let _ = writeln!(
+                o,
+                "chokepoint_packet_socket_guard{{by=\"{by}\",iface=\"\"}} 1"
+            );
+        }
+        for i in ifaces {
+            let _ = writeln!(
+                o,
+                "chokepoint_packet_socket_guard{{by=\"{by}\",iface=\"{}\"}} 1",
                 esc(i)
             );
         }

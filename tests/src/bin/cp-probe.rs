@@ -25,13 +25,22 @@ fn out(v: serde_json::Value) {
     let _ = std::io::stdout().flush();
 }
 
+/// The verdict of one attempt, with the pid that made it (records carry it: a test ties its
+/// assertion to its own attempt).
 fn res(r: std::io::Result<()>) -> serde_json::Value {
+    let pid = std::process::id();
     match r {
-        Ok(()) => json!({"ok": true}),
+        Ok(()) => json!({"ok": true, "pid": pid}),
         Err(e) => {
-            json!({"ok": false, "errno": e.raw_os_error().unwrap_or(0), "error": e.to_string()})
+            json!({"ok": false, "pid": pid, "errno": e.raw_os_error().unwrap_or(0), "error": e.to_string()})
         }
     }
+}
+
+/// Source port of the frames a packet probe crafts: unique per probe process, so its records
+/// can be told from any other attempt's.
+fn packet_sport() -> u16 {
+    20000 + (std::process::id() % 40000) as u16
 }
 
 fn sockaddr(sa: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
@@ -403,7 +412,7 @@ fn packet(
         return Err(std::io::Error::last_os_error());
     }
     let mut udp = Vec::new();
-    udp.extend_from_slice(&40000u16.to_be_bytes());
+    udp.extend_from_slice(&packet_sport().to_be_bytes());
     udp.extend_from_slice(&d.port().to_be_bytes());
     udp.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
     udp.extend_from_slice(&[0, 0]);
@@ -1036,7 +1045,9 @@ fn main() {
                 mac[i] = u8::from_str_radix(b, 16).expect("mac");
             }
             let src: std::net::Ipv4Addr = a(3).parse().expect("src ip");
-            res(packet(&a(1), mac, src.octets(), addr(&a(4)), &payload))
+            let mut r = res(packet(&a(1), mac, src.octets(), addr(&a(4)), &payload));
+            r["src"] = json!(SocketAddr::new(IpAddr::V4(src), packet_sport()).to_string());
+            r
         }
         "fork" => {
             // A child process of the workload makes the attempt.

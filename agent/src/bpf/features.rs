@@ -1,0 +1,120 @@
+//! Kernel features the programs depend on, detected at start and reported by `status` and the
+//! metrics: whether the BPF LSM is active (and our `socket_create` program attached), and how the
+//! TC backstop is attached (tcx or the clsact fallback). Programs without a fallback make the
+//! start fail with a message naming the kernel feature they need ([`needs`]).
+
+use std::{fs, path::Path};
+
+use super::tc::TcMode;
+
+/// What this kernel offers the agent.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Features {
+    /// `uname -r`.
+    pub release: String,
+    /// Active LSMs (`/sys/kernel/security/lsm`), empty when securityfs is unreadable.
+    pub lsm: Vec<String>,
+    /// `bpf` is among the active LSMs.
+    pub bpf_lsm_active: bool,
+    /// Our `socket_create` LSM program is attached (and, with `bpf_lsm_active`, runs).
+    pub lsm_program_attached: bool,
+    /// How the TC backstop is attached, when `--tc-iface` names interfaces.
+    pub tc: Option<TcMode>,
+    /// Who refuses or drops packet (AF_PACKET) and other non-IP sockets of identities.
+    pub packet_sockets: PacketGuard,
+}
+
+/// Coverage of packet sockets.
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct PacketGuard {
+    /// `lsm` (refused at `socket()`), `tc_backstop` (frames dropped on the listed `--tc-iface`
+    /// interfaces) or `tc_backstop_netns` (frames dropped on every interface of each network
+    /// namespace an identity lives in; see `bpf/backstop.rs`).
+    pub by: &'static str,
+    /// Interfaces whose TC backstop drops identities' frames (`--tc-iface`).
+    pub interfaces: Vec<String>,
+}
+
+/// Reads the active LSM list, mounting securityfs when it is not mounted.
+fn active_lsms() -> Vec<String> {
+    let path = Path::new("/sys/kernel/security/lsm");
+    if !path.exists() {
+        let src = c"securityfs";
+        let dst = c"/sys/kernel/security";
+        // SAFETY: plain mount(2) with valid C strings; failure leaves the list empty.
+        unsafe {
+            libc::mount(
+                src.as_ptr(),
+                dst.as_ptr(),
+                src.as_ptr(),
+                0,
+                std::ptr::null(),
+            );
+        }
+    }
+    fs::read_to_string(path)
+        .map(|s| {
+            s.trim()
+                .split(',')
+                .filter(|x| !x.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Features after the programs attached.
+pub fn detect(lsm_program_attached: bool, tc: Option<TcMode>, tc_ifaces: &[String]) -> Features {
+    let lsm = active_lsms();
+    let bpf_lsm_active = lsm.iter().any(|l| l == "bpf");
+    let by = if lsm_program_attached && bpf_lsm_active {
+        "lsm"
+    } else if !tc_ifaces.is_empty() {
+        "tc_backstop"
+    } else {
+        // No --tc-iface: the per-netns backstop attaches to every interface of each namespace an
+        // identity lives in (`status` lists them per identity under `backstop.tc_netns`).
+        "tc_backstop_netns"
+    };
+    Features {
+        release: release(),
+        lsm,
+        bpf_lsm_active,
+        lsm_program_attached,
+        tc,
+        packet_sockets: PacketGuard {
+            by,
+            interfaces: if by == "lsm" {
+                Vec::new()
+            } else {
+                tc_ifaces.to_vec()
+            },
+        },
+    }
+}
+
+/// The kernel feature a program needs (named when it fails to load or attach).
+pub fn needs(program: &str) -> &'static str {
+    use chokepoint_common::names::*;
+    match program {
+        PROG_SOCK_CREATE => "cgroup/sock_create with socket storage (Linux 5.2+)",
+        PROG_LSM_SOCKET => "BPF LSM (CONFIG_BPF_LSM, `bpf` in lsm=, kernel BTF; Linux 5.7+)",
+        PROG_CONNECT4 | PROG_CONNECT6 => "cgroup/connect4 and connect6 (Linux 4.17+)",
+        PROG_SENDMSG4 | PROG_SENDMSG6 => "cgroup/sendmsg4 and sendmsg6 (Linux 4.18+)",
+        PROG_SKB_EGRESS => "cgroup_skb/egress with ancestor cgroup ids (Linux 5.7+)",
+        PROG_SKB_INGRESS => "cgroup_skb/ingress with socket storage (Linux 5.7+)",
+        PROG_TC_EGRESS => {
+            "a TC classifier: tcx (Linux 6.6+) or a clsact qdisc with cls_bpf (sch_ingress, cls_bpf modules)"
+        }
+        PROG_SOCK_OPS => "sockops with socket storage (Linux 5.10+)",
+        PROG_SETSOCKOPT => "cgroup/setsockopt (Linux 5.3+)",
+        PROG_RECVMSG4 | PROG_GETPEER4 => "cgroup/recvmsg4 and getpeername4 (Linux 5.8+)",
+        _ => "a BPF program type of this kernel",
+    }
+}
