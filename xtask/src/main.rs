@@ -199,7 +199,9 @@ fn tally(output: &str) -> (u64, u64, u64) {
 fn cargo_test(args: &[&str], envs: &[(&str, &Path)]) -> anyhow::Result<(bool, String)> {
     let mut cmd = Command::new("cargo");
     // Every test binary runs even when an earlier one fails, so the summary is complete.
-    cmd.args(["test", "--no-fail-fast"]).args(args).current_dir(root());
+    cmd.args(["test", "--no-fail-fast"])
+        .args(args)
+        .current_dir(root());
     for (k, v) in envs {
         cmd.env(k, v);
     }
