@@ -147,11 +147,16 @@ fn metrics_match_the_traffic() {
     let t0 = std::time::Instant::now();
     let text = loop {
         let t = fx.daemon.scrape();
-        if metric(
+        // Deny and allow records come from different hooks: wait for both counts.
+        let denied = metric(
             &t,
             "chokepoint_decisions_total{identity=\"agent\",verdict=\"deny\",reason=\"not_gateway\"}",
-        ) == Some(5.0)
-            || t0.elapsed() > Duration::from_secs(5)
+        );
+        let allowed = metric(
+            &t,
+            "chokepoint_decisions_total{identity=\"agent\",verdict=\"allow\",reason=\"gateway\"}",
+        );
+        if (denied == Some(5.0) && allowed == Some(3.0)) || t0.elapsed() > Duration::from_secs(10)
         {
             break t;
         }
