@@ -44,6 +44,12 @@ pub mod names {
     /// LRU hash of socket cookie → [`crate::DnsOrig`]: the resolver a redirected socket asked,
     /// restored as the source of the replies.
     pub const DNSORIG: &str = "CP_DNSORIG";
+    /// Ring buffer of [`crate::DnsAnswer`]: DNS answers (UDP from port 53) an identity's socket
+    /// received from a peer it may send to (its sanctioned resolver), for the inventory's host
+    /// names.
+    pub const DNSANS: &str = "CP_DNSANS";
+    /// Per-CPU array[1] of u64: DNS answers not captured because [`DNSANS`] was full.
+    pub const DNSLOST: &str = "CP_DNSLOST";
 
     /// `cgroup/sock_create` program.
     pub const PROG_SOCK_CREATE: &str = "cp_sock_create";
@@ -713,6 +719,35 @@ pub struct ReplyVal {
     pub recorded: u8,
     /// Padding.
     pub _pad: [u8; 3],
+}
+
+/// Ring buffer size of [`names::DNSANS`] in bytes (power of two, multiple of the page size).
+pub const DNSANS_BYTES: u32 = 1 << 18;
+/// DNS message bytes captured per answer (the classic UDP DNS limit).
+pub const DNSANS_DATA: usize = 512;
+
+/// One DNS answer an identity received (an entry of [`names::DNSANS`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct DnsAnswer {
+    /// Policy generation the identity id belongs to.
+    pub generation: u32,
+    /// Identity id.
+    pub ident: u32,
+    /// Cgroup id of the receiving socket.
+    pub cgroup_id: u64,
+    /// The resolver's address; IPv4 in the first 4 bytes.
+    pub peer: [u8; 16],
+    /// 4 or 6.
+    pub family: u8,
+    /// Padding.
+    pub _pad: u8,
+    /// Bytes of `data` holding the DNS message (the start of the UDP payload).
+    pub len: u16,
+    /// Padding.
+    pub _pad2: u32,
+    /// The DNS message (the first `len` bytes).
+    pub data: [u8; DNSANS_DATA],
 }
 
 /// Key of [`names::FQDN`]: one address learned by one identity.

@@ -22,6 +22,8 @@
 #[cfg(target_arch = "bpf")]
 mod decide;
 #[cfg(target_arch = "bpf")]
+mod dnsans;
+#[cfg(target_arch = "bpf")]
 mod fqdn;
 #[cfg(target_arch = "bpf")]
 mod maps;

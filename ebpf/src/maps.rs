@@ -11,7 +11,7 @@ use chokepoint_common::{
     MAX_IDENT_CGROUPS, MAX_RULES, REPLY_SIZE, ReplyKey, ReplyVal, RuleVal, STATS_LEN, SockTag,
 };
 use chokepoint_common::{
-    DNSORIG_SIZE, DnsCfg, DnsOrig, DnsProxy, FqdnKey, FqdnVal, MAX_DNSPX, MAX_FQDN,
+    DNSANS_BYTES, DNSORIG_SIZE, DnsCfg, DnsOrig, DnsProxy, FqdnKey, FqdnVal, MAX_DNSPX, MAX_FQDN,
 };
 
 #[map]
@@ -60,3 +60,9 @@ pub static CP_DNSCFG: Array<DnsCfg> = Array::with_max_entries(1, 0);
 
 #[map]
 pub static CP_DNSORIG: LruHashMap<u64, DnsOrig> = LruHashMap::with_max_entries(DNSORIG_SIZE, 0);
+
+#[map]
+pub static CP_DNSANS: RingBuf = RingBuf::with_byte_size(DNSANS_BYTES, 0);
+
+#[map]
+pub static CP_DNSLOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

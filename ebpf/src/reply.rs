@@ -29,6 +29,7 @@ use crate::{
         Decision, Dest, Ident, cache_covers, config, decide, denied, now_ns, record, resolve,
         sock_tag,
     },
+    dnsans,
     maps::{CP_ACCEPT, CP_REPLY, CP_RULES},
 };
 
@@ -49,6 +50,8 @@ struct Hdr {
     dport: u16,
     src: [u8; 16],
     dst: [u8; 16],
+    /// Offset of the L4 header in the packet.
+    l4: usize,
 }
 
 #[inline(always)]
@@ -61,6 +64,7 @@ fn parse(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Hdr> {
         dport: 0,
         src: [0; 16],
         dst: [0; 16],
+        l4: 0,
     };
     let l4;
     if ethertype == ETH_P_IP {
@@ -92,6 +96,7 @@ fn parse(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Hdr> {
     } else {
         return None;
     }
+    h.l4 = l4;
     if h.proto != PROTO_TCP && h.proto != PROTO_UDP {
         return Some(h);
     }
@@ -241,6 +246,9 @@ fn try_ingress(skb: &SkBuff) -> bool {
         let t = unsafe { &*tag };
         if t.verdict == verdict::ALLOW && cache_covers(t, cfg.epoch(), &peer, true) {
             // The answer of a peer this socket is allowed to send to.
+            if h.sport == dnsans::DNS_PORT {
+                dnsans::capture(skb, &cfg, &id, cgid, h.family, &h.src, h.l4 + 8);
+            }
             return true;
         }
     }
@@ -257,6 +265,9 @@ fn try_ingress(skb: &SkBuff) -> bool {
         return true;
     }
     if decide(&cfg, &id, &peer).verdict == verdict::ALLOW {
+        if h.sport == dnsans::DNS_PORT {
+            dnsans::capture(skb, &cfg, &id, cgid, h.family, &h.src, h.l4 + 8);
+        }
         return true;
     }
     if !ingress_allows(&cfg, &id, h.family, &h.src) {
@@ -319,6 +330,7 @@ pub fn synack(
         dport: h.sport,
         src: h.dst,
         dst: h.src,
+        l4: h.l4,
     };
     Some(refuse(cfg, &id, raw, cgid, &peer_view, hook_code))
 }

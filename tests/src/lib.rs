@@ -36,6 +36,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod dns_server;
+
 /// Ports the world server listens on.
 pub const GATEWAY_PORT: u16 = 8080;
 pub const OTHER_TCP: u16 = 9000;
@@ -422,13 +424,40 @@ pub struct Sandbox {
     pub host_pod_if: String,
     pub received: Received,
     server: Option<Proc>,
+    /// The host-wide reservation of slot `n` (dropped last, after the topology is gone).
+    _slot: fs::File,
+}
+
+/// Where test processes reserve sandbox slots (one lock file per slot).
+const SLOT_DIR: &str = "/run/chokepoint-tests";
+
+/// Reserves a free slot 1..=250 host-wide (an exclusive `flock` on its file, released when the
+/// process exits however it exits), so concurrent test processes never share addresses or
+/// interface names.
+fn claim_slot() -> (u32, fs::File) {
+    fs::create_dir_all(SLOT_DIR).expect("slot dir");
+    let start = std::process::id() * 7 + COUNTER.fetch_add(1, Ordering::SeqCst);
+    for i in 0..250 {
+        let n = 1 + (start + i) % 250;
+        let f = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(format!("{SLOT_DIR}/slot-{n}"))
+            .expect("slot file");
+        // SAFETY: flock on an fd we own.
+        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return (n, f);
+        }
+    }
+    panic!("all 250 sandbox slots are taken");
 }
 
 impl Sandbox {
     /// Builds the topology and starts the world server.
     pub fn new() -> Self {
         require_privileges();
-        let n = 1 + (std::process::id() * 7 + COUNTER.fetch_add(1, Ordering::SeqCst)) % 250;
+        let (n, slot) = claim_slot();
         let world = Netns::new(&format!("cpw-{}-{n}", std::process::id()));
         let pod = Netns::new(&format!("cpp-{}-{n}", std::process::id()));
         let hw = format!("cpr{n}w");
@@ -443,6 +472,7 @@ impl Sandbox {
             host_world_if: hw.clone(),
             host_pod_if: hp.clone(),
             received: Received::default(),
+            _slot: slot,
             server: None,
         };
         let w = s.world.name.clone();

@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use chokepoint_tests::*;
+use chokepoint_tests::{dns_server::DnsServer, *};
 use serde_json::Value;
 
 fn deny_tcp(fx: &Fixture, port: u16, what: &str) {
@@ -923,5 +923,112 @@ fn cli_conventions() {
             "{cmd:?}: {text}"
         );
         assert!(!text.contains('\u{1b}'), "{cmd:?}: colour in piped help");
+    }
+}
+
+/// The inventory names a destination by the host name the identity resolved it from, learned
+/// from the answer its sanctioned resolver sent (captured in the kernel at the socket's
+/// ingress), and keeps the name across a restart. An address no answer named stays unnamed.
+#[test]
+fn the_inventory_names_hosts_the_identity_resolved() {
+    let sb = Sandbox::new();
+    let dns = DnsServer::start(
+        sb.n,
+        &[
+            format!("shadow.test=A:{}:60", sb.forbidden4()),
+            "alias.test=CNAME:edge.test:60".to_string(),
+            format!("edge.test=AAAA:{}:60", sb.forbidden6()),
+        ],
+    );
+    let agent = Cgroup::new(&unique("cpt-names"));
+    let policy = format!(
+        "apiVersion: chokepoint.dev/v1alpha1\nkind: EgressPolicy\nmetadata:\n  name: names-{n}\nspec:\n  gateways:\n    - name: llm-gateway\n      endpoints: [\"{gw}:{GATEWAY_PORT}/tcp\"]\n  identities:\n    - name: agent\n      mode: enforce\n      selector:\n        cgroupPath: \"{cg}\"\n      egress:\n        gateways: [llm-gateway]\n        allow:\n          - to: \"{r}/32\"\n            ports: [\"53/udp\"]\n            reason: sanctioned resolver\n",
+        n = sb.n,
+        gw = sb.gateway4(),
+        cg = agent.rel,
+        r = dns.addr,
+    );
+    let tc = sb.host_world_if.clone();
+    let mut daemon = Daemon::start(&policy, &["--tc-iface", &tc]);
+    let resolver = format!("{}:53", dns.addr);
+    // A forbidden address tried before any lookup: no name.
+    let dst_other = SocketAddr::new(sb.other_resolver4(), OTHER_TCP).to_string();
+    assert!(!ok(&probe(
+        Some(&agent.path),
+        None,
+        &["tcp", &dst_other],
+        &payload("names-0")
+    )));
+    // Lookups through the sanctioned resolver (a connected socket, as glibc does, and sendto).
+    for (name, qtype, mode) in [
+        ("shadow.test", "A", "connect"),
+        ("alias.test", "AAAA", "sendto"),
+    ] {
+        let r = probe(
+            Some(&agent.path),
+            None,
+            &["dns-query", &resolver, name, qtype, mode],
+            "",
+        );
+        assert!(ok(&r), "lookup of {name}: {r}");
+    }
+    assert_eq!(dns.asked("shadow.test"), 1);
+    for (dst, what) in [
+        (SocketAddr::new(sb.forbidden4(), OTHER_TCP), "names-1"),
+        (SocketAddr::new(sb.forbidden6(), OTHER_TCP), "names-2"),
+    ] {
+        let r = probe(
+            Some(&agent.path),
+            None,
+            &["tcp", &dst.to_string()],
+            &payload(what),
+        );
+        assert!(eperm(&r), "{what}: {r}");
+    }
+    let host_of = |v: &Value, addr: String| -> Option<Value> {
+        v["identities"]
+            .as_array()?
+            .iter()
+            .find(|i| i["identity"] == "agent")?["destinations"]
+            .as_array()?
+            .iter()
+            .find(|d| d["dst"] == addr.as_str())
+            .map(|d| d["host"].clone())
+    };
+    let expect = [
+        (sb.forbidden4().to_string(), Value::from("shadow.test")),
+        (sb.forbidden6().to_string(), Value::from("alias.test")),
+        (sb.other_resolver4().to_string(), Value::Null),
+    ];
+    let t0 = Instant::now();
+    let inv = loop {
+        let v = daemon.cli_json(&["inventory", "-o", "json"]);
+        if expect
+            .iter()
+            .all(|(a, h)| host_of(&v, a.clone()).as_ref() == Some(h))
+        {
+            break v;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10), "inventory: {v:#}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let (ok_, text, _) = daemon.try_cli(&["inventory"]);
+    assert!(ok_ && text.contains("shadow.test"), "{text}");
+    let metrics = daemon.scrape();
+    assert!(
+        metric(&metrics, "chokepoint_dns_answers_total{result=\"parsed\"}")
+            .is_some_and(|n| n >= 2.0),
+        "{metrics}"
+    );
+
+    daemon.kill(libc::SIGTERM);
+    daemon.spawn(None);
+    let after = daemon.cli_json(&["inventory", "-o", "json"]);
+    for (a, h) in &expect {
+        assert_eq!(
+            host_of(&after, a.clone()).as_ref(),
+            Some(h),
+            "{after:#} vs {inv:#}"
+        );
     }
 }

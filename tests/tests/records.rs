@@ -156,8 +156,7 @@ fn metrics_match_the_traffic() {
             &t,
             "chokepoint_decisions_total{identity=\"agent\",verdict=\"allow\",reason=\"gateway\"}",
         );
-        if (denied == Some(5.0) && allowed == Some(3.0)) || t0.elapsed() > Duration::from_secs(10)
-        {
+        if (denied == Some(5.0) && allowed == Some(3.0)) || t0.elapsed() > Duration::from_secs(10) {
             break t;
         }
         std::thread::sleep(Duration::from_millis(100));

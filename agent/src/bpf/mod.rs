@@ -40,7 +40,7 @@ pub use self::maps::{GrantSpec, IdentBinding, PolicyMaps, Stats};
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/chokepoint"));
 
 /// Every map the agent pins.
-pub const MAPS: [&str; 15] = [
+pub const MAPS: [&str; 17] = [
     names::CONFIG,
     names::IDENT,
     names::RULES,
@@ -56,11 +56,13 @@ pub const MAPS: [&str; 15] = [
     names::DNSPX,
     names::DNSCFG,
     names::DNSORIG,
+    names::DNSANS,
+    names::DNSLOST,
 ];
 
 /// Maps added after the first release: an install pinned without them adopts the rest and
 /// gets these created (they hold only short-lived connection state).
-const ADDED_MAPS: [&str; 2] = [names::ACCEPT, names::REPLY];
+const ADDED_MAPS: [&str; 4] = [names::ACCEPT, names::REPLY, names::DNSANS, names::DNSLOST];
 
 /// Errors of the loader.
 #[derive(Debug, thiserror::Error)]
@@ -123,6 +125,8 @@ pub struct Kernel {
     pub attest: maps::Attest,
     pub fqdn: fqdn::FqdnMaps,
     pub events: Option<RingBuf<MapData>>,
+    /// DNS answers of identities (host names for the inventory) and their loss counter.
+    pub dns_answers: Option<(RingBuf<MapData>, PerCpuArray<MapData, u64>)>,
     pub stats: Stats,
     pub attached: Vec<Attached>,
     /// Programs that could not attach (e.g. no BPF LSM): name → reason.
@@ -441,6 +445,10 @@ pub fn start(
         fill(&mut policy)?;
     }
     let events = Some(take(&mut bpf, names::EVENTS, RingBuf::try_from)?);
+    let dns_answers = Some((
+        take(&mut bpf, names::DNSANS, RingBuf::try_from)?,
+        take(&mut bpf, names::DNSLOST, PerCpuArray::try_from)?,
+    ));
     let stats = Stats {
         map: take(&mut bpf, names::STATS, PerCpuArray::try_from)?,
     };
@@ -650,6 +658,7 @@ pub fn start(
         attest,
         fqdn,
         events,
+        dns_answers,
         stats,
         attached,
         features,

@@ -15,6 +15,7 @@
 mod alerting;
 mod backstop;
 mod cgroup_watch;
+mod dns_answers;
 mod dns_refresh;
 mod enrich;
 mod generations;
@@ -206,6 +207,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         attest,
         fqdn,
         events,
+        dns_answers,
         stats,
         attached,
         degraded,
@@ -247,6 +249,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
 
     let inventory = load_inventory(&opts.state_dir);
+    let host_names = Arc::new(crate::inventory::names::NameTable::default());
     let fqdn = crate::fqdn::Fqdn::new(
         crate::fqdn::Settings {
             pod_addr: opts.fqdn.pod_addr,
@@ -258,6 +261,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             node: util::node_name(),
         },
         fqdn,
+        host_names.clone(),
     )?;
     fqdn.on_policy(&start_policy);
     let (flow_tx, _) = broadcast::channel(16_384);
@@ -294,6 +298,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         dns,
         inventory: Mutex::new(inventory),
         inventory_dirty: AtomicBool::new(false),
+        host_names,
+        dns_answers: Default::default(),
         fqdn: fqdn.clone(),
         backstop: Mutex::new(None),
         rearm_fd,
@@ -382,6 +388,14 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         drop(alert_q_rx);
     }
     let dedup = Arc::new(Mutex::new(Deduper::new(opts.alert_window)));
+    if let Some((ring, lost)) = dns_answers {
+        let s = shared.clone();
+        set.spawn(async move {
+            if let Err(e) = dns_answers::consume(s, ring, lost).await {
+                error!(error = %e, "DNS answer consumer failed (the inventory names no new hosts)");
+            }
+        });
+    }
     if let Some(events) = events {
         let s = shared.clone();
         let d = dedup.clone();

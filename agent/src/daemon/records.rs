@@ -127,7 +127,7 @@ fn deliver(shared: &Shared, records: &[Arc<FlowRecord>], dedup: &Mutex<Deduper>)
                 ))
                 .or_insert(0) += 1;
             d.observe(r);
-            if inv.observe(r, &crate::inventory::NoNames) {
+            if inv.observe(r, shared.host_names.as_ref()) {
                 inv_changed = true;
             }
         }

@@ -53,7 +53,9 @@ impl crate::api::server::Service for Shared {
 
 impl crate::metrics::server::Source for Shared {
     fn render_metrics(&self) -> String {
-        self.metrics.render(&self.gauges()) + &self.fqdn.render_metrics()
+        self.metrics.render(&self.gauges())
+            + &self.fqdn.render_metrics()
+            + &self.dns_answers.render()
     }
     fn status(&self) -> serde_json::Value {
         self.status_json()

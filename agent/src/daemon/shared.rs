@@ -80,6 +80,10 @@ pub struct Shared {
     pub(super) inventory: Mutex<crate::inventory::Inventory>,
     /// The inventory changed since it was last saved.
     pub(super) inventory_dirty: AtomicBool,
+    /// Host names the identities resolved (names the inventory's destinations).
+    pub(super) host_names: Arc<crate::inventory::names::NameTable>,
+    /// DNS answers captured for host names: parsed, not a usable answer, lost (ring full).
+    pub(super) dns_answers: DnsAnswerCounts,
     /// `toFQDN` rules: the DNS proxy and the learned addresses.
     pub(super) fqdn: Arc<crate::fqdn::Fqdn>,
     /// eventfd that tells the cgroup watcher to re-arm (the policy changed).
@@ -134,4 +138,15 @@ impl Shared {
     pub(crate) fn task_name(&self, task: u64) -> Option<String> {
         self.tasks.read().expect("tasks lock").get(&task).cloned()
     }
+}
+
+/// Counts of the DNS answers the kernel captured for the inventory's host names.
+#[derive(Default)]
+pub(crate) struct DnsAnswerCounts {
+    /// Answers parsed (whether or not they named an address).
+    pub(crate) parsed: std::sync::atomic::AtomicU64,
+    /// Captured messages that were not a parseable DNS response.
+    pub(crate) unparsed: std::sync::atomic::AtomicU64,
+    /// Answers the kernel could not capture (ring full), as last read from `CP_DNSLOST`.
+    pub(crate) lost: std::sync::atomic::AtomicU64,
 }

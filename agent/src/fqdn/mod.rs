@@ -16,6 +16,8 @@
 pub mod cli;
 mod proxy;
 
+pub use proxy::chain_addresses;
+
 use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr},
@@ -118,6 +120,8 @@ pub struct Fqdn {
     maps: Mutex<FqdnMaps>,
     inner: Mutex<Inner>,
     counters: Counters,
+    /// Every name the proxied identities resolved (the inventory's host names).
+    host_names: Arc<crate::inventory::names::NameTable>,
 }
 
 /// The daemon's network namespace cookie (`SO_NETNS_COOKIE`, Linux 5.14).
@@ -144,7 +148,11 @@ fn own_netns_cookie() -> std::io::Result<u64> {
 
 impl Fqdn {
     /// Takes the maps, writes the proxy's addresses, and loads the persisted table.
-    pub fn new(settings: Settings, mut maps: FqdnMaps) -> anyhow::Result<Arc<Self>> {
+    pub fn new(
+        settings: Settings,
+        mut maps: FqdnMaps,
+        host_names: Arc<crate::inventory::names::NameTable>,
+    ) -> anyhow::Result<Arc<Self>> {
         let cookie = own_netns_cookie()
             .map_err(|e| anyhow::anyhow!("reading the daemon's network namespace cookie: {e}"))?;
         maps.set_cfg(cookie, settings.pod_addr)?;
@@ -172,6 +180,7 @@ impl Fqdn {
             maps: Mutex::new(maps),
             inner: Mutex::new(inner),
             counters: Counters::default(),
+            host_names,
         }))
     }
 

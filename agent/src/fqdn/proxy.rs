@@ -76,6 +76,8 @@ async fn answer(fqdn: &Fqdn, identity: &str, query: &[u8]) -> Option<Vec<u8>> {
         let addrs = chain_addresses(&name, &resp);
         fqdn.learn(identity, &name, &addrs);
     }
+    // Every answered name, toFQDN or not, names destinations in the inventory.
+    fqdn.host_names.learn_message(identity, &resp);
     fqdn.counters.lookups.fetch_add(1, Ordering::Relaxed);
     debug!(identity, name, "lookup answered");
     Some(raw)

@@ -15,6 +15,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::{audit::FlowRecord, util};
 
+pub mod names;
+
 /// File name in the state dir.
 pub const FILE: &str = "inventory.json";
 /// Destinations kept per identity.
@@ -173,6 +175,23 @@ impl Inventory {
                 evict_oldest(e);
             }
         }
+        true
+    }
+
+    /// Names a destination an identity already tried, when the answer that names it is
+    /// processed after the attempt; returns true when the inventory changed.
+    pub fn name_destination(&mut self, identity: &str, addr: std::net::IpAddr, host: &str) -> bool {
+        let Some(d) = self
+            .identities
+            .get_mut(identity)
+            .and_then(|e| e.destinations.get_mut(&addr.to_string()))
+        else {
+            return false;
+        };
+        if d.host.as_deref() == Some(host) {
+            return false;
+        }
+        d.host = Some(host.to_string());
         true
     }
 
