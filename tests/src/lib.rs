@@ -34,6 +34,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+pub mod kube;
+
 use serde_json::Value;
 
 pub mod dns_server;
@@ -805,13 +807,21 @@ pub struct Daemon {
 impl Daemon {
     /// Writes `policy` and starts the daemon with it.
     pub fn start(policy: &str, extra: &[&str]) -> Self {
+        let mut d = Self::prepare(extra);
+        let pfile = d.dir.join("policy.yaml");
+        fs::write(&pfile, policy).expect("policy");
+        d.spawn(Some(&pfile));
+        d
+    }
+
+    /// A daemon's directories and flags, not started yet (set its environment, then
+    /// [`Daemon::spawn`]).
+    pub fn prepare(extra: &[&str]) -> Self {
         require_privileges();
         let name = unique("cpt");
         let dir = std::env::temp_dir().join(&name);
         fs::create_dir_all(&dir).expect("tmp dir");
-        let pfile = dir.join("policy.yaml");
-        fs::write(&pfile, policy).expect("policy");
-        let mut d = Self {
+        Self {
             bpffs: PathBuf::from(format!("/sys/fs/bpf/{name}")),
             state: dir.join("state"),
             socket: dir.join("cp.sock"),
@@ -824,9 +834,7 @@ impl Daemon {
             env: Vec::new(),
             bin: chokepoint_bin(),
             child: None,
-        };
-        d.spawn(Some(&pfile));
-        d
+        }
     }
 
     /// Environment for the daemon process (test knobs).
