@@ -82,7 +82,9 @@ impl Cluster {
             .arg("--name=t")
             .arg(format!("--data-dir={}", dir.join("etcd").display()))
             .arg(format!("--listen-client-urls=http://127.0.0.1:{etcd_port}"))
-            .arg(format!("--advertise-client-urls=http://127.0.0.1:{etcd_port}"))
+            .arg(format!(
+                "--advertise-client-urls=http://127.0.0.1:{etcd_port}"
+            ))
             .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer_port}"))
             .arg(format!(
                 "--initial-advertise-peer-urls=http://127.0.0.1:{peer_port}"
@@ -134,7 +136,10 @@ impl Cluster {
             .expect("apiserver log");
         let key = self.dir.join("sa.key");
         let child = Command::new(&self.bin)
-            .arg(format!("--etcd-servers=http://127.0.0.1:{}", self.etcd_port))
+            .arg(format!(
+                "--etcd-servers=http://127.0.0.1:{}",
+                self.etcd_port
+            ))
             .args(["--bind-address=127.0.0.1", "--advertise-address=127.0.0.1"])
             .arg(format!("--secure-port={}", self.port))
             .arg("--insecure-port=0")
@@ -218,6 +223,35 @@ impl Cluster {
         self.wait_ready();
     }
 
+    /// Runs `etcdctl` against this cluster's etcd (Debian's `etcd-client`); returns stdout.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let ep = format!("--endpoints=http://127.0.0.1:{}", self.etcd_port);
+        let mut all = vec![ep.as_str()];
+        all.extend_from_slice(args);
+        let out = Command::new("etcdctl")
+            .args(&all)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .expect("etcdctl (Debian's etcd-client; `cargo xtask setup` installs it)");
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Compacts etcd's history up to its current revision: a watch that resumes from an older
+    /// resource version gets `410 Gone` and must list again.
+    pub fn compact(&self) {
+        let st: Value = serde_json::from_str(&self.etcdctl(&["endpoint", "status", "-w", "json"]))
+            .expect("endpoint status");
+        let rev = st[0]["Status"]["header"]["revision"]
+            .as_u64()
+            .expect("revision");
+        self.etcdctl(&["compact", &rev.to_string()]);
+    }
+
     /// Writes a kubeconfig for `token` and returns its path.
     pub fn kubeconfig(&self, name: &str, token: &str) -> PathBuf {
         let path = self.dir.join(format!("{name}.kubeconfig"));
@@ -272,9 +306,7 @@ impl Cluster {
             }
         };
         match (caps.scope, ns) {
-            (Scope::Namespaced, Some(ns)) => {
-                Api::namespaced_with(self.client.clone(), ns, &ar)
-            }
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &ar),
             _ => Api::all_with(self.client.clone(), &ar),
         }
     }
@@ -323,7 +355,13 @@ impl Cluster {
     }
 
     /// One object, when it exists.
-    pub fn get(&self, api_version: &str, kind: &str, ns: Option<&str>, name: &str) -> Option<Value> {
+    pub fn get(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+    ) -> Option<Value> {
         let api = self.api(api_version, kind, ns);
         self.block_on(api.get_opt(name))
             .expect("get")
@@ -342,7 +380,14 @@ impl Cluster {
     }
 
     /// Merge-patches an object's `status` subresource (what kubelet or a controller writes).
-    pub fn patch_status(&self, api_version: &str, kind: &str, ns: Option<&str>, name: &str, status: Value) {
+    pub fn patch_status(
+        &self,
+        api_version: &str,
+        kind: &str,
+        ns: Option<&str>,
+        name: &str,
+        status: Value,
+    ) {
         let api = self.api(api_version, kind, ns);
         self.block_on(api.patch_status(
             name,
@@ -372,12 +417,7 @@ impl Cluster {
             "spec": {"expirationSeconds": 3600},
         });
         let v: Value = self
-            .block_on(api.create_subresource(
-                "token",
-                name,
-                &PostParams::default(),
-                &req,
-            ))
+            .block_on(api.create_subresource("token", name, &PostParams::default(), &req))
             .unwrap_or_else(|e| panic!("token for {ns}/{name}: {e}"));
         v["status"]["token"].as_str().expect("token").to_string()
     }
@@ -415,12 +455,7 @@ impl Cluster {
         let b = json!({"apiVersion": "v1", "kind": "Binding",
             "metadata": {"name": name}, "target": {"kind": "Node", "name": node}});
         let _: Value = self
-            .block_on(api.create_subresource(
-                "binding",
-                name,
-                &PostParams::default(),
-                &b,
-            ))
+            .block_on(api.create_subresource("binding", name, &PostParams::default(), &b))
             .unwrap_or_else(|e| panic!("binding {ns}/{name}: {e}"));
     }
 
@@ -535,7 +570,14 @@ impl KubeletCgroups {
 
     /// Creates the pod cgroup, its sandbox (pause) container and container `id`'s cgroup;
     /// returns the container cgroup's absolute path (where the workload's processes go).
-    pub fn container(&self, driver: Driver, runtime: Runtime, qos: &str, uid: &str, id: &str) -> PathBuf {
+    pub fn container(
+        &self,
+        driver: Driver,
+        runtime: Runtime,
+        qos: &str,
+        uid: &str,
+        id: &str,
+    ) -> PathBuf {
         let pod = crate::cgroup_root().join(self.pod_path(driver, qos, uid));
         let name = |id: &str| match (driver, runtime) {
             (Driver::Cgroupfs, Runtime::Containerd) => id.to_string(),

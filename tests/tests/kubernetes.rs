@@ -98,9 +98,10 @@ impl Node {
         self.daemon.spawn(file.as_deref());
     }
 
-    /// The policy document: the sandbox's gateway and resolver for each identity
-    /// `(name, mode, selector.pod as YAML flow mapping, extra egress allow rules)`.
-    fn policy(&self, identities: &[(&str, &str, &str)], defaults: &str) -> String {
+    /// The policy document: the sandbox's gateway for each identity `(name, mode, selector.pod
+    /// as a YAML flow mapping)`; `defaults` is a `spec.defaults` block (or empty), `allow` an
+    /// `egress.allow` flow sequence added to every identity (or empty).
+    fn policy(&self, identities: &[(&str, &str, &str)], defaults: &str, allow: &str) -> String {
         let mut s = format!(
             "apiVersion: chokepoint.dev/v1alpha1\nkind: EgressPolicy\nmetadata:\n  name: node\nspec:\n  gateways:\n    - name: llm-gateway\n      endpoints: [\"{g}:{GATEWAY_PORT}/tcp\"]\n{defaults}  identities:\n",
             g = self.sb.gateway4()
@@ -109,6 +110,9 @@ impl Node {
             s += &format!(
                 "    - name: {name}\n      tenant: acme\n      mode: {mode}\n      selector:\n        pod: {pod}\n      egress:\n        gateways: [llm-gateway]\n"
             );
+            if !allow.is_empty() {
+                s += &format!("        allow: {allow}\n");
+            }
         }
         s
     }
@@ -136,7 +140,10 @@ impl Node {
         let t0 = Instant::now();
         loop {
             let v = self.daemon.cli_json(&["identities", "--json"]);
-            let list = v.as_array().cloned().or_else(|| v["identities"].as_array().cloned());
+            let list = v
+                .as_array()
+                .cloned()
+                .or_else(|| v["identities"].as_array().cloned());
             let hit = list.unwrap_or_default().into_iter().find_map(|i| {
                 (i["name"] == ident)
                     .then(|| {
@@ -231,7 +238,7 @@ const TRAINERS: (&str, &str, &str) = (
 #[test]
 fn kube_pod_identities_from_the_api_server_are_enforced_per_pod() {
     let mut n = Node::new(&[]);
-    let policy = n.policy(&[AGENTS, TRAINERS], "");
+    let policy = n.policy(&[AGENTS, TRAINERS], "", "");
     n.start(Some(&policy));
     // Namespaces and ServiceAccounts arrive after the daemon started (watch events).
     n.cluster.namespace("team-a", json!({}));
@@ -310,4 +317,321 @@ fn kube_pod_identities_from_the_api_server_are_enforced_per_pod() {
     let st = n.kube_status();
     assert_eq!(st["synced"], true, "{st}");
     assert_eq!(st["node"], n.name.as_str(), "{st}");
+}
+
+/// team-a with its default ServiceAccount.
+fn team_a(n: &Node) {
+    n.cluster.namespace("team-a", json!({}));
+    n.cluster.service_account("team-a", "default");
+}
+
+fn agent_pod(name: &str) -> PodSpec<'_> {
+    PodSpec {
+        ns: "team-a",
+        name,
+        labels: json!({"app": "agent"}),
+        sa: "default",
+        qos: "Burstable",
+        driver: Driver::Cgroupfs,
+        runtime: Runtime::Containerd,
+    }
+}
+
+#[test]
+fn kube_unresolved_pod_cgroup_is_gateway_only_until_the_pod_reaches_the_node() {
+    let mut n = Node::new(&[]);
+    // The real identity may also reach forbidden:OTHER_TCP, so its arrival is visible.
+    let allow = format!(
+        "[{{to: \"{}/32\", ports: [\"{OTHER_TCP}/tcp\"], reason: known pods only}}]",
+        n.sb.forbidden4()
+    );
+    let policy = n.policy(
+        &[AGENTS],
+        "  defaults:\n    unresolvedPods: gateway-only\n",
+        &allow,
+    );
+    n.start(Some(&policy));
+    team_a(&n);
+    // The pod exists in the API but is not scheduled: this node's watcher cannot know it.
+    let uid = n.cluster.pod(
+        "team-a",
+        "agent-0",
+        json!({"app": "agent"}),
+        "default",
+        None,
+    );
+    let id = container_id();
+    let cg =
+        n.cg.container(Driver::Systemd, Runtime::Containerd, "Burstable", &uid, &id);
+    // At once, before any API event about the pod: the gateway passes, the rest is refused.
+    let p = payload("early-bypass");
+    let r = n.tcp(&cg, n.sb.forbidden4(), OTHER_TCP, &p);
+    assert!(
+        eperm(&r),
+        "the unresolved pod's bypass was not refused: {r}"
+    );
+    let p2 = payload("early-gw");
+    let r2 = n.tcp(&cg, n.sb.gateway4(), GATEWAY_PORT, &p2);
+    assert!(ok(&r2), "the unresolved pod's gateway failed: {r2}");
+    let pid = r["pid"].as_u64().expect("pid");
+    let rec = n
+        .daemon
+        .wait_flow(Duration::from_secs(5), |f| {
+            f["verdict"] == "deny" && f["pid"].as_u64() == Some(pid)
+        })
+        .unwrap_or_else(|| panic!("no deny record: {:#?}", n.daemon.flows()));
+    assert_eq!(rec["identity"], "(unresolved pod)", "{rec}");
+    assert_eq!(n.sb.received.with_payload(&p), 0, "the bypass arrived");
+    // The scheduler binds it to this node, kubelet reports it running: the real identity
+    // replaces the default.
+    n.cluster.bind("team-a", "agent-0", &n.name);
+    n.cluster.pod_running(
+        "team-a",
+        "agent-0",
+        "Burstable",
+        &format!("containerd://{id}"),
+    );
+    n.wait_bound("agents", "team-a", "agent-0");
+    let p3 = payload("allowed-now");
+    let r3 = n.tcp(&cg, n.sb.forbidden4(), OTHER_TCP, &p3);
+    assert!(ok(&r3), "the known pod's allow rule does not apply: {r3}");
+    let pid3 = r3["pid"].as_u64().expect("pid");
+    let rec = n
+        .daemon
+        .wait_flow(Duration::from_secs(5), |f| {
+            f["verdict"] == "allow" && f["pid"].as_u64() == Some(pid3)
+        })
+        .unwrap_or_else(|| panic!("no allow record: {:#?}", n.daemon.flows()));
+    assert_eq!(rec["identity"], "agents", "{rec}");
+    assert_eq!(rec["pod"], "agent-0", "{rec}");
+    assert_eq!(rec["namespace"], "team-a", "{rec}");
+}
+
+#[test]
+fn kube_watcher_relists_after_the_apiserver_restarts_and_enforcement_holds_meanwhile() {
+    let mut n = Node::new(&[]);
+    let policy = n.policy(&[AGENTS], "", "");
+    n.start(Some(&policy));
+    team_a(&n);
+    let (_, a) = n.run_pod(&agent_pod("agent-0"));
+    let (_, gone) = n.run_pod(&agent_pod("agent-gone"));
+    n.wait_bound("agents", "team-a", "agent-0");
+    n.wait_bound("agents", "team-a", "agent-gone");
+    let before = n.kube_status();
+    n.cluster.stop_apiserver();
+    // Down: what is bound stays enforced (fail closed), records still name the pod.
+    n.assert_enforced(&a, "agents", "team-a", "agent-0", "default");
+    // While it is down, a pod goes away without the node seeing the event, more writes happen
+    // and etcd compacts its history: the watch cannot resume (410 Gone) and must list again.
+    n.cluster
+        .etcdctl(&["del", "/registry/pods/team-a/agent-gone"]);
+    for i in 0..5 {
+        n.cluster.etcdctl(&["put", &format!("/cp-test/{i}"), "x"]);
+    }
+    n.cluster.compact();
+    n.cluster.start_apiserver();
+    // Up again: a pod created now is seen (the watch is back) and enforced.
+    let (_, b) = n.run_pod(&agent_pod("agent-1"));
+    n.wait_bound("agents", "team-a", "agent-1");
+    n.assert_enforced(&b, "agents", "team-a", "agent-1", "default");
+    n.assert_enforced(&a, "agents", "team-a", "agent-0", "default");
+    // The re-list replaced the node's view whole: the pod deleted during the outage is no longer
+    // known, so its cgroup falls back to the unresolved-pod default (still gateway-only).
+    let t0 = Instant::now();
+    loop {
+        let v = n.daemon.cli_json(&["identities", "--json"]).to_string();
+        if !v.contains("\"agent-gone\"") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "agent-gone is still known after the re-list: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = n.tcp(&gone, n.sb.forbidden4(), OTHER_TCP, &payload("gone"));
+    assert!(eperm(&r), "the forgotten pod's cgroup is open: {r}");
+    let after = n.kube_status();
+    assert!(
+        after["lists"].as_u64() > before["lists"].as_u64(),
+        "no re-list: {before} -> {after}\n{}",
+        n.daemon.log_text()
+    );
+    assert!(
+        after["watch_errors"].as_u64() > before["watch_errors"].as_u64(),
+        "the outage was not noticed: {before} -> {after}"
+    );
+    // A pod deleted from the API while the daemon watches leaves the identity too.
+    n.cluster.delete("v1", "Pod", Some("team-a"), "agent-1");
+    let t0 = Instant::now();
+    loop {
+        let v = n.daemon.cli_json(&["identities", "--json"]).to_string();
+        if !v.contains("\"agent-1\"") {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "agent-1 still bound: {v}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    eprintln!(
+        "lists {} -> {}, watch errors {} -> {}",
+        before["lists"], after["lists"], before["watch_errors"], after["watch_errors"]
+    );
+}
+
+/// The spec of a policy document, as the `EgressPolicy` object's spec.
+fn egress_policy(name: &str, doc: &str) -> Value {
+    let v: Value = serde_saphyr::from_str(doc).expect("policy YAML");
+    json!({"apiVersion": "chokepoint.dev/v1alpha1", "kind": "EgressPolicy",
+        "metadata": {"name": name}, "spec": v["spec"]})
+}
+
+fn accepted(n: &Node, generation: i64) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let o = n
+            .cluster
+            .get("chokepoint.dev/v1alpha1", "EgressPolicy", None, "main")
+            .expect("EgressPolicy main");
+        let c = o["status"]["conditions"]
+            .as_array()
+            .and_then(|cs| cs.iter().find(|c| c["type"] == "Accepted").cloned());
+        if let Some(c) = c
+            && c["observedGeneration"] == generation
+        {
+            return c;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no Accepted condition for generation {generation}: {o:#}\n{}",
+            n.daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn kube_egress_policy_object_is_applied_and_a_bad_one_refused_with_event_and_condition() {
+    let mut n = Node::new(&["--kube-policy", "main"]);
+    // No policy at start: the daemon runs and waits for the object.
+    n.start(None);
+    let g0 = n.daemon.cli_json(&["status", "--json"])["generation"].clone();
+    team_a(&n);
+    let (_, a) = n.run_pod(&agent_pod("agent-0"));
+    let doc = n.policy(&[AGENTS], "", "");
+    let obj = n.cluster.apply(egress_policy("main", &doc));
+    let gen1 = obj["metadata"]["generation"].as_i64().expect("generation");
+    let c = accepted(&n, gen1);
+    assert_eq!(c["status"], "True", "{c}");
+    let active = n.daemon.cli_json(&["status", "--json"])["generation"].clone();
+    assert_ne!(active, g0, "no new generation");
+    n.wait_bound("agents", "team-a", "agent-0");
+    n.assert_enforced(&a, "agents", "team-a", "agent-0", "default");
+    // The apiserver itself refuses an object that breaks the CRD schema.
+    let mut broken = egress_policy("main", &doc);
+    broken["spec"]["identities"] = json!("not-a-list");
+    let e = n.cluster.try_apply(&broken, false);
+    assert!(e.is_err(), "the CRD schema let a broken spec in: {e:?}");
+    // A schema-valid object the compiler refuses: unknown gateway.
+    let bad = egress_policy(
+        "main",
+        &doc.replace("gateways: [llm-gateway]", "gateways: [nowhere]"),
+    );
+    let obj = n.cluster.apply(bad);
+    let gen2 = obj["metadata"]["generation"].as_i64().expect("generation");
+    assert!(gen2 > gen1);
+    let c = accepted(&n, gen2);
+    assert_eq!(c["status"], "False", "{c}");
+    assert_eq!(c["reason"], "Invalid", "{c}");
+    assert!(
+        c["message"].as_str().is_some_and(|m| m.contains("nowhere")),
+        "{c}"
+    );
+    let t0 = Instant::now();
+    let event = loop {
+        let evs = n.cluster.list("events.k8s.io/v1", "Event", None);
+        if let Some(e) = evs.into_iter().find(|e| {
+            e["reason"] == "InvalidPolicy"
+                && e["regarding"]["name"] == "main"
+                && e["regarding"]["kind"] == "EgressPolicy"
+        }) {
+            break e;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "no InvalidPolicy Event\n{}",
+            n.daemon.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(event["type"], "Warning", "{event}");
+    assert!(
+        event["note"]
+            .as_str()
+            .is_some_and(|m| m.contains("active generation stays")),
+        "{event}"
+    );
+    // The active generation stayed, and so did its enforcement.
+    let still = n.daemon.cli_json(&["status", "--json"])["generation"].clone();
+    assert_eq!(
+        still, active,
+        "the bad object changed the active generation"
+    );
+    n.assert_enforced(&a, "agents", "team-a", "agent-0", "default");
+    // Fixed: applied again, accepted.
+    let obj = n
+        .cluster
+        .apply(egress_policy("main", &n.policy(&[AGENTS], "", "")));
+    let gen3 = obj["metadata"]["generation"].as_i64().expect("generation");
+    let c = accepted(&n, gen3);
+    assert_eq!(c["status"], "True", "{c}");
+}
+
+#[test]
+fn kube_probe_of_a_server_in_the_pod_gets_its_answer() {
+    let mut n = Node::new(&[]);
+    let policy = n.policy(&[AGENTS], "", "");
+    n.start(Some(&policy));
+    team_a(&n);
+    let (_, a) = n.run_pod(&agent_pod("agent-0"));
+    n.wait_bound("agents", "team-a", "agent-0");
+    let (_srv, _) = spawn_probe(
+        Some(&a),
+        Some(&n.sb.pod),
+        &["echo-serve", "8081", "8082", ""],
+    );
+    // Kubelet probes from the host network namespace.
+    let dst = format!("{}:8081", n.sb.pod4());
+    let r = probe(
+        None,
+        None,
+        &["tcp-rr", &dst, "-", "1"],
+        "GET /healthz HTTP/1.1\r\nHost: pod\r\n\r\n",
+    );
+    assert!(
+        ok(&r),
+        "the probe got no answer: {r}\n{}",
+        n.daemon.log_text()
+    );
+    assert!(
+        r["answers"][0]
+            .as_str()
+            .is_some_and(|a| a.starts_with("HTTP/1.1 200")),
+        "{r}"
+    );
+    let udp = format!("{}:8082", n.sb.pod4());
+    let r = probe(None, None, &["udp-rr", &udp, "-", "1"], "ping");
+    assert!(ok(&r), "the UDP answer was refused: {r}");
+    let rec = n.daemon.wait_flow(Duration::from_secs(5), |f| {
+        f["reason"] == "reply" && f["identity"] == "agents" && f["pod"] == "agent-0"
+    });
+    assert!(
+        rec.is_some(),
+        "no reply record naming the pod: {:#?}",
+        n.daemon.flows()
+    );
+    // The pod still cannot open its own way out.
+    n.assert_enforced(&a, "agents", "team-a", "agent-0", "default");
 }

@@ -8,7 +8,8 @@ use anyhow::{Context, bail};
 
 use crate::EBPF_TOOLCHAIN;
 
-/// Debian packages: LLVM 22 for bpf-linker, iproute2 for the sandboxes, nftables for benchmarks.
+/// Debian packages: LLVM 22 for bpf-linker, iproute2 for the sandboxes, nftables for benchmarks,
+/// etcd (server and etcdctl) and openssl for the Kubernetes tests' control plane.
 const APT: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -17,7 +18,22 @@ const APT: &[&str] = &[
     "libxml2-dev",
     "iproute2",
     "nftables",
+    "etcd-server",
+    "etcd-client",
+    "openssl",
 ];
+
+/// What building kube-apiserver from Debian's `kubernetes` source needs.
+const APT_KUBE: &[&str] = &[
+    "golang-go",
+    "rsync",
+    "make",
+    "dpkg-dev",
+    "golang-github-modern-go-reflect2-dev",
+];
+
+/// Where the Kubernetes tests find the apiserver (`tests/src/kube.rs` agrees).
+pub const KUBE_APISERVER: &str = "/var/cache/chokepoint-k8s/1.20.2/kube-apiserver";
 
 const BPF_LINKER: &str = "0.13.0";
 
@@ -32,9 +48,21 @@ fn installed(pkg: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
-/// Runs every setup step.
-pub fn setup() -> anyhow::Result<()> {
-    let missing: Vec<&str> = APT.iter().copied().filter(|p| !installed(p)).collect();
+/// `setup --kube`: the one-time build of kube-apiserver 1.20.2 from Debian's `kubernetes`
+/// source package (about 20 minutes on 2 cores, 5 GB of disk while it builds), cached at
+/// [`KUBE_APISERVER`]; skipped when the cache has it.
+pub fn kube() -> anyhow::Result<()> {
+    if std::path::Path::new(KUBE_APISERVER).is_file() {
+        return Ok(());
+    }
+    apt(APT_KUBE)?;
+    eprintln!("setup: building kube-apiserver from Debian's kubernetes source (about 20 minutes)");
+    crate::run(Command::new("sh").arg(crate::root().join("xtask/k8s/build-apiserver.sh")))
+        .context("setup: building kube-apiserver failed")
+}
+
+fn apt(pkgs: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
     if !missing.is_empty() {
         eprintln!("setup: installing Debian packages: {}", missing.join(" "));
         // SAFETY: geteuid has no preconditions.
@@ -51,6 +79,12 @@ pub fn setup() -> anyhow::Result<()> {
         )
         .with_context(|| format!("setup: cannot install {}", missing.join(" ")))?;
     }
+    Ok(())
+}
+
+/// Runs every setup step.
+pub fn setup() -> anyhow::Result<()> {
+    apt(APT)?;
 
     let toolchains = Command::new("rustup")
         .args(["toolchain", "list"])

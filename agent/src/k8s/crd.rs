@@ -187,7 +187,7 @@ pub fn crd() -> Value {
 pub fn crd_yaml() -> String {
     let body = serde_saphyr::to_string(&crd()).expect("the CRD serialises");
     format!(
-        "# Generated from the policy model's Rust types; do not edit.\n# `cargo xtask k8s crd` rewrites it; a test fails when it is stale.\n{body}"
+        "# Generated from the policy model's Rust types; do not edit.\n# `CHOKEPOINT_BLESS=1 cargo test -p chokepoint-agent committed_crd` rewrites it; a test fails when it is stale.\n{body}"
     )
 }
 
@@ -220,7 +220,7 @@ mod tests {
         let committed = std::fs::read_to_string(path).unwrap_or_default();
         assert!(
             committed == crd_yaml(),
-            "{path} is stale: run `cargo xtask k8s crd`"
+            "{path} is stale: run `CHOKEPOINT_BLESS=1 cargo test -p chokepoint-agent committed_crd`"
         );
     }
 

@@ -6,15 +6,15 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::{
+    api::core::v1::{Event as CoreEvent, EventSource, ObjectReference},
+    apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time},
+    jiff::Timestamp,
+};
 use kube::{
     Api, Client, ResourceExt,
-    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams},
-    runtime::{
-        WatchStreamExt,
-        events::{Event, EventType, Recorder, Reporter},
-        watcher,
-    },
+    api::{ApiResource, DynamicObject, GroupVersionKind, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
 };
 use serde_json::json;
 use tracing::{info, warn};
@@ -50,6 +50,38 @@ fn truncate(s: &str, n: usize) -> String {
     format!("{}…", &s[..end])
 }
 
+/// The Warning Event for a refused object. Written through the core `v1` Events API, which
+/// every apiserver version accepts for a cluster-scoped object in `default` (the
+/// `events.k8s.io/v1` API of 1.20 refuses such an Event: "involvedObject.namespace does not
+/// match event.namespace"); both APIs list it.
+fn warning(reference: ObjectReference, node: &str, note: String) -> CoreEvent {
+    let now = Time(Timestamp::now());
+    CoreEvent {
+        metadata: ObjectMeta {
+            generate_name: Some(format!(
+                "{}.",
+                reference.name.as_deref().unwrap_or(crd::PLURAL)
+            )),
+            ..Default::default()
+        },
+        involved_object: reference,
+        reason: Some("InvalidPolicy".into()),
+        message: Some(note),
+        type_: Some("Warning".into()),
+        action: Some("Apply".into()),
+        source: Some(EventSource {
+            component: Some("chokepoint".into()),
+            host: Some(node.to_string()),
+        }),
+        reporting_component: Some("chokepoint".into()),
+        reporting_instance: Some(node.to_string()),
+        first_timestamp: Some(now.clone()),
+        last_timestamp: Some(now),
+        count: Some(1),
+        ..Default::default()
+    }
+}
+
 /// Watches the object `name` and hands each new version's document to `apply` (which runs on a
 /// blocking thread). Runs until the process ends.
 pub async fn run<F>(client: Client, name: String, node: String, apply: Arc<F>)
@@ -58,13 +90,8 @@ where
 {
     let ar = api_resource();
     let api: Api<DynamicObject> = Api::all_with(client.clone(), &ar);
-    let recorder = Recorder::new(
-        client,
-        Reporter {
-            controller: "chokepoint".into(),
-            instance: Some(node.clone()),
-        },
-    );
+    // Events of a cluster-scoped object live in `default`.
+    let events: Api<CoreEvent> = Api::namespaced(client, "default");
     let cfg = watcher::Config::default()
         .fields(&format!("metadata.name={name}"))
         .timeout(290);
@@ -122,17 +149,14 @@ where
                 resource_version: obj.resource_version(),
                 ..Default::default()
             };
-            let ev = Event {
-                type_: EventType::Warning,
-                reason: "InvalidPolicy".into(),
-                note: Some(truncate(
-                    &format!("node {node}: {e}; the active generation stays"),
-                    1000,
-                )),
-                action: "Apply".into(),
-                secondary: None,
-            };
-            if let Err(err) = recorder.publish(&ev, &reference).await {
+            let note = truncate(
+                &format!("node {node}: {e}; the active generation stays"),
+                1000,
+            );
+            if let Err(err) = events
+                .create(&PostParams::default(), &warning(reference, &node, note))
+                .await
+            {
                 warn!(error = %err, "publishing the Event failed");
             }
         }
