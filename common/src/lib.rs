@@ -74,13 +74,16 @@ pub mod names {
     /// `cgroup/setsockopt` program (options that would skip the TC backstop).
     pub const PROG_SETSOCKOPT: &str = "cp_setsockopt";
 
+    /// `raw_tracepoint/sys_enter` program (32-bit syscalls that would skip `cgroup/setsockopt`).
+    pub const PROG_COMPAT_SYS: &str = "cp_compat_sys";
+
     /// `cgroup/recvmsg4` program (DNS proxy replies).
     pub const PROG_RECVMSG4: &str = "cp_recvmsg4";
     /// `cgroup/getpeername4` program (DNS proxy peer).
     pub const PROG_GETPEER4: &str = "cp_getpeername4";
 
     /// Every program, in attach order.
-    pub const PROGRAMS: [&str; 13] = [
+    pub const PROGRAMS: [&str; 14] = [
         PROG_SOCK_CREATE,
         PROG_LSM_SOCKET,
         PROG_CONNECT4,
@@ -92,6 +95,7 @@ pub mod names {
         PROG_SOCK_OPS,
         PROG_SKB_INGRESS,
         PROG_SETSOCKOPT,
+        PROG_COMPAT_SYS,
         PROG_RECVMSG4,
         PROG_GETPEER4,
     ];
@@ -214,6 +218,25 @@ pub mod reason {
     }
 }
 
+/// Syscall numbers the compat syscall guard (`cp_compat_sys`) judges (x86-64 kernel).
+pub mod compat {
+    /// i386 `setsockopt` (`int 0x80`/`sysenter`).
+    pub const I386_SETSOCKOPT: u64 = 366;
+    /// i386 `socketcall`.
+    pub const I386_SOCKETCALL: u64 = 102;
+    /// `socketcall`'s `SYS_SETSOCKOPT` call.
+    pub const SYS_SETSOCKOPT: u64 = 14;
+    /// `io_uring_setup` (the same number on i386, x32 and x86-64).
+    pub const IO_URING_SETUP: u64 = 425;
+    /// The x32 ABI's bit in the syscall number.
+    pub const X32_BIT: u64 = 0x4000_0000;
+    /// x32 `setsockopt`.
+    pub const X32_SETSOCKOPT: u64 = 541;
+    /// The file descriptor of the daemon's start check (a compat `setsockopt` on it asks the
+    /// guard to kill the caller, proving the guard sees compat syscalls); never a valid fd.
+    pub const SELFTEST_FD: i32 = -0x6370_6b74;
+}
+
 /// Hook codes carried in records.
 pub mod hook {
     /// `cgroup/sock_create`.
@@ -236,6 +259,8 @@ pub mod hook {
     pub const SKB_INGRESS: u8 = 9;
     /// `cgroup/setsockopt`.
     pub const SETSOCKOPT: u8 = 10;
+    /// `raw_tracepoint/sys_enter` (the compat syscall guard).
+    pub const COMPAT_SYSCALL: u8 = 11;
 
     /// Name of a hook code as it appears in records.
     pub const fn name(code: u8) -> &'static str {
@@ -250,6 +275,7 @@ pub mod hook {
             LSM_SOCKET => "lsm_socket_create",
             SKB_INGRESS => "skb_ingress",
             SETSOCKOPT => "setsockopt",
+            COMPAT_SYSCALL => "compat_syscall",
             _ => "unknown",
         }
     }

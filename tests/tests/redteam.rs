@@ -132,36 +132,106 @@ fn a_forged_datagram_on_lo_opens_no_reply_path() {
     assert!(eperm(&r["answer"]), "the answer was not refused: {r}");
 }
 
-/// Attack: `PACKET_QDISC_BYPASS` through the 32-bit syscall entry (`int 0x80` from a 64-bit
-/// process, or any i386 binary the workload execs). The kernel runs `cgroup/setsockopt` only
-/// for native calls (`if (!in_compat_syscall())` in net/socket.c), so the option is set and the
-/// frames go straight to the driver, past the TC backstop. Open on kernels that run 32-bit
-/// syscalls and refuse the BPF LSM (this host); `status` reports it (see
-/// `status_reports_the_compat_setsockopt_gap`). Run with `--ignored` to reproduce.
+/// A probe run with `CP_QDISC_BYPASS=how`: how it ended and its stdout.
+fn run_probe(
+    cgroup: Option<&Path>,
+    netns: Option<&Netns>,
+    args: &[&str],
+    payload: &str,
+    how: &str,
+) -> (std::process::ExitStatus, String) {
+    let mut cmd = Command::new(probe_bin());
+    cmd.args(args)
+        .env("CP_PAYLOAD", payload)
+        .env("CP_QDISC_BYPASS", how)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let out = in_cgroup(cmd, cgroup, netns).output().expect("probe");
+    (out.status, String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn killed(status: std::process::ExitStatus) -> bool {
+    use std::os::unix::process::ExitStatusExt;
+    status.signal() == Some(libc::SIGKILL)
+}
+
+/// Attack: `PACKET_QDISC_BYPASS` through the 32-bit syscall entries (`int 0x80` from a 64-bit
+/// process, as any i386 binary the workload execs would make it): the i386 `setsockopt` and
+/// `socketcall(SYS_SETSOCKOPT)`. The kernel runs `cgroup/setsockopt` only for native calls
+/// (`do_sock_setsockopt` skips it when `in_compat_syscall()`), so the option would be set and the
+/// frames would go straight to the driver, past the TC backstop. Without the BPF LSM (this host)
+/// `cp_compat_sys` kills the caller before the syscall's body runs. The control outside any
+/// identity proves the attack works on this kernel (the test fails on a build without the guard).
 #[test]
-#[ignore = "open hole without the BPF LSM on kernels with IA32 emulation (notes/redteam.md)"]
 fn packet_qdisc_bypass_through_a_compat_syscall_is_refused() {
     let b = Bare::new();
+    let st = b.daemon.cli_json(&["status", "--json"]);
+    let compat = &st["kernel"]["packet_sockets"]["compat"];
+    assert_eq!(compat["guard"], "kill", "status: {compat}");
+    assert!(
+        compat["entries"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|x| x == "ia32")),
+        "{compat}"
+    );
+    assert_eq!(st["identities"][0]["backstop"]["compat_syscall"], true, "{st}");
+    assert_eq!(
+        metric(
+            &b.daemon.scrape(),
+            "chokepoint_packet_socket_guard{by=\"compat_syscall_kill\",iface=\"\"}"
+        ),
+        Some(1.0)
+    );
     let (_res, ino) = resident(&b.cg.path, Some(&b.sb.pod));
     b.wait_covered(ino, "eth0");
     let dst = SocketAddr::new(b.sb.forbidden4(), OTHER_UDP).to_string();
     let node_mac = mac_of(None, &b.sb.host_pod_if);
     let pod4 = b.sb.pod4().to_string();
-    let p = payload("rt-compat-bypass");
-    let mut cmd = Command::new(probe_bin());
-    cmd.args(["packet", "eth0", &node_mac, &pod4, &dst])
-        .env("CP_PAYLOAD", &p)
-        .env("CP_QDISC_BYPASS", "compat")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    let out = in_cgroup(cmd, Some(&b.cg.path), Some(&b.sb.pod))
-        .output()
-        .expect("probe");
-    let r = String::from_utf8_lossy(&out.stdout).into_owned();
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(
-        b.sb.received.with_payload(&p),
-        0,
-        "a frame left past TC after a compat PACKET_QDISC_BYPASS: {r}"
-    );
+    let args = ["packet", "eth0", &node_mac, &pod4, &dst];
+    for how in ["compat", "socketcall"] {
+        // Control, outside any identity: the option is set through the 32-bit entry and the frame
+        // arrives.
+        let p = payload(&format!("rt-{how}-outside"));
+        let (status, out) = run_probe(None, Some(&b.sb.pod), &args, &p, how);
+        assert!(status.success() && out.contains("\"ok\":true"), "control {how}: {status} {out}");
+        assert!(
+            b.sb.wait_for(Duration::from_secs(5), |rec| rec.with_payload(&p) > 0),
+            "control {how}: the frame never arrived: {:?}",
+            b.sb.received.all()
+        );
+        // The identity: killed at the syscall, nothing leaves, a deny record says why.
+        let p = payload(&format!("rt-{how}-bypass"));
+        let (status, out) = run_probe(Some(&b.cg.path), Some(&b.sb.pod), &args, &p, how);
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(
+            b.sb.received.with_payload(&p),
+            0,
+            "{how}: a frame left past TC after a compat PACKET_QDISC_BYPASS: {status} {out}"
+        );
+        assert!(killed(status), "{how}: the caller was not killed: {status} {out}");
+        let rec = b.daemon.wait_flow(Duration::from_secs(5), |f| {
+            f["hook"] == "compat_syscall"
+                && f["reason"] == "raw_socket"
+                && f["verdict"] == "deny"
+                && f["identity"] == "agent"
+        });
+        assert!(rec.is_some(), "{how}: no record: {:#?}", b.daemon.flows());
+    }
+}
+
+/// Attack: a compat io_uring ring (`io_uring_setup` through `int 0x80`), whose
+/// `SOCKET_URING_OP_SETSOCKOPT` commands (6.7+) run `do_sock_setsockopt` as compat, skipping
+/// `cgroup/setsockopt`. The identity's caller is killed at the ring's creation; outside any
+/// identity the same call makes a ring (the entry exists, so the test can fail).
+#[test]
+fn a_compat_io_uring_ring_is_refused() {
+    let b = Bare::new();
+    let (status, out) = run_probe(None, None, &["compat-uring"], "-", "");
+    assert!(status.success() && out.contains("\"ok\":true"), "control: {status} {out}");
+    let (status, out) = run_probe(Some(&b.cg.path), None, &["compat-uring"], "-", "");
+    assert!(killed(status), "the caller was not killed: {status} {out}");
+    let rec = b.daemon.wait_flow(Duration::from_secs(5), |f| {
+        f["hook"] == "compat_syscall" && f["verdict"] == "deny" && f["identity"] == "agent"
+    });
+    assert!(rec.is_some(), "no record: {:#?}", b.daemon.flows());
 }

@@ -33,6 +33,9 @@ pub struct PacketGuard {
     pub by: &'static str,
     /// Interfaces whose TC backstop drops identities' frames (`--tc-iface`).
     pub interfaces: Vec<String>,
+    /// The compat syscall guard (`cp_compat_sys`): 32-bit `setsockopt` and compat io_uring
+    /// rings skip `cgroup/setsockopt`, which keeps packet-socket frames on the TC path.
+    pub compat: super::compat::CompatGuard,
 }
 
 /// Reads the active LSM list, mounting securityfs when it is not mounted.
@@ -70,7 +73,12 @@ fn release() -> String {
 }
 
 /// Features after the programs attached.
-pub fn detect(lsm_program_attached: bool, tc: Option<TcMode>, tc_ifaces: &[String]) -> Features {
+pub fn detect(
+    lsm_program_attached: bool,
+    tc: Option<TcMode>,
+    tc_ifaces: &[String],
+    compat: super::compat::CompatGuard,
+) -> Features {
     let lsm = active_lsms();
     let bpf_lsm_active = lsm.iter().any(|l| l == "bpf");
     let by = if lsm_program_attached && bpf_lsm_active {
@@ -95,6 +103,7 @@ pub fn detect(lsm_program_attached: bool, tc: Option<TcMode>, tc_ifaces: &[Strin
             } else {
                 tc_ifaces.to_vec()
             },
+            compat,
         },
     }
 }
@@ -114,6 +123,9 @@ pub fn needs(program: &str) -> &'static str {
         }
         PROG_SOCK_OPS => "sockops with socket storage (Linux 5.10+)",
         PROG_SETSOCKOPT => "cgroup/setsockopt (Linux 5.3+)",
+        PROG_COMPAT_SYS => {
+            "raw_tracepoint/sys_enter with bpf_send_signal (Linux 5.3+; x86-64 thread_info of 5.11+)"
+        }
         PROG_RECVMSG4 | PROG_GETPEER4 => "cgroup/recvmsg4 and getpeername4 (Linux 5.8+)",
         _ => "a BPF program type of this kernel",
     }

@@ -10,6 +10,7 @@
 //! program).
 
 pub mod backstop;
+pub mod compat;
 pub mod features;
 pub mod fqdn;
 pub mod maps;
@@ -469,8 +470,18 @@ pub fn start(
     let mut attached = Vec::new();
     let mut degraded = Vec::new();
     let mut tc_mode: Option<tc::TcMode> = None;
+    let mut compat_guard = compat::CompatGuard::default();
     let btf_ref = btf.as_ref();
     for name in names::PROGRAMS {
+        if name == names::PROG_COMPAT_SYS {
+            compat_guard.entries = compat::entries();
+            if compat_guard.entries.is_empty() {
+                compat_guard.guard = "not_needed";
+                continue;
+            }
+        }
+        // Programs whose failure degrades the daemon instead of stopping the start.
+        let optional = name == names::PROG_LSM_SOCKET || name == names::PROG_COMPAT_SYS;
         let targets: Vec<Option<String>> = if name == names::PROG_TC_EGRESS {
             opts.tc_ifaces.iter().cloned().map(Some).collect()
         } else {
@@ -497,6 +508,7 @@ pub fn start(
             Program::SchedClassifier(p) => p.load(),
             Program::CgroupSockopt(p) => p.load(),
             Program::SockOps(p) => p.load(),
+            Program::RawTracePoint(p) => p.load(),
             Program::Lsm(p) => match btf_ref {
                 Some(b) => p.load("socket_create", b),
                 None => {
@@ -507,8 +519,8 @@ pub fn start(
             _ => return Err(perr(aya::programs::ProgramError::UnexpectedProgramType)),
         };
         if let Err(e) = load_result {
-            if name == names::PROG_LSM_SOCKET {
-                warn!(program = name, error = %e, "BPF LSM unavailable: AF_PACKET and other non-IP sockets are not refused on this host");
+            if optional {
+                warn!(program = name, error = %e, "program unavailable on this kernel: {}", features::needs(name));
                 degraded.push((name.to_string(), format!("load failed: {e}")));
                 continue;
             }
@@ -618,14 +630,18 @@ pub fn start(
                         let id = p.attach().map_err(perr)?;
                         FdLink::from(p.take_link(id).map_err(perr)?)
                     }
+                    Program::RawTracePoint(p) => {
+                        let id = p.attach("sys_enter").map_err(perr)?;
+                        FdLink::from(p.take_link(id).map_err(perr)?)
+                    }
                     _ => return Err(perr(aya::programs::ProgramError::UnexpectedProgramType)),
                 };
                 Ok(fd_link)
             })();
             let link = match link {
                 Ok(l) => l,
-                Err(e) if name == names::PROG_LSM_SOCKET => {
-                    warn!(program = name, error = %e, "BPF LSM attach failed");
+                Err(e) if optional => {
+                    warn!(program = name, error = %e, "attach failed");
                     degraded.push((name.to_string(), format!("attach failed: {e}")));
                     continue;
                 }
@@ -648,10 +664,32 @@ pub fn start(
     }
     // Programs stay loaded through their pinned links; the Ebpf object may go.
     drop(bpf);
+    if !compat_guard.entries.is_empty() {
+        let proven = if attached.iter().any(|a| a.program == names::PROG_COMPAT_SYS) {
+            compat::prove(&compat_guard.entries)
+        } else {
+            Err(degraded
+                .iter()
+                .find(|(n, _)| n == names::PROG_COMPAT_SYS)
+                .map_or_else(|| "not attached".to_string(), |(_, why)| why.clone()))
+        };
+        match proven {
+            Ok(()) => compat_guard.guard = "kill",
+            Err(why) => {
+                warn!(program = names::PROG_COMPAT_SYS, error = %why, "32-bit setsockopt is not guarded: PACKET_QDISC_BYPASS through a compat syscall would skip TC");
+                compat_guard.guard = "failed";
+                if !degraded.iter().any(|(n, _)| n == names::PROG_COMPAT_SYS) {
+                    degraded.push((names::PROG_COMPAT_SYS.to_string(), why.clone()));
+                }
+                compat_guard.detail = Some(why);
+            }
+        }
+    }
     let features = features::detect(
         attached.iter().any(|a| a.program == names::PROG_LSM_SOCKET),
         tc_mode,
         opts.tc_ifaces,
+        compat_guard,
     );
     Ok(Kernel {
         policy,

@@ -83,6 +83,7 @@ impl Shared {
                 self.features.packet_sockets.by,
                 self.features.packet_sockets.interfaces.clone(),
             ),
+            compat_guard: self.features.packet_sockets.compat.guard,
         }
     }
 
@@ -275,6 +276,7 @@ impl Shared {
         json!({
             "lsm": up(names::PROG_LSM_SOCKET),
             "setsockopt": up(names::PROG_SETSOCKOPT),
+            "compat_syscall": up(names::PROG_COMPAT_SYS),
             "tc_ifaces": self.opts.tc_ifaces,
             "tc_netns": netns,
         })

@@ -62,6 +62,8 @@ pub struct Gauges {
     /// Who stops packet sockets of identities (`lsm`, `tc_backstop`, `none`) and on which
     /// interfaces (empty for the LSM, which refuses at `socket()`).
     pub packet_guard: (&'static str, Vec<String>),
+    /// The compat syscall guard: `kill`, `not_needed` or `failed` (see `bpf::compat`).
+    pub compat_guard: &'static str,
 }
 
 impl Metrics {
@@ -221,7 +223,7 @@ impl Metrics {
         }
         let _ = writeln!(
             o,
-            "# HELP chokepoint_packet_socket_guard 1 for what stops identities' packet (AF_PACKET) sockets: by=\"lsm\" (refused at socket()), by=\"tc_backstop\" (frames dropped on iface), by=\"tc_backstop_netns\" (every interface of each identity netns)."
+            "# HELP chokepoint_packet_socket_guard 1 for what stops identities' packet (AF_PACKET) sockets: by=\"lsm\" (refused at socket()), by=\"tc_backstop\" (frames dropped on iface), by=\"tc_backstop_netns\" (every interface of each identity netns), by=\"compat_syscall_kill\" (a 32-bit setsockopt that would skip TC kills the caller)."
         );
         let _ = writeln!(o, "# TYPE chokepoint_packet_socket_guard gauge");
         let (by, ifaces) = &g.packet_guard;
@@ -236,6 +238,12 @@ impl Metrics {
                 o,
                 "chokepoint_packet_socket_guard{{by=\"{by}\",iface=\"{}\"}} 1",
                 esc(i)
+            );
+        }
+        if g.compat_guard == "kill" {
+            let _ = writeln!(
+                o,
+                "chokepoint_packet_socket_guard{{by=\"compat_syscall_kill\",iface=\"\"}} 1"
             );
         }
         let _ = writeln!(

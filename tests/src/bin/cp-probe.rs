@@ -13,6 +13,8 @@ use std::{
 
 use serde_json::json;
 
+#[path = "../probe_compat.rs"]
+mod compat;
 #[path = "../probe_dns.rs"]
 mod dns;
 
@@ -316,54 +318,6 @@ fn ping_sock(dst: IpAddr) -> std::io::Result<()> {
     send_to(&fd, &pkt, 0, &ss, len)
 }
 
-/// `setsockopt(fd, level, name, &val, 4)` through the i386 entry (`int 0x80`, syscall 366): a
-/// compat syscall from a 64-bit process, as a 32-bit binary would make it.
-#[cfg(target_arch = "x86_64")]
-fn setsockopt_compat(fd: i32, level: i32, name: i32, val: i32) -> std::io::Result<()> {
-    // SAFETY: an anonymous private page below 4 GiB, unmapped below.
-    let page = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_32BIT,
-            -1,
-            0,
-        )
-    };
-    if page == libc::MAP_FAILED {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the page is ours and writable.
-    unsafe { page.cast::<i32>().write(val) };
-    let mut ret: u64 = 366;
-    // SAFETY: a syscall through the compat entry; rbx is saved and restored around it, the
-    // argument registers are inputs, and r8-r11 are marked clobbered.
-    unsafe {
-        std::arch::asm!(
-            "xchg {b}, rbx",
-            "int 0x80",
-            "xchg {b}, rbx",
-            b = inout(reg) fd as u64 => _,
-            inlateout("rax") ret,
-            in("rcx") level as u64,
-            in("rdx") name as u64,
-            in("rsi") page as u64,
-            in("rdi") 4u64,
-            out("r8") _,
-            out("r9") _,
-            out("r10") _,
-            out("r11") _,
-        );
-        libc::munmap(page, 4096);
-    }
-    let ret = ret as u32 as i32;
-    if ret < 0 {
-        return Err(std::io::Error::from_raw_os_error(-ret));
-    }
-    Ok(())
-}
-
 /// AF_PACKET (cooked) frame carrying IPv4/UDP from `src` to `dst`, sent on `iface` to `mac`.
 fn packet(
     iface: &str,
@@ -380,15 +334,17 @@ fn packet(
         libc::SOCK_DGRAM,
         (libc::ETH_P_IP as u16).to_be() as i32,
     )?;
-    if std::env::var("CP_QDISC_BYPASS").as_deref() == Ok("compat") {
-        // The same option through the 32-bit entry (`int 0x80`), which skips cgroup/setsockopt.
-        setsockopt_compat(
+    let how = std::env::var("CP_QDISC_BYPASS").unwrap_or_default();
+    if let Some(entry) = compat::Entry::parse(&how) {
+        // The same option through a 32-bit entry, which skips cgroup/setsockopt.
+        compat::setsockopt(
+            entry,
             fd.as_raw_fd(),
             libc::SOL_PACKET,
             libc::PACKET_QDISC_BYPASS,
             1,
         )?;
-    } else if std::env::var_os("CP_QDISC_BYPASS").is_some() {
+    } else if !how.is_empty() {
         // Frames straight to the driver, past TC egress: refused for identities.
         let one: libc::c_int = 1;
         // SAFETY: setsockopt with a valid int option.
@@ -1049,6 +1005,7 @@ fn main() {
             r["src"] = json!(SocketAddr::new(IpAddr::V4(src), packet_sport()).to_string());
             r
         }
+        "compat-uring" => res(compat::io_uring_setup().map(|_| ())),
         "fork" => {
             // A child process of the workload makes the attempt.
             // SAFETY: fork(2); the child only runs the probe logic and exits.

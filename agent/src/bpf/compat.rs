@@ -1,0 +1,173 @@
+//! The compat syscall guard's start checks: which 32-bit syscall entries this kernel runs (i386
+//! through `int 0x80`, x32), and, once `cp_compat_sys` is attached, proof that it sees them: a
+//! child of the daemon makes a compat `setsockopt` on [`compat::SELFTEST_FD`] and must die of
+//! `SIGKILL` before the syscall returns. Without a compat entry the guard is not attached (it
+//! would cost every syscall of the host a tracepoint run for nothing).
+
+use chokepoint_common::compat;
+
+/// The compat syscall guard as detected at start (`status`: `kernel.packet_sockets.compat`).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct CompatGuard {
+    /// The compat entries this kernel runs: `ia32`, `x32` (empty: none, the hole does not exist).
+    pub entries: Vec<&'static str>,
+    /// `kill` (attached and proven: an enforced identity's compat call that would skip
+    /// `cgroup/setsockopt` kills the caller), `not_needed` (no compat entry), `failed` (see
+    /// `detail`; the daemon reports `degraded`).
+    pub guard: &'static str,
+    /// Why the guard is not in force, when it is not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// How a start-check child ended.
+#[derive(Debug, PartialEq)]
+enum Ended {
+    Exited(i32),
+    Signaled(i32),
+}
+
+/// Runs `f` in a forked child (nothing but a raw syscall and `_exit` there) and waits for it.
+fn in_child(f: fn() -> i64) -> std::io::Result<Ended> {
+    // SAFETY: the child only makes a raw syscall and calls `_exit` (async-signal-safe), so
+    // forking a multi-threaded process is sound.
+    let pid = unsafe { libc::fork() };
+    if pid < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if pid == 0 {
+        let ret = f();
+        let code = match ret {
+            r if r == -(libc::ENOSYS as i64) => 2,
+            r if r < 0 => 1,
+            _ => 0,
+        };
+        // SAFETY: leaves the child at once.
+        unsafe { libc::_exit(code) };
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child.
+        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
+        if rc == pid {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+    Ok(if libc::WIFSIGNALED(status) {
+        Ended::Signaled(libc::WTERMSIG(status))
+    } else {
+        Ended::Exited(libc::WEXITSTATUS(status))
+    })
+}
+
+/// A syscall through the i386 entry (`int 0x80`): number and up to four arguments.
+#[cfg(target_arch = "x86_64")]
+fn int80(nr: u64, a: [u64; 4]) -> i64 {
+    let mut ret = nr;
+    // SAFETY: a syscall through the compat entry; rbx is saved and restored around it, the
+    // argument registers are inputs, and r8-r11 are marked clobbered.
+    unsafe {
+        std::arch::asm!(
+            "xchg {b}, rbx",
+            "int 0x80",
+            "xchg {b}, rbx",
+            b = inout(reg) a[0] => _,
+            inlateout("rax") ret,
+            in("rcx") a[1],
+            in("rdx") a[2],
+            in("rsi") a[3],
+            in("rdi") 4u64,
+            out("r8") _,
+            out("r9") _,
+            out("r10") _,
+            out("r11") _,
+        );
+    }
+    i64::from(ret as u32 as i32)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn ia32_getpid() -> i64 {
+    int80(20, [0; 4])
+}
+
+#[cfg(target_arch = "x86_64")]
+fn x32_getpid() -> i64 {
+    // SAFETY: getpid through the x32 numbering; no arguments.
+    let r = unsafe { libc::syscall((compat::X32_BIT + 39) as libc::c_long) };
+    if r < 0 {
+        -(std::io::Error::last_os_error().raw_os_error().unwrap_or(1) as i64)
+    } else {
+        r
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn ia32_selftest() -> i64 {
+    // setsockopt(SELFTEST_FD, SOL_PACKET, PACKET_QDISC_BYPASS, NULL, 4): EBADF if not killed.
+    int80(
+        compat::I386_SETSOCKOPT,
+        [compat::SELFTEST_FD as u32 as u64, 263, 20, 0],
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+fn x32_selftest() -> i64 {
+    // SAFETY: setsockopt through the x32 numbering on a descriptor that is never valid.
+    let r = unsafe {
+        libc::syscall(
+            (compat::X32_BIT + compat::X32_SETSOCKOPT) as libc::c_long,
+            compat::SELFTEST_FD,
+            263,
+            20,
+            0usize,
+            4,
+        )
+    };
+    if r < 0 { -1 } else { r }
+}
+
+/// The compat entries this kernel runs (a child makes `getpid` through each).
+pub fn entries() -> Vec<&'static str> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut v = Vec::new();
+        if in_child(ia32_getpid).is_ok_and(|e| e == Ended::Exited(0)) {
+            v.push("ia32");
+        }
+        if in_child(x32_getpid).is_ok_and(|e| e == Ended::Exited(0)) {
+            v.push("x32");
+        }
+        v
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    Vec::new()
+}
+
+/// With `cp_compat_sys` attached: each entry's compat `setsockopt` must be killed.
+pub fn prove(entries: &[&'static str]) -> Result<(), String> {
+    #[cfg(target_arch = "x86_64")]
+    for e in entries {
+        let f: fn() -> i64 = if *e == "x32" {
+            x32_selftest
+        } else {
+            ia32_selftest
+        };
+        match in_child(f) {
+            Ok(Ended::Signaled(libc::SIGKILL)) => {}
+            Ok(other) => {
+                return Err(format!(
+                    "a {e} setsockopt was not stopped by cp_compat_sys ({other:?})"
+                ));
+            }
+            Err(err) => return Err(format!("start check of the {e} entry: {err}")),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = entries;
+    Ok(())
+}

@@ -1,0 +1,151 @@
+//! The compat syscall guard: `raw_tracepoint/sys_enter` (4.17; `bpf_send_signal` 5.3). The kernel
+//! runs `cgroup/setsockopt` only for native syscalls (`do_sock_setsockopt(.., compat, ..)` skips
+//! it when `in_compat_syscall()`), so a 32-bit `setsockopt` (the i386 entry through `int 0x80`
+//! or `sysenter`, a 32-bit binary, an x32 call) or a socket option set through an io_uring ring
+//! created by a compat `io_uring_setup` could set `PACKET_QDISC_BYPASS` or a `SOL_XDP` option and
+//! send frames past the TC backstop. A tracepoint cannot refuse a syscall, so for an enforced
+//! identity this program kills the caller (`SIGKILL`, queued before the syscall's body runs;
+//! the process never returns to user space) and records the attempt (reason `raw_socket`, hook
+//! `compat_syscall`); an audit identity is only recorded. Judged without reading user memory
+//! (no check-then-use race): the i386 `setsockopt` by its level and option (registers), a compat
+//! `socketcall(SYS_SETSOCKOPT)` and a compat `io_uring_setup` always (their arguments live in
+//! user memory, or the ring's later use is invisible here).
+
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
+        bpf_probe_read_kernel,
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_current_task,
+            bpf_send_signal,
+        },
+    },
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
+};
+use chokepoint_common::{compat, hook, reason, verdict};
+
+use crate::decide::{config, denied, record, resolve};
+
+const SOL_PACKET: u64 = 263;
+const SOL_XDP: u64 = 283;
+const PACKET_QDISC_BYPASS: u64 = 20;
+const SIGKILL: u32 = 9;
+/// `struct pt_regs` (x86-64) offsets of the registers the i386 and x32 entries take arguments in.
+const REG_BX: usize = 40;
+const REG_CX: usize = 88;
+const REG_DX: usize = 96;
+const REG_SI: usize = 104;
+const REG_DI: usize = 112;
+/// `task_struct.thread_info.status` (x86-64: `thread_info` first in `task_struct`, after the
+/// `flags` and `syscall_work` words, Linux 5.11+); the daemon's start check proves it.
+const TASK_TI_STATUS: usize = 16;
+/// `TS_COMPAT`: a 32-bit syscall is active.
+const TS_COMPAT: u32 = 0x0002;
+
+/// What a compat syscall would do, judged from its registers.
+#[derive(PartialEq)]
+enum Risk {
+    /// Nothing that skips TC.
+    None,
+    /// An option that skips TC, or a call whose arguments cannot be judged race-free.
+    SkipsTc,
+}
+
+#[inline(always)]
+fn reg(regs: usize, off: usize) -> u64 {
+    unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.unwrap_or(u64::MAX)
+}
+
+#[inline(always)]
+fn in_ia32_syscall() -> bool {
+    let task = unsafe { bpf_get_current_task() } as usize;
+    if task == 0 {
+        return false;
+    }
+    // Unreadable: judged as compat (the caller then still needs a compat syscall number).
+    unsafe { bpf_probe_read_kernel((task + TASK_TI_STATUS) as *const u32) }
+        .map_or(true, |s| s & TS_COMPAT != 0)
+}
+
+#[inline(always)]
+fn sockopt_risk(level: u64, optname: u64) -> Risk {
+    let (level, optname) = (level & 0xffff_ffff, optname & 0xffff_ffff);
+    if (level == SOL_PACKET && optname == PACKET_QDISC_BYPASS) || level == SOL_XDP {
+        Risk::SkipsTc
+    } else {
+        Risk::None
+    }
+}
+
+/// The risk of syscall `nr` (with the x32 bit) and the magic file descriptor check.
+#[inline(always)]
+fn classify(nr: u64, regs: usize) -> (Risk, u64) {
+    if nr & compat::X32_BIT != 0 {
+        return match nr & !compat::X32_BIT {
+            compat::X32_SETSOCKOPT => (
+                sockopt_risk(reg(regs, REG_SI), reg(regs, REG_DX)),
+                reg(regs, REG_DI),
+            ),
+            compat::IO_URING_SETUP => (Risk::SkipsTc, 0),
+            _ => (Risk::None, 0),
+        };
+    }
+    match nr {
+        compat::I386_SETSOCKOPT | compat::I386_SOCKETCALL | compat::IO_URING_SETUP => {}
+        _ => return (Risk::None, 0),
+    }
+    if !in_ia32_syscall() {
+        return (Risk::None, 0);
+    }
+    match nr {
+        compat::I386_SETSOCKOPT => (
+            sockopt_risk(reg(regs, REG_CX), reg(regs, REG_DX)),
+            reg(regs, REG_BX),
+        ),
+        compat::I386_SOCKETCALL if reg(regs, REG_BX) & 0xffff_ffff == compat::SYS_SETSOCKOPT => {
+            (Risk::SkipsTc, 0)
+        }
+        compat::IO_URING_SETUP => (Risk::SkipsTc, 0),
+        _ => (Risk::None, 0),
+    }
+}
+
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn cp_compat_sys(ctx: RawTracePointContext) -> i32 {
+    let nr: u64 = ctx.arg(1);
+    let regs: usize = ctx.arg(0);
+    let (risk, fd) = classify(nr, regs);
+    if risk == Risk::None {
+        return 0;
+    }
+    if fd as u32 == compat::SELFTEST_FD as u32 {
+        // The daemon's start check (a child of its own asking to be killed): proves that this
+        // program sees compat syscalls on this kernel. Any process may ask this of itself only.
+        unsafe { bpf_send_signal(SIGKILL) };
+        return 0;
+    }
+    let Some(cfg) = config() else { return 0 };
+    let cgid = unsafe { bpf_get_current_cgroup_id() };
+    let id = resolve(&cfg, cgid, |l| unsafe {
+        bpf_get_current_ancestor_cgroup_id(l)
+    });
+    if id.ident == 0 {
+        return 0;
+    }
+    let dec = denied(&id, reason::RAW_SOCKET);
+    if dec.verdict == verdict::DENY {
+        unsafe { bpf_send_signal(SIGKILL) };
+    }
+    record(dec.verdict, dec.reason, |ev| {
+        ev.cgroup_id = cgid;
+        ev.pid_tgid = bpf_get_current_pid_tgid();
+        ev.uid_gid = bpf_get_current_uid_gid();
+        ev.comm = bpf_get_current_comm().unwrap_or_default();
+        ev.ident = id.ident;
+        ev.generation = cfg.generation();
+        ev.hook = hook::COMPAT_SYSCALL;
+        ev.mode = id.mode;
+    });
+    0
+}
