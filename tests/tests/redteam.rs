@@ -147,7 +147,10 @@ fn run_probe(
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     let out = in_cgroup(cmd, cgroup, netns).output().expect("probe");
-    (out.status, String::from_utf8_lossy(&out.stdout).into_owned())
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
 }
 
 fn killed(status: std::process::ExitStatus) -> bool {
@@ -174,7 +177,10 @@ fn packet_qdisc_bypass_through_a_compat_syscall_is_refused() {
             .is_some_and(|e| e.iter().any(|x| x == "ia32")),
         "{compat}"
     );
-    assert_eq!(st["identities"][0]["backstop"]["compat_syscall"], true, "{st}");
+    assert_eq!(
+        st["identities"][0]["backstop"]["compat_syscall"], true,
+        "{st}"
+    );
     assert_eq!(
         metric(
             &b.daemon.scrape(),
@@ -193,7 +199,10 @@ fn packet_qdisc_bypass_through_a_compat_syscall_is_refused() {
         // arrives.
         let p = payload(&format!("rt-{how}-outside"));
         let (status, out) = run_probe(None, Some(&b.sb.pod), &args, &p, how);
-        assert!(status.success() && out.contains("\"ok\":true"), "control {how}: {status} {out}");
+        assert!(
+            status.success() && out.contains("\"ok\":true"),
+            "control {how}: {status} {out}"
+        );
         assert!(
             b.sb.wait_for(Duration::from_secs(5), |rec| rec.with_payload(&p) > 0),
             "control {how}: the frame never arrived: {:?}",
@@ -208,7 +217,10 @@ fn packet_qdisc_bypass_through_a_compat_syscall_is_refused() {
             0,
             "{how}: a frame left past TC after a compat PACKET_QDISC_BYPASS: {status} {out}"
         );
-        assert!(killed(status), "{how}: the caller was not killed: {status} {out}");
+        assert!(
+            killed(status),
+            "{how}: the caller was not killed: {status} {out}"
+        );
         let rec = b.daemon.wait_flow(Duration::from_secs(5), |f| {
             f["hook"] == "compat_syscall"
                 && f["reason"] == "raw_socket"
@@ -227,7 +239,10 @@ fn packet_qdisc_bypass_through_a_compat_syscall_is_refused() {
 fn a_compat_io_uring_ring_is_refused() {
     let b = Bare::new();
     let (status, out) = run_probe(None, None, &["compat-uring"], "-", "");
-    assert!(status.success() && out.contains("\"ok\":true"), "control: {status} {out}");
+    assert!(
+        status.success() && out.contains("\"ok\":true"),
+        "control: {status} {out}"
+    );
     let (status, out) = run_probe(Some(&b.cg.path), None, &["compat-uring"], "-", "");
     assert!(killed(status), "the caller was not killed: {status} {out}");
     let rec = b.daemon.wait_flow(Duration::from_secs(5), |f| {
