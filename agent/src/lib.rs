@@ -13,6 +13,7 @@ pub mod cli;
 pub mod daemon;
 pub mod dns;
 pub mod fqdn;
+pub mod httpd;
 pub mod inventory;
 pub mod k8s;
 pub mod metrics;

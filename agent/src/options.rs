@@ -21,6 +21,10 @@ pub struct Options {
     pub alert_window: Duration,
     pub alert_log: Option<PathBuf>,
     pub alert_webhook: Option<String>,
+    /// File with the HMAC-SHA256 secret that signs webhook bodies.
+    pub alert_webhook_secret_file: Option<PathBuf>,
+    /// PEM CA certificates for `https://` webhook receivers (instead of the system's roots).
+    pub alert_webhook_ca: Option<PathBuf>,
     pub flow_buffer: usize,
     /// The gateways' read-only attestation socket.
     pub attest_socket: PathBuf,

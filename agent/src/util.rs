@@ -62,32 +62,25 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
     (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
-/// Parses `30s`, `10m`, `2h`, `1d`, `500ms`.
+/// The longest duration a flag or config value can hold: values beyond it (and numbers too big
+/// to represent) saturate to it instead of wrapping. Ten years, well inside what nanosecond
+/// clocks (`u64`, 584 years) and `Instant` arithmetic can take.
+pub const MAX_DURATION: Duration = Duration::from_secs(10 * 365 * 86_400);
+
+/// Parses a duration as `humantime` reads it: `30s`, `10m`, `2h`, `1d`, `500ms`, `1h30m`,
+/// `2 days`. Zero is refused; anything longer than [`MAX_DURATION`], including numbers that
+/// overflow, saturates to it.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit())
-        .ok_or_else(|| format!("duration `{s}` needs a unit (ms, s, m, h, d)"))?;
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("duration `{s}` does not start with a number"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86_400),
-        _ => {
-            return Err(format!(
-                "duration `{s}`: unknown unit `{unit}` (ms, s, m, h, d)"
-            ));
-        }
+    let d = match humantime::parse_duration(s) {
+        Ok(d) => d,
+        Err(humantime::DurationError::NumberOverflow) => MAX_DURATION,
+        Err(e) => return Err(format!("duration `{s}`: {e} (e.g. 500ms, 30s, 10m, 2h, 1d)")),
     };
     if d.is_zero() {
         return Err(format!("duration `{s}` must be positive"));
     }
-    Ok(d)
+    Ok(d.min(MAX_DURATION))
 }
 
 /// Writes `data` to `path` atomically: temporary file, fsync, rename, fsync of the directory.
@@ -137,7 +130,20 @@ mod tests {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("2h").unwrap(), Duration::from_secs(7200));
         assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_duration("500ms").unwrap(), Duration::from_millis(500));
+        assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
+        assert_eq!(parse_duration("1d").unwrap(), Duration::from_secs(86_400));
         assert!(parse_duration("5").is_err());
-        assert!(parse_duration("5y").is_err());
+        assert!(parse_duration("5parsecs").is_err());
+        assert!(parse_duration("").is_err());
+        // Too big to hold (the old parser wrapped `n * 86400` to a small value): saturates.
+        for huge in [
+            "213503982334602d",
+            "18446744073709551615s",
+            "99999999999999999999999h",
+            "500y",
+        ] {
+            assert_eq!(parse_duration(huge).unwrap(), MAX_DURATION, "{huge}");
+        }
     }
 }

@@ -891,6 +891,11 @@ impl Daemon {
         }
     }
 
+    /// The daemon process's pid, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The daemon's log so far.
     pub fn log_text(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
@@ -951,17 +956,27 @@ impl Daemon {
         }
     }
 
-    /// Scrapes `/metrics`.
+    /// Scrapes `/metrics` (the classic text format).
     pub fn scrape(&self) -> String {
-        use std::io::{Read, Write};
+        let r = self.metrics_get("/metrics", &[]);
+        assert_eq!(r.status, 200, "scrape: {r:?}");
+        r.body
+    }
+
+    /// One GET on the metrics endpoint with extra header lines.
+    pub fn metrics_get(&self, path: &str, headers: &[&str]) -> HttpResponse {
         let mut s = std::net::TcpStream::connect(self.metrics).expect("metrics connect");
-        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-            .expect("write");
-        let mut body = String::new();
-        s.read_to_string(&mut body).expect("read");
-        body.split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default()
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut req = format!("GET {path} HTTP/1.1\r\nHost: x\r\n");
+        for h in headers {
+            req += h;
+            req += "\r\n";
+        }
+        req += "\r\n";
+        use std::io::Write;
+        s.write_all(req.as_bytes()).expect("write");
+        read_response(&mut s).expect("metrics response")
     }
 
     /// Applies a new policy through the CLI; returns the JSON answer.
@@ -1107,22 +1122,75 @@ pub fn payload(what: &str) -> String {
     unique(what)
 }
 
+/// An HTTP response as a test reads it.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Header lines, names lowercased.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first header named `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Reads one HTTP/1.1 response: the head, then `Content-Length` bytes of body (or up to the end
+/// of the stream without one), so that a keep-alive server need not close the connection.
+pub fn read_response(s: &mut impl std::io::Read) -> Option<HttpResponse> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    while !buf.ends_with(b"\r\n\r\n") {
+        if s.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        buf.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&buf).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next()?.split_whitespace().nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let len = headers
+        .iter()
+        .find(|(k, _)| k == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let mut body = Vec::new();
+    match len {
+        Some(n) => {
+            body.resize(n, 0);
+            s.read_exact(&mut body).ok()?;
+        }
+        None => {
+            let _ = s.read_to_end(&mut body);
+        }
+    }
+    Some(HttpResponse {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    })
+}
+
 /// One HTTP request over a Unix socket; returns (status, JSON body).
 pub fn http_unix(socket: &Path, request: &[u8]) -> (u16, Value) {
-    use std::io::{Read, Write};
+    use std::io::Write;
     let mut s = std::os::unix::net::UnixStream::connect(socket).expect("connect attest socket");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let _ = s.write_all(request);
-    let mut resp = String::new();
-    let _ = s.read_to_string(&mut resp);
-    let status = resp
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = resp.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+    match read_response(&mut s) {
+        Some(r) => (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null)),
+        None => (0, Value::Null),
+    }
 }
 
 /// `GET /v1/attest?peer=…&local=…` on the attestation socket.

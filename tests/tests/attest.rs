@@ -168,13 +168,15 @@ fn garbage_oversized_and_slow_requests_get_clear_errors() {
             b"GET /v1/attest?peer=nonsense&local=1.2.3.4:80 HTTP/1.1\r\n\r\n",
             400,
         ),
-        (b"\x00\x01\x02garbage\r\n\r\n", 405),
     ];
     for (req, want) in &cases {
         let (code, v) = http_unix(sock, req);
         assert_eq!(code, *want, "{:?}: {v}", String::from_utf8_lossy(req));
         assert!(v["error"].as_str().is_some_and(|e| !e.is_empty()), "{v}");
     }
+    // Not HTTP at all: the HTTP layer answers 400 (malformed) before any endpoint logic.
+    let (code, _) = http_unix(sock, b"\x00\x01\x02garbage\r\n\r\n");
+    assert_eq!(code, 400);
     let mut big = b"GET /v1/attest?peer=".to_vec();
     big.extend(std::iter::repeat_n(b'a', 20_000));
     let (code, _) = http_unix(sock, &big);
@@ -201,4 +203,60 @@ fn garbage_oversized_and_slow_requests_get_clear_errors() {
     );
     let resp = slow.join().expect("slow");
     assert!(resp.contains(" 408 "), "slow client: {resp}");
+}
+
+#[test]
+fn answers_come_from_the_cache_while_the_cgroup_tree_is_large() {
+    let sb = Sandbox::new();
+    let a = Cgroup::new(&unique("cpt-acme"));
+    // A large tree elsewhere: 2,000 cgroups that a walk per request would read.
+    let big = Cgroup::new(&unique("cpt-big"));
+    for i in 0..40 {
+        let d = big.child(&format!("g{i}"));
+        for j in 0..49 {
+            std::fs::create_dir(d.join(format!("c{j}"))).expect("mkdir cgroup");
+        }
+    }
+    let worker = a.child("worker");
+    let policy = sb.policy(&[("acme-agent", &a.rel, "enforce")]);
+    let daemon = Daemon::start(&policy, &[]);
+    let gw4 = SocketAddr::new(sb.gateway4(), GATEWAY_PORT);
+    // One connection from the identity's cgroup, one from a descendant of it.
+    let (pa, peer_a, local_a) = held(&sb, Some(&a.path), None, gw4);
+    let (pw, peer_w, local_w) = held(&sb, Some(&worker), None, gw4);
+    let (code, v) = attest(&daemon.attest, &peer_w, &local_w);
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(v["cgroup"], format!("{}/worker", a.rel), "{v}");
+    assert_eq!(v["pid"], pw.0.id());
+    let n = 500;
+    for i in 0..n {
+        let (peer, local, rel) = if i % 2 == 0 {
+            (&peer_a, &local_a, a.rel.clone())
+        } else {
+            (&peer_w, &local_w, format!("{}/worker", a.rel))
+        };
+        let (code, v) = attest(&daemon.attest, peer, local);
+        assert_eq!(code, 200, "{i}: {v}");
+        assert_eq!(v["cgroup"], rel);
+    }
+    drop(pa);
+    let text = daemon.scrape();
+    let names = |source: &str| {
+        metric(
+            &text,
+            &format!("chokepoint_attest_cgroup_names_total{{source=\"{source}\"}}"),
+        )
+        .unwrap_or_else(|| panic!("no cgroup name counter for {source}:\n{text}"))
+    };
+    let (cache, kernel, unknown) = (names("cache"), names("kernel"), names("unknown"));
+    assert_eq!(unknown, 0.0);
+    assert!(cache + kernel >= f64::from(n + 1), "{cache} + {kernel}");
+    // No walk per request: a kernel lookup only for a cgroup not seen since the watcher last
+    // started over (other tests' cgroups coming and going make it start over).
+    assert!(
+        kernel / (cache + kernel) < 0.1,
+        "{kernel} kernel lookups for {} answers",
+        cache + kernel
+    );
+    drop(big);
 }

@@ -1,5 +1,5 @@
 //! The attestation endpoint's HTTP side: the Unix socket (mode, group), the optional loopback
-//! TCP port, and one request per connection.
+//! TCP port, and the requests, served by [`crate::httpd`] (hyper).
 
 use std::{
     ffi::CString,
@@ -10,17 +10,22 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use serde_json::{Value, json};
-use tokio::{
-    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
-    net::{TcpListener, UnixListener},
-    sync::Semaphore,
+use bytes::Bytes;
+use hyper::{
+    Method, Request, Response, StatusCode,
+    body::Incoming,
+    header::{ALLOW, CONTENT_TYPE, HeaderValue},
 };
+use serde_json::{Value, json};
+use tokio::net::UnixListener;
 
 use super::Source;
+use crate::httpd::{self, Body, Limits, Listener, SlotStats};
 
 /// Longest request head accepted.
 pub const MAX_HEAD: usize = 8192;
+/// Connections the endpoint holds at once (idle ones make room for new ones).
+pub const MAX_CONNECTIONS: usize = 4096;
 /// Time a client has to send its request head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -51,22 +56,15 @@ pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<
     Ok(l)
 }
 
-fn respond(status: u16, body: &Value) -> Vec<u8> {
-    let reason = match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        408 => "Request Timeout",
-        431 => "Request Header Fields Too Large",
-        _ => "Error",
-    };
-    let body = body.to_string();
-    format!(
-        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
+fn respond(status: StatusCode, body: &Value) -> Response<Body> {
+    let mut r = Response::new(Body::new(Bytes::from(body.to_string())));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    if status == StatusCode::METHOD_NOT_ALLOWED {
+        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET"));
+    }
+    r
 }
 
 fn query_param<'a>(query: &'a str, key: &str) -> Option<&'a str> {
@@ -93,114 +91,68 @@ fn unescape(s: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
-/// Handles one HTTP request on `io`.
-async fn handle<A: Source, S: AsyncRead + AsyncWrite + Unpin>(shared: &A, mut io: S) {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    let head = tokio::time::timeout(HEAD_TIMEOUT, async {
-        loop {
-            if buf.windows(4).any(|w| w == b"\r\n\r\n") || buf.windows(2).any(|w| w == b"\n\n") {
-                return Ok(true);
-            }
-            if buf.len() > MAX_HEAD {
-                return Ok(false);
-            }
-            let n = io.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    "closed",
-                ));
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    })
-    .await;
-    let (status, body) = match head {
-        Err(_) => (
-            408,
-            json!({"error": format!("request head not received within {}s", HEAD_TIMEOUT.as_secs())}),
-        ),
-        Ok(Err(_)) => return,
-        Ok(Ok(false)) => (
-            431,
-            json!({"error": format!("request head larger than {MAX_HEAD} bytes")}),
-        ),
-        Ok(Ok(true)) => {
-            let text = String::from_utf8_lossy(&buf);
-            let line = text.lines().next().unwrap_or("");
-            let mut parts = line.split_whitespace();
-            let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-            let (path, query) = target.split_once('?').unwrap_or((target, ""));
-            if method != "GET" {
-                (405, json!({"error": "only GET is supported"}))
-            } else if path != "/v1/attest" {
-                (
-                    404,
-                    json!({"error": format!("no such endpoint `{path}` (use /v1/attest?peer=IP:PORT&local=IP:PORT)")}),
-                )
-            } else {
-                match (
-                    query_param(query, "peer").and_then(unescape),
-                    query_param(query, "local").and_then(unescape),
-                ) {
-                    (Some(p), Some(l)) => match super::answer(shared, &p, &l) {
-                        Ok(v) => (200, v),
-                        Err((code, msg)) => (code, json!({"error": msg})),
-                    },
-                    _ => {
-                        shared
-                            .metrics()
-                            .attest_bad_request
-                            .fetch_add(1, Ordering::Relaxed);
-                        (
-                            400,
-                            json!({"error": "both `peer` and `local` query parameters are required"}),
-                        )
-                    }
-                }
-            }
-        }
-    };
-    let _ = io.write_all(&respond(status, &body)).await;
-    let _ = io.shutdown().await;
-}
-
-/// Where the endpoint listens: the Unix socket, or the optional loopback TCP port.
-pub enum Listener {
-    Unix(UnixListener),
-    Tcp(TcpListener),
-}
-
-/// Serves the endpoint: one task per connection, at most 4,096 at once.
-pub async fn serve<A: Source>(shared: Arc<A>, l: Listener) {
-    let limit = Arc::new(Semaphore::new(4096));
-    loop {
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            return;
-        };
-        let sh = shared.clone();
-        match &l {
-            Listener::Unix(u) => {
-                let Ok((s, _)) = u.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let _p = permit;
-                    handle(sh.as_ref(), s).await;
-                });
-            }
-            Listener::Tcp(t) => {
-                let Ok((s, _)) = t.accept().await else {
-                    continue;
-                };
-                tokio::spawn(async move {
-                    let _p = permit;
-                    handle(sh.as_ref(), s).await;
-                });
-            }
+/// Answers one request.
+fn handle<A: Source>(shared: &A, req: &Request<Incoming>) -> Response<Body> {
+    if req.method() != Method::GET {
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            &json!({"error": "only GET is supported"}),
+        );
+    }
+    let path = req.uri().path();
+    if path != "/v1/attest" {
+        return respond(
+            StatusCode::NOT_FOUND,
+            &json!({"error": format!("no such endpoint `{path}` (use /v1/attest?peer=IP:PORT&local=IP:PORT)")}),
+        );
+    }
+    let query = req.uri().query().unwrap_or("");
+    match (
+        query_param(query, "peer").and_then(unescape),
+        query_param(query, "local").and_then(unescape),
+    ) {
+        (Some(p), Some(l)) => match super::answer(shared, &p, &l) {
+            Ok(v) => respond(StatusCode::OK, &v),
+            Err((code, msg)) => respond(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+                &json!({"error": msg}),
+            ),
+        },
+        _ => {
+            shared
+                .metrics()
+                .attest_bad_request
+                .fetch_add(1, Ordering::Relaxed);
+            respond(
+                StatusCode::BAD_REQUEST,
+                &json!({"error": "both `peer` and `local` query parameters are required"}),
+            )
         }
     }
+}
+
+/// Serves the endpoint on `listener` (the Unix socket or the loopback TCP port): keep-alive,
+/// [`HEAD_TIMEOUT`] for a request head (408 when part of one arrived), [`MAX_HEAD`] bytes of
+/// head at most (431), [`MAX_CONNECTIONS`] connections (idle ones make room).
+pub async fn serve<A: Source>(shared: Arc<A>, listener: Listener, stats: Arc<SlotStats>) {
+    let limits = Limits {
+        max_connections: MAX_CONNECTIONS,
+        head_timeout: HEAD_TIMEOUT,
+        max_head: MAX_HEAD,
+        timeout_response: Some(httpd::raw_response(
+            408,
+            "Request Timeout",
+            "application/json",
+            &json!({"error": format!("request head not received within {}s", HEAD_TIMEOUT.as_secs())})
+                .to_string(),
+        )),
+    };
+    httpd::serve(listener, limits, stats, move |req| {
+        let s = shared.clone();
+        // A lookup is one map read and a cache read: answered inline, no blocking pool.
+        std::future::ready(handle(s.as_ref(), &req))
+    })
+    .await;
 }
 
 #[cfg(test)]

@@ -10,12 +10,17 @@
 //! oversized head.
 
 pub mod http;
+pub mod names;
 
-use std::{net::SocketAddr, path::Path, sync::atomic::Ordering};
+use std::{
+    net::SocketAddr,
+    sync::{Arc, atomic::Ordering},
+};
 
 use serde_json::{Value, json};
 
-pub use http::{HEAD_TIMEOUT, Listener, MAX_HEAD, bind_unix, serve};
+pub use http::{HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD, bind_unix, serve};
+pub use names::CgroupNames;
 
 use chokepoint_common::AttestVal;
 
@@ -31,8 +36,8 @@ pub trait Source: Send + Sync + 'static {
     fn identity_of(&self, generation: u32, ident: u32) -> Option<(String, Option<String>)>;
     /// Task name of a numeric task id.
     fn task_name(&self, task: u64) -> Option<String>;
-    /// The cgroup v2 root (to name cgroups).
-    fn cgroup_root(&self) -> &Path;
+    /// The path of a cgroup id, from the watcher's cache (never a walk of the tree).
+    fn cgroup_name(&self, id: u64) -> Option<Arc<str>>;
     /// This node's name.
     fn node(&self) -> &str;
 }
@@ -81,13 +86,12 @@ pub fn answer<S: Source + ?Sized>(
     let (identity, tenant) = shared
         .identity_of(v.generation, v.ident)
         .map_or((None, None), |(n, t)| (Some(n), t));
-    let mut paths = crate::cgroup::PathCache::new(shared.cgroup_root().to_path_buf());
     Ok(json!({
         "identity": identity,
         "tenant": tenant,
         "task": if v.task != 0 { shared.task_name(v.task) } else { None },
         "pid": (v.pid_tgid >> 32) as u32,
-        "cgroup": paths.path(v.cgroup_id),
+        "cgroup": shared.cgroup_name(v.cgroup_id).as_deref(),
         "since": util::rfc3339_ns(util::boot_to_wall_ns(v.since_ns)),
         "policy_generation": v.generation,
         "socket_cookie": v.cookie,

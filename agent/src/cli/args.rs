@@ -409,9 +409,17 @@ pub struct DaemonArgs {
     /// JSON lines file of alerts.
     #[arg(long)]
     pub alert_log: Option<PathBuf>,
-    /// http:// URL that receives each alert as a JSON POST.
+    /// http:// or https:// URL that receives each alert as a JSON POST.
     #[arg(long)]
     pub alert_webhook: Option<String>,
+    /// File holding a secret: each webhook body is signed with HMAC-SHA256 in the
+    /// `X-Chokepoint-Signature-256: sha256=<hex>` header.
+    #[arg(long, value_name = "FILE")]
+    pub alert_webhook_secret_file: Option<PathBuf>,
+    /// PEM file of the CA certificates an https:// webhook receiver is checked against (instead
+    /// of the system's roots).
+    #[arg(long, value_name = "FILE")]
+    pub alert_webhook_ca: Option<PathBuf>,
     /// Unix socket of the read-only attestation endpoint for gateways.
     #[arg(long)]
     pub attest_socket: Option<PathBuf>,

@@ -29,6 +29,8 @@ struct ConfigFile {
     alert_window: Option<String>,
     alert_log: Option<PathBuf>,
     alert_webhook: Option<String>,
+    alert_webhook_secret_file: Option<PathBuf>,
+    alert_webhook_ca: Option<PathBuf>,
     attest_socket: Option<PathBuf>,
     attest_socket_mode: Option<String>,
     attest_group: Option<String>,
@@ -130,6 +132,10 @@ impl DaemonArgs {
                     .map_err(|e| anyhow::anyhow!("--alert-window: {e}"))?,
                 alert_log: self.alert_log.or(cfg.alert_log),
                 alert_webhook: self.alert_webhook.or(cfg.alert_webhook),
+                alert_webhook_secret_file: self
+                    .alert_webhook_secret_file
+                    .or(cfg.alert_webhook_secret_file),
+                alert_webhook_ca: self.alert_webhook_ca.or(cfg.alert_webhook_ca),
                 flow_buffer: 10_000,
                 attest_socket: self
                     .attest_socket

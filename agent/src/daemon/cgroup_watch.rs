@@ -18,6 +18,30 @@ impl Shared {
         unsafe { libc::write(self.rearm_fd, std::ptr::from_ref(&one).cast(), 8) };
     }
 
+    /// Puts every bound identity cgroup in the attestation name cache; with `changed` (the
+    /// watcher saw a cgroup come or go) cached descendants are dropped first, as they may be
+    /// stale.
+    fn sync_cgroup_names(&self, changed: bool) {
+        let paths: Vec<String> = {
+            let a = self.active.read().expect("active lock");
+            a.policy
+                .identities
+                .iter()
+                .filter(|i| i.pod.is_none() && !i.unresolved)
+                .map(|i| i.cgroup_path.clone())
+                .collect()
+        };
+        let bound: Vec<(String, u64)> = paths
+            .into_iter()
+            .filter_map(|p| {
+                let id = crate::cgroup::id_of(&self.opts.cgroup_root.join(&p)).ok()?;
+                Some((p, id))
+            })
+            .collect();
+        self.cgroup_names
+            .sync(bound.iter().map(|(p, id)| (p.as_str(), *id)), changed);
+    }
+
     /// Directories whose changes can change the bindings: for every selector, the nearest
     /// existing ancestor of the selected cgroup's parent (so creation, deletion and re-creation
     /// of the cgroup are all seen).
@@ -75,6 +99,7 @@ pub(crate) fn watch_cgroups(shared: Arc<Shared>) {
         }
         // Bindings may have changed between the last reconcile and arming the watches.
         shared.reconcile();
+        shared.sync_cgroup_names(false);
         let mut pfds = [
             libc::pollfd {
                 fd,
@@ -98,6 +123,7 @@ pub(crate) fn watch_cgroups(shared: Arc<Shared>) {
                 while libc::read(shared.rearm_fd, buf.as_mut_ptr().cast(), 8) > 0 {}
             }
             shared.reconcile();
+            shared.sync_cgroup_names(true);
         }
         // SAFETY: closing our own descriptor.
         unsafe { libc::close(fd) };

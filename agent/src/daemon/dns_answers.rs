@@ -88,21 +88,23 @@ fn learn(shared: &Shared, a: &DnsAnswer) {
 }
 
 impl super::shared::DnsAnswerCounts {
-    /// `chokepoint_dns_answers_total{result}` in the Prometheus text format.
-    pub(crate) fn render(&self) -> String {
-        let mut o = String::from(
-            "# HELP chokepoint_dns_answers_total DNS answers identities received from their sanctioned resolvers, captured to name the inventory's destinations, by result (parsed, unparsed, lost: the capture ring was full).\n# TYPE chokepoint_dns_answers_total counter\n",
+    /// The `chokepoint_dns_answers_total{result}` family.
+    pub(crate) fn family(&self) -> crate::metrics::family::Family {
+        use crate::metrics::family::{Family, Value};
+        let mut f = Family::counter(
+            "chokepoint_dns_answers_total",
+            "DNS answers identities received from their sanctioned resolvers, captured to name the inventory's destinations, by result (parsed, unparsed, lost: the capture ring was full).",
         );
         for (result, n) in [
             ("parsed", &self.parsed),
             ("unparsed", &self.unparsed),
             ("lost", &self.lost),
         ] {
-            o += &format!(
-                "chokepoint_dns_answers_total{{result=\"{result}\"}} {}\n",
-                n.load(Ordering::Relaxed)
+            f.push(
+                vec![("result", result.to_string())],
+                Value::Int(n.load(Ordering::Relaxed)),
             );
         }
-        o
+        f
     }
 }

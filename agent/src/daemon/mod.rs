@@ -136,6 +136,15 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let metrics_listener = TcpListener::bind(&opts.metrics_addr)
         .await
         .with_context(|| format!("binding metrics on {}", opts.metrics_addr))?;
+    // The webhook's URL, secret and CA file are checked before any kernel state is touched.
+    let webhook = match &opts.alert_webhook {
+        Some(url) => Some(Webhook::new(&crate::alerts::webhook::WebhookOptions {
+            url: url.clone(),
+            secret_file: opts.alert_webhook_secret_file.clone(),
+            ca_file: opts.alert_webhook_ca.clone(),
+        })?),
+        None => None,
+    };
     let store = StateStore::open(&opts.state_dir)?;
     // The audit and alert logs' one writer each, opened before any kernel state is touched.
     let audit = match &opts.audit_log {
@@ -266,6 +275,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     fqdn.on_policy(&start_policy);
     let (flow_tx, _) = broadcast::channel(16_384);
     let (alert_tx, _) = broadcast::channel(1024);
+    let metrics = Metrics::default();
     let shared = Arc::new(Shared {
         node: opts
             .kube
@@ -288,7 +298,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         alerts: Mutex::new(Ring::new(1024)),
         flow_tx,
         alert_tx,
-        metrics: Metrics::default(),
+        cgroup_names: crate::attest::CgroupNames::new(&opts.cgroup_root, metrics.cgroup_names.clone()),
+        metrics,
         audit: audit.clone(),
         alert_log: alert_log.clone(),
         degraded,
@@ -381,8 +392,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         });
     }
     let (alert_q_tx, alert_q_rx) = mpsc::channel::<Alert>(1024);
-    if let Some(url) = &opts.alert_webhook {
-        let hook = Webhook::parse(url).map_err(|e| anyhow::anyhow!(e))?;
+    if let Some(hook) = webhook {
         set.spawn(webhook_task(hook, alert_q_rx, shared.webhook.clone(), 5));
     } else {
         drop(alert_q_rx);
@@ -439,16 +449,21 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     {
         let s = shared.clone();
         set.spawn(async move {
-            crate::attest::serve(s, crate::attest::Listener::Unix(attest_listener)).await
+            let stats = s.metrics.http_attest.clone();
+            crate::attest::serve(s, crate::httpd::Listener::Unix(attest_listener), stats).await
         });
     }
     if let Some(l) = attest_tcp {
         let s = shared.clone();
-        set.spawn(async move { crate::attest::serve(s, crate::attest::Listener::Tcp(l)).await });
+        let stats = s.metrics.http_attest.clone();
+        set.spawn(
+            async move { crate::attest::serve(s, crate::httpd::Listener::Tcp(l), stats).await },
+        );
     }
     {
         let s = shared.clone();
-        set.spawn(async move { crate::metrics::server::serve(s, metrics_listener).await });
+        let stats = s.metrics.http_metrics.clone();
+        set.spawn(async move { crate::metrics::server::serve(s, metrics_listener, stats).await });
     }
     info!(socket = %opts.socket.display(), metrics = %opts.metrics_addr, webhook = ?opts.alert_webhook, generation = shared.active.read().expect("active lock").generation, "chokepoint daemon ready");
 

@@ -1,7 +1,7 @@
 //! What the API, metrics and attestation servers read from the daemon: the daemon's side of
 //! their traits.
 
-use std::{net::SocketAddr, path::Path, sync::Arc};
+use std::{net::SocketAddr, sync::Arc};
 
 use chokepoint_common::AttestVal;
 use tokio::sync::broadcast;
@@ -52,10 +52,10 @@ impl crate::api::server::Service for Shared {
 }
 
 impl crate::metrics::server::Source for Shared {
-    fn render_metrics(&self) -> String {
-        self.metrics.render(&self.gauges())
-            + &self.fqdn.render_metrics()
-            + &self.dns_answers.render()
+    fn render_metrics(&self, format: crate::metrics::Format) -> String {
+        let mut extra = self.fqdn.metric_families();
+        extra.push(self.dns_answers.family());
+        self.metrics.render(format, &self.gauges(), extra)
     }
     fn status(&self) -> serde_json::Value {
         self.status_json()
@@ -75,8 +75,8 @@ impl crate::attest::Source for Shared {
     fn task_name(&self, task: u64) -> Option<String> {
         Shared::task_name(self, task)
     }
-    fn cgroup_root(&self) -> &Path {
-        &self.opts.cgroup_root
+    fn cgroup_name(&self, id: u64) -> Option<Arc<str>> {
+        self.cgroup_names.name(id)
     }
     fn node(&self) -> &str {
         &self.node

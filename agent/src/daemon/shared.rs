@@ -65,6 +65,8 @@ pub struct Shared {
     pub(super) flow_tx: broadcast::Sender<Arc<FlowRecord>>,
     pub(super) alert_tx: broadcast::Sender<Arc<Alert>>,
     pub(super) metrics: Metrics,
+    /// Cgroup names for attestation answers, kept current by the cgroup watcher.
+    pub(super) cgroup_names: crate::attest::CgroupNames,
     /// The audit log's one writer (flows, losses, policy changes, grants, revokes).
     pub(super) audit: AuditSink,
     /// The alert log's one writer.

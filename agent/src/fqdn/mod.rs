@@ -339,9 +339,10 @@ impl Fqdn {
         let mut capped = 0usize;
         for &(addr, ttl) in addrs {
             let addr = crate::policy::parse::normalise(addr);
-            let life =
-                Duration::from_secs(ttl as u64).max(self.settings.min_ttl) + self.settings.grace;
-            let expires = now + life.as_nanos() as u64;
+            let life = Duration::from_secs(ttl as u64)
+                .max(self.settings.min_ttl)
+                .saturating_add(self.settings.grace);
+            let expires = now.saturating_add(u64::try_from(life.as_nanos()).unwrap_or(u64::MAX));
             let table = inner.learned.entry(identity.to_string()).or_default();
             if !table.contains_key(&addr) && table.len() >= self.settings.max_per_identity {
                 // Make room from expired entries first.
@@ -526,35 +527,34 @@ impl Fqdn {
         json!({"learned": out, "proxies": proxies})
     }
 
-    /// Prometheus lines.
-    pub fn render_metrics(&self) -> String {
-        use std::fmt::Write;
+    /// The `chokepoint_fqdn_*` metric families.
+    pub fn metric_families(&self) -> Vec<crate::metrics::family::Family> {
+        use crate::metrics::family::{Family, Value};
         let inner = self.inner.lock().expect("fqdn lock");
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "# HELP chokepoint_fqdn_learned Addresses learned for toFQDN rules, per identity.\n# TYPE chokepoint_fqdn_learned gauge"
+        let mut learned = Family::gauge(
+            "chokepoint_fqdn_learned",
+            "Addresses learned for toFQDN rules, per identity.",
         );
         for name in inner.idents.keys() {
             let n = inner.learned.get(name).map_or(0, |a| a.len());
-            let _ = writeln!(s, "chokepoint_fqdn_learned{{identity=\"{name}\"}} {n}");
+            learned.push(vec![("identity", name.clone())], Value::Int(n as u64));
         }
         let c = &self.counters;
-        let _ = writeln!(
-            s,
-            "# HELP chokepoint_fqdn_evictions_total Learned toFQDN entries removed, by reason.\n# TYPE chokepoint_fqdn_evictions_total counter"
+        let mut evictions = Family::counter(
+            "chokepoint_fqdn_evictions_total",
+            "Learned toFQDN entries removed, by reason.",
         );
         for (why, v) in [
             ("expired", &c.expired),
             ("policy", &c.dropped_policy),
             ("cap", &c.cap_reached),
         ] {
-            let _ = writeln!(
-                s,
-                "chokepoint_fqdn_evictions_total{{reason=\"{why}\"}} {}",
-                v.load(Ordering::Relaxed)
+            evictions.push(
+                vec![("reason", why.to_string())],
+                Value::Int(v.load(Ordering::Relaxed)),
             );
         }
+        let mut out = vec![learned, evictions];
         for (name, help, v) in [
             (
                 "chokepoint_fqdn_lookups_total",
@@ -572,13 +572,9 @@ impl Fqdn {
                 &c.upstream_failures,
             ),
         ] {
-            let _ = writeln!(
-                s,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                v.load(Ordering::Relaxed)
-            );
+            out.push(Family::counter(name, help).with(vec![], Value::Int(v.load(Ordering::Relaxed))));
         }
-        s
+        out
     }
 
     /// Runs the expiry loop.
