@@ -239,3 +239,67 @@ fn an_untrusted_receiver_gets_nothing() {
     assert_eq!(*rx.attempts.lock().expect("lock"), 0);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_bad_webhook_configuration_stops_the_daemon_before_it_touches_the_kernel() {
+    require_privileges();
+    let dir = std::env::temp_dir().join(unique("cpt-hook"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let empty = dir.join("empty-secret");
+    std::fs::write(&empty, "\n").expect("secret");
+    let no_certs = dir.join("no-certs.pem");
+    std::fs::write(&no_certs, "not a certificate\n").expect("ca");
+    let cases: [(&[&str], &str); 4] = [
+        (&["--alert-webhook", "ftp://127.0.0.1/x"], "only http:// and https://"),
+        (
+            &[
+                "--alert-webhook",
+                "https://[::1]:1/x",
+                "--alert-webhook-secret-file",
+                "/nonexistent/secret",
+            ],
+            "--alert-webhook-secret-file /nonexistent/secret",
+        ),
+        (
+            &[
+                "--alert-webhook",
+                "https://[::1]:1/x",
+                "--alert-webhook-secret-file",
+                empty.to_str().expect("utf8"),
+            ],
+            "the secret is empty",
+        ),
+        (
+            &[
+                "--alert-webhook",
+                "https://[::1]:1/x",
+                "--alert-webhook-ca",
+                no_certs.to_str().expect("utf8"),
+            ],
+            "--alert-webhook-ca",
+        ),
+    ];
+    for (args, want) in cases {
+        let bpffs = std::path::PathBuf::from(format!("/sys/fs/bpf/{}", unique("cpt-hook")));
+        let out = std::process::Command::new(chokepoint_bin())
+            .arg("daemon")
+            .arg("--bpffs")
+            .arg(&bpffs)
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .arg("--socket")
+            .arg(dir.join("cp.sock"))
+            .arg("--attest-socket")
+            .arg(dir.join("attest.sock"))
+            .arg("--metrics-addr")
+            .arg(format!("127.0.0.1:{}", free_port()))
+            .args(args)
+            .output()
+            .expect("run daemon");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?} started");
+        assert!(err.contains(want), "{args:?}: {err}");
+        assert!(!bpffs.exists(), "{args:?}: pins were created before the refusal");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
