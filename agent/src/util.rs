@@ -75,7 +75,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let d = match humantime::parse_duration(s) {
         Ok(d) => d,
         Err(humantime::DurationError::NumberOverflow) => MAX_DURATION,
-        Err(e) => return Err(format!("duration `{s}`: {e} (e.g. 500ms, 30s, 10m, 2h, 1d)")),
+        Err(e) => {
+            return Err(format!(
+                "duration `{s}`: {e} (e.g. 500ms, 30s, 10m, 2h, 1d)"
+            ));
+        }
     };
     if d.is_zero() {
         return Err(format!("duration `{s}` must be positive"));

@@ -1188,7 +1188,10 @@ pub fn http_unix(socket: &Path, request: &[u8]) -> (u16, Value) {
         .expect("timeout");
     let _ = s.write_all(request);
     match read_response(&mut s) {
-        Some(r) => (r.status, serde_json::from_str(&r.body).unwrap_or(Value::Null)),
+        Some(r) => (
+            r.status,
+            serde_json::from_str(&r.body).unwrap_or(Value::Null),
+        ),
         None => (0, Value::Null),
     }
 }

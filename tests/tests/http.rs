@@ -89,7 +89,10 @@ fn metrics_answer_get_only_and_speak_openmetrics_when_asked() {
         "{classic:?}"
     );
     let text = &classic.body;
-    assert!(text.contains("# TYPE chokepoint_decisions_total counter\n"), "{text}");
+    assert!(
+        text.contains("# TYPE chokepoint_decisions_total counter\n"),
+        "{text}"
+    );
     assert!(text.contains("# TYPE chokepoint_policy_apply_seconds histogram\n"));
     assert!(!text.contains("# EOF"));
     // Process metrics, with the kernel's clock tick and page size.
@@ -98,7 +101,10 @@ fn metrics_answer_get_only_and_speak_openmetrics_when_asked() {
         .expect("clock")
         .as_secs_f64();
     let start = metric(text, "process_start_time_seconds").expect("start time");
-    assert!(start <= now + 1.0 && start > now - 600.0, "{start} vs {now}");
+    assert!(
+        start <= now + 1.0 && start > now - 600.0,
+        "{start} vs {now}"
+    );
     assert!(metric(text, "process_open_fds").is_some_and(|v| v > 3.0));
     assert!(metric(text, "process_max_fds").is_some_and(|v| v > 0.0));
     assert!(metric(text, "process_cpu_seconds_total").is_some_and(|v| v >= 0.0));
@@ -132,10 +138,7 @@ fn metrics_answer_get_only_and_speak_openmetrics_when_asked() {
     assert!(om.body.ends_with("# EOF\n"), "{}", om.body);
     assert!(om.body.contains("# TYPE chokepoint_decisions counter\n"));
     // Same samples, same names.
-    assert_eq!(
-        metric(&om.body, "chokepoint_policy_generation"),
-        Some(1.0)
-    );
+    assert_eq!(metric(&om.body, "chokepoint_policy_generation"), Some(1.0));
     assert!(
         metric(&om.body, "chokepoint_records_lost_total").is_some(),
         "{}",

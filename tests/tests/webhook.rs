@@ -250,7 +250,10 @@ fn a_bad_webhook_configuration_stops_the_daemon_before_it_touches_the_kernel() {
     let no_certs = dir.join("no-certs.pem");
     std::fs::write(&no_certs, "not a certificate\n").expect("ca");
     let cases: [(&[&str], &str); 4] = [
-        (&["--alert-webhook", "ftp://127.0.0.1/x"], "only http:// and https://"),
+        (
+            &["--alert-webhook", "ftp://127.0.0.1/x"],
+            "only http:// and https://",
+        ),
         (
             &[
                 "--alert-webhook",
@@ -299,7 +302,10 @@ fn a_bad_webhook_configuration_stops_the_daemon_before_it_touches_the_kernel() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{args:?} started");
         assert!(err.contains(want), "{args:?}: {err}");
-        assert!(!bpffs.exists(), "{args:?}: pins were created before the refusal");
+        assert!(
+            !bpffs.exists(),
+            "{args:?}: pins were created before the refusal"
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -62,7 +62,8 @@ fn respond(status: StatusCode, body: &Value) -> Response<Body> {
     r.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     if status == StatusCode::METHOD_NOT_ALLOWED {
-        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET"));
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
     }
     r
 }

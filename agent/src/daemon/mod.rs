@@ -298,7 +298,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         alerts: Mutex::new(Ring::new(1024)),
         flow_tx,
         alert_tx,
-        cgroup_names: crate::attest::CgroupNames::new(&opts.cgroup_root, metrics.cgroup_names.clone()),
+        cgroup_names: crate::attest::CgroupNames::new(
+            &opts.cgroup_root,
+            metrics.cgroup_names.clone(),
+        ),
         metrics,
         audit: audit.clone(),
         alert_log: alert_log.clone(),

@@ -572,7 +572,9 @@ impl Fqdn {
                 &c.upstream_failures,
             ),
         ] {
-            out.push(Family::counter(name, help).with(vec![], Value::Int(v.load(Ordering::Relaxed))));
+            out.push(
+                Family::counter(name, help).with(vec![], Value::Int(v.load(Ordering::Relaxed))),
+            );
         }
         out
     }

@@ -140,12 +140,7 @@ pub(super) struct Release(pub(super) Arc<Slot>);
 impl Drop for Release {
     fn drop(&mut self) {
         let s = &self.0;
-        s.slots
-            .open
-            .lock()
-            .expect("slots lock")
-            .conns
-            .remove(&s.id);
+        s.slots.open.lock().expect("slots lock").conns.remove(&s.id);
     }
 }
 

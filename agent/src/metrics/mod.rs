@@ -226,8 +226,10 @@ impl Metrics {
                 Value::Int(1),
             );
         }
-        let mut alerts =
-            Family::counter("chokepoint_alerts_total", "Bypass alerts raised, by reason.");
+        let mut alerts = Family::counter(
+            "chokepoint_alerts_total",
+            "Bypass alerts raised, by reason.",
+        );
         for (r, c) in self.alerts.lock().expect("metrics lock").iter() {
             alerts.push(l(&[("reason", r)]), Value::Int(*c));
         }
@@ -258,7 +260,10 @@ impl Metrics {
             "chokepoint_http_connections_total",
             "Connections to the metrics and attestation endpoints, by outcome: accepted, evicted (idle, closed to make room at the connection limit), refused (every connection busy).",
         );
-        for (endpoint, st) in [("metrics", &self.http_metrics), ("attest", &self.http_attest)] {
+        for (endpoint, st) in [
+            ("metrics", &self.http_metrics),
+            ("attest", &self.http_attest),
+        ] {
             for (outcome, v) in [
                 ("accepted", &st.accepted),
                 ("evicted", &st.evicted),
@@ -347,11 +352,17 @@ mod tests {
             "chokepoint_attest_lookups_total{result=\"found\"} 0",
             "# TYPE process_cpu_seconds_total counter",
         ] {
-            assert!(text.lines().any(|l| l == line), "missing `{line}` in\n{text}");
+            assert!(
+                text.lines().any(|l| l == line),
+                "missing `{line}` in\n{text}"
+            );
         }
         assert!(!text.contains("# EOF"));
         let om = m.render(Format::OpenMetrics, &gauges(), vec![]);
-        assert!(om.lines().any(|l| l == "# TYPE chokepoint_decisions counter"));
+        assert!(
+            om.lines()
+                .any(|l| l == "# TYPE chokepoint_decisions counter")
+        );
         assert!(om.lines().any(|l| l == "chokepoint_records_lost_total 3"));
         assert!(om.ends_with("# EOF\n"));
     }

@@ -131,10 +131,7 @@ mod tests {
 
     #[test]
     fn reads_this_process() {
-        let names: Vec<String> = families()
-            .iter()
-            .map(|f| format!("{f:?}"))
-            .collect();
+        let names: Vec<String> = families().iter().map(|f| format!("{f:?}")).collect();
         for want in [
             "process_cpu_seconds_total",
             "process_resident_memory_bytes",

@@ -44,7 +44,11 @@ pub async fn serve<S: Source>(shared: Arc<S>, listener: TcpListener, stats: Arc<
     .await;
 }
 
-fn response(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+fn response(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Body> {
     let mut r = Response::new(Body::new(body.into()));
     *r.status_mut() = status;
     r.headers_mut()
@@ -59,7 +63,8 @@ async fn handle<S: Source>(s: Arc<S>, req: &Request<Incoming>) -> Response<Body>
             "text/plain",
             "only GET is supported\n",
         );
-        r.headers_mut().insert(ALLOW, HeaderValue::from_static("GET"));
+        r.headers_mut()
+            .insert(ALLOW, HeaderValue::from_static("GET"));
         return r;
     }
     match req.uri().path() {

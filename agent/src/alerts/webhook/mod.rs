@@ -146,7 +146,10 @@ pub struct WebhookStats {
 /// is taken off ("equal jitter"), so that nodes that failed together do not retry together.
 pub fn backoff(attempt: u32) -> Duration {
     let base = Duration::from_millis(200)
-        .saturating_mul(1u32.checked_shl(attempt.saturating_sub(1)).unwrap_or(u32::MAX))
+        .saturating_mul(
+            1u32.checked_shl(attempt.saturating_sub(1))
+                .unwrap_or(u32::MAX),
+        )
         .min(Duration::from_secs(30));
     let half = base / 2;
     let r = getrandom::u64().unwrap_or(0);
@@ -209,9 +212,7 @@ mod tests {
             assert!(parse_url(ok).is_ok(), "{ok}");
         }
         assert_eq!(
-            parse_url("http://[::1]:9000/alerts")
-                .unwrap()
-                .host_str(),
+            parse_url("http://[::1]:9000/alerts").unwrap().host_str(),
             Some("[::1]")
         );
         for bad in ["ftp://x/", "not a url", "http://", "unix:///run/x"] {
