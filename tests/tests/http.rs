@@ -185,3 +185,73 @@ fn idle_and_slow_connections_do_not_starve_a_scrape() {
     assert!(evicted >= 300.0 - 128.0, "{evicted}");
     drop(held);
 }
+
+/// The daemon's CPU time (user + system) in seconds, from procfs.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let rest = stat.rsplit_once(')').expect("comm").1;
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .map(|v| v.parse().expect("ticks"))
+        .collect();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (f[0] + f[1]) as f64 / hz
+}
+
+/// Sets the soft RLIMIT_NOFILE of `pid`, returning the old limit.
+fn set_nofile(pid: u32, soft: u64) -> libc::rlimit {
+    let mut old = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reads the current limit into `old`, then sets the new one.
+    unsafe {
+        assert_eq!(
+            libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old),
+            0
+        );
+        let new = libc::rlimit {
+            rlim_cur: soft,
+            rlim_max: old.rlim_max,
+        };
+        assert_eq!(
+            libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()),
+            0
+        );
+    }
+    old
+}
+
+#[test]
+fn out_of_descriptors_the_accept_loop_backs_off_and_still_serves() {
+    let fx = Fixture::new("enforce");
+    let pid = fx.daemon.pid().expect("pid");
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("fds")
+        .count() as u64;
+    // A few descriptors of headroom, then more connections than that: accept() fails with
+    // EMFILE while they wait in the backlog.
+    let old = set_nofile(pid, open + 6);
+    let held: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(fx.daemon.metrics).expect("connect"))
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let c0 = cpu_seconds(pid);
+    std::thread::sleep(Duration::from_secs(2));
+    let busy = (cpu_seconds(pid) - c0) / 2.0;
+    eprintln!("{busy:.3} of a CPU while out of descriptors");
+    // A retrying accept loop would burn a whole core (1.0).
+    assert!(
+        busy < 0.2,
+        "the daemon used {busy:.2} of a CPU while out of descriptors"
+    );
+    // Idle connections give their descriptors back: a real scrape is answered meanwhile.
+    let r = fx.daemon.metrics_get("/metrics", &[]);
+    assert_eq!(r.status, 200, "{r:?}");
+    drop(held);
+    // SAFETY: restores the limit read above.
+    unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &old, std::ptr::null_mut()) };
+}
