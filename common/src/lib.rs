@@ -232,8 +232,9 @@ pub mod compat {
     pub const X32_BIT: u64 = 0x4000_0000;
     /// x32 `setsockopt`.
     pub const X32_SETSOCKOPT: u64 = 541;
-    /// The file descriptor of the daemon's start check (a compat `setsockopt` on it asks the
-    /// guard to kill the caller, proving the guard sees compat syscalls); never a valid fd.
+    /// The file descriptor of the daemon's start check (a compat `setsockopt` on it, with the
+    /// install's token as the option pointer, asks that install's guard to kill the caller,
+    /// proving the guard sees compat syscalls); never a valid fd.
     pub const SELFTEST_FD: i32 = -0x6370_6b74;
 }
 

@@ -37,11 +37,17 @@ const REG_CX: usize = 88;
 const REG_DX: usize = 96;
 const REG_SI: usize = 104;
 const REG_DI: usize = 112;
+const REG_R10: usize = 56;
 /// `task_struct.thread_info.status` (x86-64: `thread_info` first in `task_struct`, after the
 /// `flags` and `syscall_work` words, Linux 5.11+); the daemon's start check proves it.
 const TASK_TI_STATUS: usize = 16;
 /// `TS_COMPAT`: a 32-bit syscall is active.
 const TS_COMPAT: u32 = 0x0002;
+
+/// This install's start-check token (set by the daemon at load from its bpffs path): a start
+/// check passes it as the option pointer, so only this install's guard answers its own check.
+#[unsafe(no_mangle)]
+static CP_SELFTEST_TOKEN: u32 = 0;
 
 /// What a compat syscall would do, judged from its registers.
 #[derive(PartialEq)]
@@ -78,36 +84,39 @@ fn sockopt_risk(level: u64, optname: u64) -> Risk {
     }
 }
 
-/// The risk of syscall `nr` (with the x32 bit) and the magic file descriptor check.
+/// The risk of syscall `nr` (with the x32 bit), and for a `setsockopt` its descriptor and option
+/// pointer (the start check's marks).
 #[inline(always)]
-fn classify(nr: u64, regs: usize) -> (Risk, u64) {
+fn classify(nr: u64, regs: usize) -> (Risk, u64, u64) {
     if nr & compat::X32_BIT != 0 {
         return match nr & !compat::X32_BIT {
             compat::X32_SETSOCKOPT => (
                 sockopt_risk(reg(regs, REG_SI), reg(regs, REG_DX)),
                 reg(regs, REG_DI),
+                reg(regs, REG_R10),
             ),
-            compat::IO_URING_SETUP => (Risk::SkipsTc, 0),
-            _ => (Risk::None, 0),
+            compat::IO_URING_SETUP => (Risk::SkipsTc, 0, 0),
+            _ => (Risk::None, 0, 0),
         };
     }
     match nr {
         compat::I386_SETSOCKOPT | compat::I386_SOCKETCALL | compat::IO_URING_SETUP => {}
-        _ => return (Risk::None, 0),
+        _ => return (Risk::None, 0, 0),
     }
     if !in_ia32_syscall() {
-        return (Risk::None, 0);
+        return (Risk::None, 0, 0);
     }
     match nr {
         compat::I386_SETSOCKOPT => (
             sockopt_risk(reg(regs, REG_CX), reg(regs, REG_DX)),
             reg(regs, REG_BX),
+            reg(regs, REG_SI),
         ),
         compat::I386_SOCKETCALL if reg(regs, REG_BX) & 0xffff_ffff == compat::SYS_SETSOCKOPT => {
-            (Risk::SkipsTc, 0)
+            (Risk::SkipsTc, 0, 0)
         }
-        compat::IO_URING_SETUP => (Risk::SkipsTc, 0),
-        _ => (Risk::None, 0),
+        compat::IO_URING_SETUP => (Risk::SkipsTc, 0, 0),
+        _ => (Risk::None, 0, 0),
     }
 }
 
@@ -115,11 +124,12 @@ fn classify(nr: u64, regs: usize) -> (Risk, u64) {
 pub fn cp_compat_sys(ctx: RawTracePointContext) -> i32 {
     let nr: u64 = ctx.arg(1);
     let regs: usize = ctx.arg(0);
-    let (risk, fd) = classify(nr, regs);
+    let (risk, fd, optval) = classify(nr, regs);
     if risk == Risk::None {
         return 0;
     }
-    if fd as u32 == compat::SELFTEST_FD as u32 {
+    let token = unsafe { core::ptr::read_volatile(&CP_SELFTEST_TOKEN) };
+    if fd as u32 == compat::SELFTEST_FD as u32 && optval as u32 == token {
         // The daemon's start check (a child of its own asking to be killed): proves that this
         // program sees compat syscalls on this kernel. Any process may ask this of itself only.
         unsafe { bpf_send_signal(SIGKILL) };

@@ -20,6 +20,17 @@ pub struct CompatGuard {
     pub detail: Option<String>,
 }
 
+/// This install's start-check token (`CP_SELFTEST_TOKEN` of the program), from its bpffs path:
+/// stable across restarts (a kept program answers the next daemon's check), different per
+/// install, so another install's guard never answers this one's check. Never 0.
+pub fn token(bpffs: &std::path::Path) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in bpffs.as_os_str().as_encoded_bytes() {
+        h = (h ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+    }
+    h | 1
+}
+
 /// How a start-check child ended.
 #[derive(Debug, PartialEq)]
 enum Ended {
@@ -28,7 +39,7 @@ enum Ended {
 }
 
 /// Runs `f` in a forked child (nothing but a raw syscall and `_exit` there) and waits for it.
-fn in_child(f: fn() -> i64) -> std::io::Result<Ended> {
+fn in_child(f: fn(u32) -> i64, arg: u32) -> std::io::Result<Ended> {
     // SAFETY: the child only makes a raw syscall and calls `_exit` (async-signal-safe), so
     // forking a multi-threaded process is sound.
     let pid = unsafe { libc::fork() };
@@ -36,7 +47,7 @@ fn in_child(f: fn() -> i64) -> std::io::Result<Ended> {
         return Err(std::io::Error::last_os_error());
     }
     if pid == 0 {
-        let ret = f();
+        let ret = f(arg);
         let code = match ret {
             r if r == -(libc::ENOSYS as i64) => 2,
             r if r < 0 => 1,
@@ -91,12 +102,12 @@ fn int80(nr: u64, a: [u64; 4]) -> i64 {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn ia32_getpid() -> i64 {
+fn ia32_getpid(_: u32) -> i64 {
     int80(20, [0; 4])
 }
 
 #[cfg(target_arch = "x86_64")]
-fn x32_getpid() -> i64 {
+fn x32_getpid(_: u32) -> i64 {
     // SAFETY: getpid through the x32 numbering; no arguments.
     let r = unsafe { libc::syscall((compat::X32_BIT + 39) as libc::c_long) };
     if r < 0 {
@@ -107,16 +118,16 @@ fn x32_getpid() -> i64 {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn ia32_selftest() -> i64 {
-    // setsockopt(SELFTEST_FD, SOL_PACKET, PACKET_QDISC_BYPASS, NULL, 4): EBADF if not killed.
+fn ia32_selftest(token: u32) -> i64 {
+    // setsockopt(SELFTEST_FD, SOL_PACKET, PACKET_QDISC_BYPASS, token, 4): EBADF if not killed.
     int80(
         compat::I386_SETSOCKOPT,
-        [compat::SELFTEST_FD as u32 as u64, 263, 20, 0],
+        [compat::SELFTEST_FD as u32 as u64, 263, 20, u64::from(token)],
     )
 }
 
 #[cfg(target_arch = "x86_64")]
-fn x32_selftest() -> i64 {
+fn x32_selftest(token: u32) -> i64 {
     // SAFETY: setsockopt through the x32 numbering on a descriptor that is never valid.
     let r = unsafe {
         libc::syscall(
@@ -124,7 +135,7 @@ fn x32_selftest() -> i64 {
             compat::SELFTEST_FD,
             263,
             20,
-            0usize,
+            token as usize,
             4,
         )
     };
@@ -136,10 +147,10 @@ pub fn entries() -> Vec<&'static str> {
     #[cfg(target_arch = "x86_64")]
     {
         let mut v = Vec::new();
-        if in_child(ia32_getpid).is_ok_and(|e| e == Ended::Exited(0)) {
+        if in_child(ia32_getpid, 0).is_ok_and(|e| e == Ended::Exited(0)) {
             v.push("ia32");
         }
-        if in_child(x32_getpid).is_ok_and(|e| e == Ended::Exited(0)) {
+        if in_child(x32_getpid, 0).is_ok_and(|e| e == Ended::Exited(0)) {
             v.push("x32");
         }
         v
@@ -148,16 +159,16 @@ pub fn entries() -> Vec<&'static str> {
     Vec::new()
 }
 
-/// With `cp_compat_sys` attached: each entry's compat `setsockopt` must be killed.
-pub fn prove(entries: &[&'static str]) -> Result<(), String> {
+/// With `cp_compat_sys` attached: each entry's compat `setsockopt` carrying `token` must be killed.
+pub fn prove(entries: &[&'static str], token: u32) -> Result<(), String> {
     #[cfg(target_arch = "x86_64")]
     for e in entries {
-        let f: fn() -> i64 = if *e == "x32" {
+        let f: fn(u32) -> i64 = if *e == "x32" {
             x32_selftest
         } else {
             ia32_selftest
         };
-        match in_child(f) {
+        match in_child(f, token) {
             Ok(Ended::Signaled(libc::SIGKILL)) => {}
             Ok(other) => {
                 return Err(format!(
@@ -168,6 +179,6 @@ pub fn prove(entries: &[&'static str]) -> Result<(), String> {
         }
     }
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = entries;
+    let _ = (entries, token);
     Ok(())
 }

@@ -408,6 +408,8 @@ pub fn start(
     let btf = Btf::from_sys_fs().ok();
     let mut loader = EbpfLoader::new();
     loader.btf(btf.as_ref());
+    let token = compat::token(opts.bpffs);
+    loader.override_global("CP_SELFTEST_TOKEN", &token, true);
     if std::env::var_os("CHOKEPOINT_VERIFIER_LOG").is_some() {
         loader.verifier_log_level(aya::VerifierLogLevel::VERBOSE | aya::VerifierLogLevel::STATS);
     }
@@ -666,7 +668,7 @@ pub fn start(
     drop(bpf);
     if !compat_guard.entries.is_empty() {
         let proven = if attached.iter().any(|a| a.program == names::PROG_COMPAT_SYS) {
-            compat::prove(&compat_guard.entries)
+            compat::prove(&compat_guard.entries, token)
         } else {
             Err(degraded
                 .iter()
