@@ -295,6 +295,21 @@ impl Bed {
     }
 }
 
+/// `getppid` calls per second of this process for `secs`: what every syscall of the host pays
+/// for the compat syscall guard (`raw_tracepoint/sys_enter`) while it is attached.
+fn syscall_rate(secs: f64) -> f64 {
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed().as_secs_f64() < secs {
+        for _ in 0..1000 {
+            // SAFETY: getppid has no arguments and no side effects.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        }
+        n += 1000;
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
 fn stats(v: &[f64]) -> Value {
     if v.is_empty() {
         return Value::Null;
@@ -614,6 +629,12 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
                             .push(r["p99_ns"].as_f64().unwrap_or(0.0) / 1000.0);
                     }
                 }
+                check()?;
+                raw.entry("syscall")
+                    .or_default()
+                    .entry(cfg)
+                    .or_default()
+                    .push(syscall_rate(secs));
                 if cfg == "chokepoint" {
                     let r = bed.run("deny", &denied, secs.min(0.5));
                     raw.entry("denied_connect_us")
@@ -887,6 +908,7 @@ fn markdown(r: &Value) -> String {
             ("rr", "request/response rate"),
             ("bulk", "bulk TCP throughput"),
             ("udp", "small UDP send rate"),
+            ("syscall", "getppid rate (every syscall of the host)"),
         ] {
             let f = &v["figures"][metric];
             let cell = |cfg: &str| {
