@@ -254,6 +254,20 @@ fn a_compat_io_uring_ring_is_refused() {
         f["hook"] == "compat_syscall" && f["verdict"] == "deny" && f["identity"] == "agent"
     });
     assert!(rec.is_some(), "no record: {:#?}", b.daemon.flows());
+    // And a bypass alert for the identity.
+    let t0 = Instant::now();
+    loop {
+        let a = b.daemon.cli_json(&["alerts", "-o", "json"]);
+        let hit = a.as_array().is_some_and(|v| {
+            v.iter()
+                .any(|x| x["identity"] == "agent" && x["reason"] == "raw_socket")
+        });
+        if hit {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(5), "no alert: {a}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The guard is pinned like every program: it keeps killing while the daemon is down, a restart
