@@ -13,7 +13,7 @@ pub struct CompatGuard {
     pub entries: Vec<&'static str>,
     /// `kill` (attached and proven: an enforced identity's compat call that would skip
     /// `cgroup/setsockopt` kills the caller), `not_needed` (no compat entry), `failed` (see
-    /// `detail`; the daemon reports `degraded`).
+    /// `detail`; the daemon reports `degraded`), `unsupported_arch` (not x86-64: not attached).
     pub guard: &'static str,
     /// Why the guard is not in force, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]

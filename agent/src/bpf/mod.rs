@@ -478,7 +478,13 @@ pub fn start(
         if name == names::PROG_COMPAT_SYS {
             compat_guard.entries = compat::entries();
             if compat_guard.entries.is_empty() {
-                compat_guard.guard = "not_needed";
+                // The guard reads x86-64 registers; other architectures' compat entries
+                // (aarch32) are not covered, and `status` says so.
+                compat_guard.guard = if cfg!(target_arch = "x86_64") {
+                    "not_needed"
+                } else {
+                    "unsupported_arch"
+                };
                 continue;
             }
         }
