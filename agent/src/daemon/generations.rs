@@ -83,7 +83,21 @@ impl Shared {
             (a.generation, a.policy.clone())
         };
         let generation = store.last_generation()?.max(previous) + 1;
-        maps.apply(&policy, &bindings, generation)?;
+        // Known before the switch: the first records of the new generation name its identities.
+        self.generations
+            .write()
+            .expect("generations lock")
+            .insert(generation, policy.clone());
+        let forget = || {
+            self.generations
+                .write()
+                .expect("generations lock")
+                .remove(&generation);
+        };
+        if let Err(e) = maps.apply(&policy, &bindings, generation) {
+            forget();
+            return Err(e.into());
+        }
         let meta = GenerationMeta {
             generation,
             name: policy.name.clone(),
@@ -98,6 +112,7 @@ impl Shared {
             // Put the previous generation back so kernel and state agree.
             let prev = self.active.read().expect("active lock");
             let _ = maps.apply(&prev.policy, &prev.bindings, prev.generation);
+            forget();
             return Err(e).context(
                 "recording the new generation failed; the previous generation stays active",
             );
@@ -106,7 +121,6 @@ impl Shared {
         drop(store);
         {
             let mut g = self.generations.write().expect("generations lock");
-            g.insert(generation, policy.clone());
             // Records name identities of recent generations only (what the ring buffer may still
             // hold); older compiled policies are dropped, not kept for the daemon's lifetime.
             while g.len() > KEEP_GENERATIONS {
