@@ -157,6 +157,8 @@ impl Cluster {
             ))
             .arg("--service-cluster-ip-range=10.96.0.0/24")
             .arg("--profiling=false")
+            // As every real cluster: the agent is a privileged pod.
+            .arg("--allow-privileged=true")
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -473,6 +475,45 @@ impl Cluster {
             }],
         });
         self.patch_status("v1", "Pod", Some(ns), name, status);
+    }
+}
+
+/// The Python of the helm-sdkpy environment `cargo xtask setup` makes (Helm's Go code as a
+/// library, from PyPI): `$CP_HELM_PYTHON`, else the cache.
+pub fn helm_python() -> PathBuf {
+    let p = std::env::var_os("CP_HELM_PYTHON")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(HELM_PYTHON));
+    assert!(
+        p.is_file(),
+        "no helm-sdkpy environment at {} (or $CP_HELM_PYTHON): `cargo xtask setup` makes it",
+        p.display()
+    );
+    p
+}
+
+/// Where `cargo xtask setup` puts helm-sdkpy.
+pub const HELM_PYTHON: &str = "/var/cache/chokepoint-k8s/helm-sdkpy-0.1.32/bin/python";
+
+impl Cluster {
+    /// Runs Helm (`xtask/k8s/helm.py`: install, upgrade, uninstall, status) against this
+    /// cluster as admin; `Ok` holds the release (its `manifest` is what Helm rendered), `Err`
+    /// Helm's message.
+    pub fn helm(&self, args: &[&str], values: Option<&Value>) -> Result<Value, String> {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../xtask/k8s/helm.py");
+        let kc = self.kubeconfig("helm", &self.admin_token.clone());
+        let mut cmd = Command::new(helm_python());
+        cmd.arg(script).arg(&kc).args(args);
+        if let Some(v) = values {
+            let f = self.dir.join(unique("values") + ".json");
+            fs::write(&f, v.to_string()).expect("values");
+            cmd.arg(f);
+        }
+        let out = cmd.output().expect("run helm.py");
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("helm.py output: {e}"))
     }
 }
 

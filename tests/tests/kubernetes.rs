@@ -23,18 +23,18 @@ use serde_json::{Value, json};
 
 /// The rendered manifests (from the Helm chart).
 fn manifests() -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/kubernetes/chokepoint.yaml"),
-    )
-    .expect("deploy/kubernetes/chokepoint.yaml")
+    std::fs::read_to_string(repo(PLAIN)).expect("deploy/kubernetes/chokepoint.yaml")
 }
 
+const PLAIN: &str = "deploy/kubernetes/chokepoint.yaml";
+
 fn crd() -> String {
-    std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../deploy/helm/chokepoint/crds/egresspolicies.chokepoint.dev.yaml"),
-    )
-    .expect("CRD")
+    std::fs::read_to_string(repo("deploy/kubernetes/egresspolicies.chokepoint.dev.yaml"))
+        .expect("CRD")
+}
+
+fn repo(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(rel)
 }
 
 /// A node: the control plane, the chart's RBAC and CRD installed, the sandbox, kubelet's
@@ -634,4 +634,257 @@ fn kube_probe_of_a_server_in_the_pod_gets_its_answer() {
     );
     // The pod still cannot open its own way out.
     n.assert_enforced(&a, "agents", "team-a", "agent-0", "default");
+}
+#[test]
+fn kube_manifests_pass_a_server_side_dry_run_and_the_role_is_least_privilege() {
+    let cluster = Cluster::start();
+    for obj in Cluster::parse_yaml(&crd()) {
+        cluster.apply(obj);
+    }
+    let docs = Cluster::parse_yaml(&manifests());
+    assert!(
+        docs.iter().any(|d| d["kind"] == "DaemonSet"),
+        "no DaemonSet in the manifests"
+    );
+    // The namespace exists for real (namespaced objects cannot be dry-run into a missing one).
+    for d in docs.iter().filter(|d| d["kind"] == "Namespace") {
+        cluster.apply(d.clone());
+    }
+    for d in &docs {
+        if let Err(e) = cluster.try_apply(d, true) {
+            panic!("the apiserver refused {}: {e}", d["kind"]);
+        }
+    }
+    // Installed for real, the chart's ServiceAccount may read pods, not secrets.
+    for d in docs.iter().filter(|d| {
+        matches!(
+            d["kind"].as_str(),
+            Some("ServiceAccount" | "ClusterRole" | "ClusterRoleBinding")
+        )
+    }) {
+        cluster.apply(d.clone());
+    }
+    let token = cluster.token("chokepoint-system", "chokepoint");
+    let agent = cluster.client_from(&cluster.kubeconfig("agent", &token));
+    let can = |path: &str| {
+        let req = http::Request::get(path).body(Vec::new()).expect("request");
+        cluster
+            .block_on(agent.request_text(req))
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    };
+    can("/api/v1/pods?fieldSelector=spec.nodeName%3Dx").expect("list pods");
+    can("/api/v1/namespaces").expect("list namespaces");
+    can("/apis/chokepoint.dev/v1alpha1/egresspolicies").expect("list egresspolicies");
+    let e = can("/api/v1/secrets").expect_err("the agent may list secrets");
+    assert!(e.contains("403") || e.contains("forbidden"), "{e}");
+    let e = can("/api/v1/configmaps").expect_err("the agent may list configmaps");
+    assert!(e.contains("403") || e.contains("forbidden"), "{e}");
+}
+
+const PLAIN_HEADER: &str = "# Rendered by Helm from deploy/helm/chokepoint with its default values; do not edit.\n# Regenerate: CHOKEPOINT_BLESS=1 cargo test -p chokepoint-tests --test kubernetes kube_helm\n# Install: kubectl apply -f deploy/kubernetes/ (docs/kubernetes.md)\n";
+
+/// A stand-in for the Prometheus Operator's ServiceMonitor CRD (its schema is not checked).
+fn service_monitor_crd() -> Value {
+    json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
+        "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+            "names": {"kind": "ServiceMonitor", "plural": "servicemonitors",
+                "singular": "servicemonitor", "listKind": "ServiceMonitorList"},
+            "versions": [{"name": "v1", "served": true, "storage": true,
+                "schema": {"openAPIV3Schema": {"type": "object",
+                    "x-kubernetes-preserve-unknown-fields": true}}}]}})
+}
+
+fn config_of(cluster: &Cluster) -> Value {
+    let cm = cluster
+        .get(
+            "v1",
+            "ConfigMap",
+            Some("chokepoint-system"),
+            "chokepoint-config",
+        )
+        .expect("config map");
+    serde_saphyr::from_str(cm["data"]["config.yaml"].as_str().expect("config.yaml"))
+        .expect("config YAML")
+}
+
+#[test]
+fn kube_helm_chart_installs_upgrades_uninstalls_and_renders_the_plain_manifests() {
+    let cluster = Cluster::start();
+    let chart = repo("deploy/helm/chokepoint");
+    let chart = chart.to_str().expect("utf8");
+    let rel = cluster
+        .helm(&["install", "chokepoint", chart], None)
+        .unwrap_or_else(|e| panic!("helm install: {e}"));
+    assert_eq!(rel["info"]["status"], "deployed", "{rel}");
+    // The plain manifests are the chart rendered with its defaults.
+    let plain = format!(
+        "{PLAIN_HEADER}{}",
+        rel["manifest"].as_str().expect("manifest")
+    );
+    if std::env::var_os("CHOKEPOINT_BLESS").is_some() {
+        std::fs::write(repo(PLAIN), &plain).expect("write the plain manifests");
+    }
+    assert!(
+        manifests() == plain,
+        "{PLAIN} is not the chart's rendering: run `CHOKEPOINT_BLESS=1 cargo test -p chokepoint-tests --test kubernetes kube_helm`"
+    );
+    // Installed for real: the CRD (from crds/), the privileged namespace, the DaemonSet.
+    assert!(
+        cluster
+            .get(
+                "apiextensions.k8s.io/v1",
+                "CustomResourceDefinition",
+                None,
+                "egresspolicies.chokepoint.dev"
+            )
+            .is_some()
+    );
+    let ns = cluster
+        .get("v1", "Namespace", None, "chokepoint-system")
+        .expect("namespace");
+    assert_eq!(
+        ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "privileged",
+        "{ns}"
+    );
+    let ds = cluster
+        .get(
+            "apps/v1",
+            "DaemonSet",
+            Some("chokepoint-system"),
+            "chokepoint",
+        )
+        .expect("DaemonSet");
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostNetwork"], true);
+    assert_eq!(pod["containers"][0]["securityContext"]["privileged"], true);
+    assert_eq!(
+        pod["containers"][0]["readinessProbe"]["httpGet"]["path"],
+        "/readyz"
+    );
+    // Defaults: no policy object (the agent starts with none and waits for `chokepoint`),
+    // metrics on the node's loopback only, no Service.
+    let cfg = config_of(&cluster);
+    assert_eq!(cfg["metricsAddr"], "127.0.0.1:9477", "{cfg}");
+    assert_eq!(cfg["kubePolicy"], "chokepoint", "{cfg}");
+    assert!(
+        cluster
+            .get(
+                "chokepoint.dev/v1alpha1",
+                "EgressPolicy",
+                None,
+                "chokepoint"
+            )
+            .is_none()
+    );
+    assert!(
+        cluster
+            .list("v1", "Service", Some("chokepoint-system"))
+            .is_empty()
+    );
+    // Upgrade: a policy, TC interfaces, exposed metrics with a ServiceMonitor.
+    cluster.apply(service_monitor_crd());
+    let spec = json!({
+        "gateways": [{"name": "llm-gateway", "endpoints": ["10.0.0.10:8080/tcp"]}],
+        "identities": [{"name": "agents", "mode": "enforce",
+            "selector": {"pod": {"namespace": "team-a", "matchLabels": {"app": "agent"}}},
+            "egress": {"gateways": ["llm-gateway"]}}],
+    });
+    let values = json!({
+        "policy": {"spec": spec},
+        "tcInterfaces": ["eth0"],
+        "metrics": {"expose": true, "serviceMonitor": {"enabled": true}},
+    });
+    let rel = cluster
+        .helm(&["upgrade", "chokepoint", chart], Some(&values))
+        .unwrap_or_else(|e| panic!("helm upgrade: {e}"));
+    assert_eq!(rel["version"], 2, "{rel}");
+    let ep = cluster
+        .get(
+            "chokepoint.dev/v1alpha1",
+            "EgressPolicy",
+            None,
+            "chokepoint",
+        )
+        .expect("the chart's EgressPolicy");
+    assert_eq!(ep["spec"]["identities"][0]["name"], "agents", "{ep}");
+    let cfg = config_of(&cluster);
+    assert_eq!(cfg["metricsAddr"], "0.0.0.0:9477", "{cfg}");
+    assert_eq!(cfg["tcIfaces"], json!(["eth0"]), "{cfg}");
+    assert!(
+        cluster
+            .get(
+                "v1",
+                "Service",
+                Some("chokepoint-system"),
+                "chokepoint-metrics"
+            )
+            .is_some()
+    );
+    assert!(
+        cluster
+            .get(
+                "monitoring.coreos.com/v1",
+                "ServiceMonitor",
+                Some("chokepoint-system"),
+                "chokepoint"
+            )
+            .is_some()
+    );
+    // Bad values are refused by the chart; the release stays where it was.
+    let bad = json!({"metrics": {"expose": false, "serviceMonitor": {"enabled": true}}});
+    let e = cluster
+        .helm(&["upgrade", "chokepoint", chart], Some(&bad))
+        .expect_err("a ServiceMonitor without exposed metrics was accepted");
+    assert!(e.contains("metrics.expose"), "{e}");
+    let st = cluster
+        .helm(&["status", "chokepoint"], None)
+        .expect("status");
+    assert_eq!(st["version"], 2, "{st}");
+    // Uninstall: the chart's objects go; the CRD (and so every EgressPolicy) stays, as Helm
+    // does for crds/.
+    cluster
+        .helm(&["uninstall", "chokepoint"], None)
+        .unwrap_or_else(|e| panic!("helm uninstall: {e}"));
+    assert!(
+        cluster
+            .get(
+                "apps/v1",
+                "DaemonSet",
+                Some("chokepoint-system"),
+                "chokepoint"
+            )
+            .is_none()
+    );
+    assert!(
+        cluster
+            .get(
+                "rbac.authorization.k8s.io/v1",
+                "ClusterRole",
+                None,
+                "chokepoint"
+            )
+            .is_none()
+    );
+    assert!(
+        cluster
+            .get(
+                "chokepoint.dev/v1alpha1",
+                "EgressPolicy",
+                None,
+                "chokepoint"
+            )
+            .is_none()
+    );
+    assert!(
+        cluster
+            .get(
+                "apiextensions.k8s.io/v1",
+                "CustomResourceDefinition",
+                None,
+                "egresspolicies.chokepoint.dev"
+            )
+            .is_some()
+    );
 }

@@ -21,6 +21,7 @@ const APT: &[&str] = &[
     "etcd-server",
     "etcd-client",
     "openssl",
+    "python3-venv",
 ];
 
 /// What building kube-apiserver from Debian's `kubernetes` source needs.
@@ -31,6 +32,12 @@ const APT_KUBE: &[&str] = &[
     "dpkg-dev",
     "golang-github-modern-go-reflect2-dev",
 ];
+
+/// Helm for the chart tests: helm-sdkpy (Helm's Go code as a library, from PyPI; no helm
+/// binary is packaged by a reachable registry), in its own venv. Its metadata asks for Python
+/// 3.12; it runs on Debian 12's 3.11 (`--ignore-requires-python`), which the tests prove.
+const HELM_SDKPY: &str = "helm-sdkpy==0.1.32";
+const HELM_VENV: &str = "/var/cache/chokepoint-k8s/helm-sdkpy-0.1.32";
 
 /// Where the Kubernetes tests find the apiserver (`tests/src/kube.rs` agrees).
 pub const KUBE_APISERVER: &str = "/var/cache/chokepoint-k8s/1.20.2/kube-apiserver";
@@ -82,9 +89,29 @@ fn apt(pkgs: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn helm_venv() -> anyhow::Result<()> {
+    let py = std::path::Path::new(HELM_VENV).join("bin/python");
+    if ok(Command::new(&py).args(["-c", "import helm_sdkpy"])) {
+        return Ok(());
+    }
+    eprintln!("setup: installing {HELM_SDKPY} into {HELM_VENV}");
+    crate::run(Command::new("python3").args(["-m", "venv", HELM_VENV]))
+        .context("setup: cannot create the helm-sdkpy venv")?;
+    crate::run(Command::new(&py).args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--ignore-requires-python",
+        HELM_SDKPY,
+    ]))
+    .context("setup: cannot install helm-sdkpy")
+}
+
 /// Runs every setup step.
 pub fn setup() -> anyhow::Result<()> {
     apt(APT)?;
+    helm_venv()?;
 
     let toolchains = Command::new("rustup")
         .args(["toolchain", "list"])

@@ -209,19 +209,27 @@ mod tests {
 
     #[test]
     fn committed_crd_is_the_generated_one() {
-        let path = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../deploy/helm/chokepoint/crds/egresspolicies.chokepoint.dev.yaml"
-        );
-        if std::env::var_os("CHOKEPOINT_BLESS").is_some() {
-            std::fs::create_dir_all(std::path::Path::new(path).parent().unwrap()).unwrap();
-            std::fs::write(path, crd_yaml()).unwrap();
+        // The chart's copy and the plain manifests' copy.
+        for path in [
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../deploy/helm/chokepoint/crds/egresspolicies.chokepoint.dev.yaml"
+            ),
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../deploy/kubernetes/egresspolicies.chokepoint.dev.yaml"
+            ),
+        ] {
+            if std::env::var_os("CHOKEPOINT_BLESS").is_some() {
+                std::fs::create_dir_all(std::path::Path::new(path).parent().unwrap()).unwrap();
+                std::fs::write(path, crd_yaml()).unwrap();
+            }
+            let committed = std::fs::read_to_string(path).unwrap_or_default();
+            assert!(
+                committed == crd_yaml(),
+                "{path} is stale: run `CHOKEPOINT_BLESS=1 cargo test -p chokepoint-agent committed_crd`"
+            );
         }
-        let committed = std::fs::read_to_string(path).unwrap_or_default();
-        assert!(
-            committed == crd_yaml(),
-            "{path} is stale: run `CHOKEPOINT_BLESS=1 cargo test -p chokepoint-agent committed_crd`"
-        );
     }
 
     #[test]
