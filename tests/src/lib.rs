@@ -35,6 +35,8 @@ use std::{
 };
 
 pub mod kube;
+pub mod kube_node;
+pub mod kubelet;
 
 use serde_json::Value;
 

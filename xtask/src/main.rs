@@ -6,6 +6,7 @@
 
 mod bench;
 mod demo;
+mod image;
 mod kernel;
 mod setup;
 
@@ -27,6 +28,7 @@ const COMMANDS: &str =
   test --kernel 6.1|6.12|all [-- FILTER]
                    the privileged suite in Debian's kernel under QEMU (all: host + both)
   lint             rustfmt check and clippy (host crates and the eBPF crate)
+  image            the container image (Containerfile; nothing pulled from a registry)
   bench [OPTIONS]  none / nftables / chokepoint side by side, ratios measured in one run";
 
 fn usage(code: i32) -> ! {
@@ -53,6 +55,9 @@ fn command_help(cmd: &str) -> Option<&'static str> {
         }
         "lint" => {
             "usage: cargo xtask lint\n\nrustfmt check, clippy -D warnings on the host crates and on the eBPF crate."
+        }
+        "image" => {
+            "usage: cargo xtask image\n\nBuilds the release binary and the container image localhost/chokepoint:<version>\nfrom the Containerfile with podman, pulling nothing: its first stage is a Debian 12\nroot made once by debootstrap (cached), the image is FROM scratch with the binary and\nthe libraries it links. Also writes target/image/chokepoint-<version>.oci.tar."
         }
         "bench" => bench::HELP,
         _ => return None,
@@ -138,6 +143,7 @@ fn main() {
         "demo" => setup::setup().and_then(|()| demo::demo()),
         "test" => setup::setup().and_then(|()| test(rest)),
         "lint" => setup::setup().and_then(|()| lint()),
+        "image" => setup::setup().and_then(|()| image::image().map(|_| ())),
         "bench" => setup::setup().and_then(|()| bench::bench(rest)),
         _ => usage(2),
     };
@@ -305,6 +311,18 @@ fn test(rest: &[String]) -> anyhow::Result<()> {
         );
         args.extend(["--skip", "kube_"]);
     }
+    // The image test runs the agent from the image built here (release build + podman).
+    let image = if kube_skipped {
+        None
+    } else {
+        match image::image() {
+            Ok(i) => Some(i),
+            Err(e) => {
+                println!("FAILED to build the image ({e:#}): the image test will fail");
+                None
+            }
+        }
+    };
     let (int_ok, int_out) = cargo_test(
         &args,
         &[
@@ -312,6 +330,7 @@ fn test(rest: &[String]) -> anyhow::Result<()> {
             ("CP_PROBE_BIN", &probe),
             ("CHOKEPOINT_BIN_VARIANT", &variant),
             ("CP_KUBE_APISERVER", apiserver),
+            ("CP_IMAGE", Path::new(image.unwrap_or(image::IMAGE))),
         ],
     )?;
     let mut fuzz_ok = true;

@@ -55,6 +55,17 @@ fn installed(pkg: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
+/// The Debian mirror the system's apt sources use.
+pub fn debian_mirror() -> String {
+    std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("URIs:").map(|u| u.trim().to_string()))
+        })
+        .unwrap_or_else(|| "http://deb.debian.org/debian".into())
+}
+
 /// `setup --kube`: the one-time build of kube-apiserver 1.20.2 from Debian's `kubernetes`
 /// source package (about 20 minutes on 2 cores, 5 GB of disk while it builds), cached at
 /// [`KUBE_APISERVER`]; skipped when the cache has it.
@@ -68,7 +79,8 @@ pub fn kube() -> anyhow::Result<()> {
         .context("setup: building kube-apiserver failed")
 }
 
-fn apt(pkgs: &[&str]) -> anyhow::Result<()> {
+/// Installs the Debian packages of `pkgs` that are missing.
+pub fn apt(pkgs: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
     if !missing.is_empty() {
         eprintln!("setup: installing Debian packages: {}", missing.join(" "));
