@@ -9,8 +9,81 @@ use std::{
     process::Command,
 };
 
-use chokepoint_tests::{kube::Cluster, kube_node::*, unique};
+use chokepoint_tests::{kube::Cluster, kube_node::*, kubelet::helm_python, unique};
 use serde_json::{Value, json};
+
+/// The Kubernetes releases the manifests are checked against: the oldest whose schemas
+/// kubernetes-validate carries and the newest.
+const SCHEMA_VERSIONS: [&str; 2] = ["1.25.0", "1.37.0"];
+
+/// `kubernetes-validate --strict` (Kubernetes' own OpenAPI schemas, from PyPI) of `files` for
+/// `version`: its success and what it printed.
+fn schema_check(version: &str, files: &[std::path::PathBuf]) -> (bool, String) {
+    let bin = helm_python().with_file_name("kubernetes-validate");
+    let out = Command::new(&bin)
+        .args(["--strict", "--quiet", "-k", version])
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "run {}: {e} (`cargo xtask setup` installs it)",
+                bin.display()
+            )
+        });
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+/// Needs no cluster (so it runs in CI, where the apiserver is not built): `helm lint` of the
+/// chart, and the plain manifests and the CRD valid, strictly (no unknown fields), against the
+/// schemas of the oldest and the newest Kubernetes release. A manifest with an unknown field is
+/// refused by the same check, so it is a check that can fail.
+#[test]
+fn chart_lints_and_the_manifests_validate_against_the_kubernetes_schemas() {
+    let lint = Command::new(helm_python())
+        .arg(repo("xtask/k8s/helm.py"))
+        .args(["-", "lint"])
+        .arg(repo("deploy/helm/chokepoint"))
+        .output()
+        .expect("helm.py lint");
+    assert!(
+        lint.status.success(),
+        "helm lint of deploy/helm/chokepoint failed: {}{}",
+        String::from_utf8_lossy(&lint.stdout),
+        String::from_utf8_lossy(&lint.stderr)
+    );
+    let files = [
+        repo(PLAIN),
+        repo("deploy/kubernetes/egresspolicies.chokepoint.dev.yaml"),
+    ];
+    for v in SCHEMA_VERSIONS {
+        let (ok, text) = schema_check(v, &files);
+        assert!(
+            ok,
+            "the manifests are not valid for Kubernetes {v}:\n{text}"
+        );
+    }
+    // The same check refuses a DaemonSet with a field Kubernetes does not know.
+    let bad = std::env::temp_dir().join(format!("{}.yaml", unique("cp-badds")));
+    let broken = manifests().replacen(
+        "hostNetwork: true",
+        "hostNetwork: true\n      hostNetwrk: true",
+        1,
+    );
+    assert_ne!(
+        broken,
+        manifests(),
+        "the DaemonSet has no hostNetwork line to break"
+    );
+    std::fs::write(&bad, broken).expect("write");
+    let (ok, text) = schema_check(SCHEMA_VERSIONS[1], &[bad.clone()]);
+    let _ = std::fs::remove_file(&bad);
+    assert!(
+        !ok,
+        "an unknown DaemonSet field passed the schema check:\n{text}"
+    );
+}
 
 #[test]
 fn kube_manifests_pass_a_server_side_dry_run_and_the_role_is_least_privilege() {

@@ -4,6 +4,8 @@ PyPI: no helm binary is reachable here). Usage:
 
     helm.py KUBECONFIG install|upgrade RELEASE CHART [VALUES.json]
     helm.py KUBECONFIG uninstall|status RELEASE
+    helm.py - lint CHART
+
 
 Prints the release as JSON (install/upgrade/status; its "manifest" is what Helm rendered and
 applied) or the uninstall result. Exits 1 with Helm's message on failure.
@@ -18,6 +20,16 @@ import helm_sdkpy as helm
 
 def main() -> int:
     kubeconfig, action, release = sys.argv[1:4]
+    if action == "lint":
+        # Offline: `helm lint` of the chart directory (no cluster needed).
+        try:
+            out = asyncio.run(helm.Lint(helm.Configuration(namespace="default")).run(release))
+        except helm.HelmError as e:
+            print(f"helm lint: {e}", file=sys.stderr)
+            return 1
+        print(json.dumps(out))
+        bad = out.get("Errors") or [m for m in out.get("Messages") or [] if m.get("Severity", 0) >= 2]
+        return 1 if bad else 0
     cfg = helm.Configuration(namespace="default", kubeconfig=kubeconfig)
     try:
         if action in ("install", "upgrade"):

@@ -37,6 +37,9 @@ const APT_KUBE: &[&str] = &[
 /// binary is packaged by a reachable registry), in its own venv. Its metadata asks for Python
 /// 3.12; it runs on Debian 12's 3.11 (`--ignore-requires-python`), which the tests prove.
 const HELM_SDKPY: &str = "helm-sdkpy==0.1.32";
+/// Kubernetes' OpenAPI schemas of every release, from PyPI: the chart tests validate the plain
+/// manifests against them without a cluster (in CI too).
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 const HELM_VENV: &str = "/var/cache/chokepoint-k8s/helm-sdkpy-0.1.32";
 
 /// Where the Kubernetes tests find the apiserver (`tests/src/kube.rs` agrees).
@@ -103,10 +106,10 @@ pub fn apt(pkgs: &[&str]) -> anyhow::Result<()> {
 
 fn helm_venv() -> anyhow::Result<()> {
     let py = std::path::Path::new(HELM_VENV).join("bin/python");
-    if ok(Command::new(&py).args(["-c", "import helm_sdkpy"])) {
+    if ok(Command::new(&py).args(["-c", "import helm_sdkpy, kubernetes_validate"])) {
         return Ok(());
     }
-    eprintln!("setup: installing {HELM_SDKPY} into {HELM_VENV}");
+    eprintln!("setup: installing {HELM_SDKPY} and {KUBERNETES_VALIDATE} into {HELM_VENV}");
     crate::run(Command::new("python3").args(["-m", "venv", HELM_VENV]))
         .context("setup: cannot create the helm-sdkpy venv")?;
     crate::run(Command::new(&py).args([
@@ -116,8 +119,9 @@ fn helm_venv() -> anyhow::Result<()> {
         "--quiet",
         "--ignore-requires-python",
         HELM_SDKPY,
+        KUBERNETES_VALIDATE,
     ]))
-    .context("setup: cannot install helm-sdkpy")
+    .context("setup: cannot install helm-sdkpy and kubernetes-validate")
 }
 
 /// Runs every setup step.
