@@ -77,7 +77,7 @@ fn chart_lints_and_the_manifests_validate_against_the_kubernetes_schemas() {
         "the DaemonSet has no hostNetwork line to break"
     );
     std::fs::write(&bad, broken).expect("write");
-    let (ok, text) = schema_check(SCHEMA_VERSIONS[1], &[bad.clone()]);
+    let (ok, text) = schema_check(SCHEMA_VERSIONS[1], std::slice::from_ref(&bad));
     let _ = std::fs::remove_file(&bad);
     assert!(
         !ok,
