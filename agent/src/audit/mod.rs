@@ -4,6 +4,7 @@
 
 pub mod chain;
 pub mod file;
+pub mod keys;
 pub mod record;
 pub mod sink;
 pub mod verify;

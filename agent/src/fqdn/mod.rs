@@ -14,9 +14,14 @@
 //! enforces, so a restart neither drops nor extends a learned address.
 
 pub mod cli;
+mod learn;
 mod proxy;
+mod views;
 
 pub use proxy::chain_addresses;
+pub use views::print_text;
+
+use learn::{allowances, qname};
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -30,13 +35,12 @@ use std::{
 };
 
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use tracing::{info, warn};
 
 use crate::{
-    audit::{self, AuditEvent, AuditSink},
+    audit::AuditSink,
     bpf::fqdn::{Allowance, FqdnMaps},
-    policy::{CompiledPolicy, fqdn::normalise_name},
+    policy::CompiledPolicy,
     util,
 };
 
@@ -318,267 +322,6 @@ impl Fqdn {
         inner.idents.get(identity)?.resolver.map(|r| r.1)
     }
 
-    /// Learns what `answer` tells `identity` about `qname` (already normalised); writes the
-    /// kernel map before returning. `addrs`: (address, TTL seconds) of the CNAME-followed chain.
-    fn learn(&self, identity: &str, qname: &str, addrs: &[(IpAddr, u32)]) {
-        let mut inner = self.inner.lock().expect("fqdn lock");
-        let Some(view) = inner.idents.get(identity).cloned() else {
-            return;
-        };
-        let patterns: Vec<String> = view
-            .rules
-            .iter()
-            .filter(|r| r.pattern.matches(qname))
-            .map(|r| r.pattern.to_string())
-            .collect();
-        if patterns.is_empty() || addrs.is_empty() {
-            return;
-        }
-        let now = util::boot_ns();
-        let mut changed = Vec::new();
-        let mut capped = 0usize;
-        for &(addr, ttl) in addrs {
-            let addr = crate::policy::parse::normalise(addr);
-            let life = Duration::from_secs(ttl as u64)
-                .max(self.settings.min_ttl)
-                .saturating_add(self.settings.grace);
-            let expires = now.saturating_add(u64::try_from(life.as_nanos()).unwrap_or(u64::MAX));
-            let table = inner.learned.entry(identity.to_string()).or_default();
-            if !table.contains_key(&addr) && table.len() >= self.settings.max_per_identity {
-                // Make room from expired entries first.
-                let before = table.len();
-                table.retain(|_, list| {
-                    list.retain(|l| l.expires_boot_ns > now);
-                    !list.is_empty()
-                });
-                let freed = (before - table.len()) as u64;
-                self.counters.expired.fetch_add(freed, Ordering::Relaxed);
-                if table.len() >= self.settings.max_per_identity {
-                    capped += 1;
-                    continue;
-                }
-            }
-            let list = table.entry(addr).or_default();
-            for p in &patterns {
-                match list.iter_mut().find(|l| &l.pattern == p && l.name == qname) {
-                    // Never shortened by a later answer with a smaller TTL.
-                    Some(l) => l.expires_boot_ns = l.expires_boot_ns.max(expires),
-                    None => {
-                        list.push(Learned {
-                            identity: identity.to_string(),
-                            pattern: p.clone(),
-                            name: qname.to_string(),
-                            addr,
-                            expires_boot_ns: expires,
-                        });
-                        self.counters.learned.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            changed.push((addr, allowances(&view, list)));
-        }
-        {
-            let mut maps = self.maps.lock().expect("fqdn maps");
-            for (addr, list) in &changed {
-                if let Err(e) = maps.set(view.id, *addr, list) {
-                    warn!(error = %e, %addr, identity, "writing a learned address failed");
-                }
-            }
-        }
-        if capped > 0 {
-            self.counters
-                .cap_reached
-                .fetch_add(capped as u64, Ordering::Relaxed);
-            let due = inner
-                .last_cap_record
-                .get(identity)
-                .is_none_or(|t| t.elapsed() >= CAP_RECORD_EVERY);
-            if due {
-                inner
-                    .last_cap_record
-                    .insert(identity.to_string(), std::time::Instant::now());
-                warn!(
-                    identity,
-                    name = qname,
-                    not_learned = capped,
-                    cap = self.settings.max_per_identity,
-                    "toFQDN cap reached: addresses not learned (connections to them are denied)"
-                );
-                self.record(json!({
-                    "identity": identity,
-                    "name": qname,
-                    "not_learned": capped,
-                    "cap": self.settings.max_per_identity,
-                }));
-            }
-        }
-        self.persist(&inner);
-    }
-
-    /// Writes an audit-log record.
-    fn record(&self, mut v: serde_json::Value) {
-        v["schema"] = json!(audit::SCHEMA_VERSION);
-        v["time"] = json!(util::rfc3339_ns(util::wall_ns()));
-        v["node"] = json!(self.settings.node);
-        if let Err(e) = self.settings.audit.write(AuditEvent::FqdnCap, &v) {
-            warn!(error = %e, "writing an fqdn_cap record failed");
-        }
-    }
-
-    /// Removes expired entries from the table and the kernel (the kernel already ignores them).
-    pub fn expire(&self) {
-        let now = util::boot_ns();
-        let mut inner = self.inner.lock().expect("fqdn lock");
-        let mut gone: Vec<(String, IpAddr)> = Vec::new();
-        let mut rewrite: Vec<(String, IpAddr)> = Vec::new();
-        let mut n = 0u64;
-        for (ident, addrs) in inner.learned.iter_mut() {
-            for (addr, list) in addrs.iter_mut() {
-                let before = list.len();
-                list.retain(|l| l.expires_boot_ns > now);
-                if list.len() != before {
-                    n += (before - list.len()) as u64;
-                    if list.is_empty() {
-                        gone.push((ident.clone(), *addr));
-                    } else {
-                        rewrite.push((ident.clone(), *addr));
-                    }
-                }
-            }
-            addrs.retain(|_, l| !l.is_empty());
-        }
-        inner.learned.retain(|_, a| !a.is_empty());
-        if n == 0 {
-            return;
-        }
-        self.counters.expired.fetch_add(n, Ordering::Relaxed);
-        {
-            let mut maps = self.maps.lock().expect("fqdn maps");
-            for (ident, addr) in gone {
-                if let Some(v) = inner.idents.get(&ident) {
-                    let _ = maps.set(v.id, addr, &[]);
-                }
-            }
-            for (ident, addr) in rewrite {
-                if let (Some(v), Some(list)) = (
-                    inner.idents.get(&ident),
-                    inner.learned.get(&ident).and_then(|a| a.get(&addr)),
-                ) {
-                    let _ = maps.set(v.id, addr, &allowances(v, list));
-                }
-            }
-        }
-        self.persist(&inner);
-    }
-
-    /// The name that allowed `addr` for `identity` under rule `rule` (for flow records).
-    pub fn name_for(&self, identity: &str, addr: IpAddr, rule: u32) -> Option<String> {
-        let inner = self.inner.lock().expect("fqdn lock");
-        let view = inner.idents.get(identity)?;
-        let pattern = view
-            .rules
-            .iter()
-            .find(|r| r.rule == rule)?
-            .pattern
-            .to_string();
-        let now = util::boot_ns();
-        inner
-            .learned
-            .get(identity)?
-            .get(&crate::policy::parse::normalise(addr))?
-            .iter()
-            .filter(|l| l.pattern == pattern)
-            .max_by_key(|l| (l.expires_boot_ns > now, l.expires_boot_ns))
-            .map(|l| l.name.clone())
-    }
-
-    /// `chokepoint fqdn`: learned names, addresses, ports and remaining TTLs.
-    pub fn list_json(&self, identity: Option<&str>) -> serde_json::Value {
-        let inner = self.inner.lock().expect("fqdn lock");
-        let now = util::boot_ns();
-        let mut out = Vec::new();
-        for (ident, addrs) in &inner.learned {
-            if identity.is_some_and(|i| i != ident) {
-                continue;
-            }
-            let view = inner.idents.get(ident);
-            for (addr, list) in addrs {
-                for l in list {
-                    let rule = view
-                        .and_then(|v| v.rules.iter().find(|r| r.pattern.to_string() == l.pattern));
-                    out.push(json!({
-                        "identity": ident,
-                        "rule": rule.map(|r| format!("allow[{}]", r.rule)),
-                        "pattern": l.pattern,
-                        "name": l.name,
-                        "addr": addr.to_string(),
-                        "ports": rule.map(|r| r.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>()).unwrap_or_default(),
-                        "ttl_remaining_s": l.expires_boot_ns.saturating_sub(now) / 1_000_000_000,
-                        "expired": l.expires_boot_ns <= now,
-                    }));
-                }
-            }
-        }
-        let proxies: Vec<serde_json::Value> = inner
-            .proxies
-            .iter()
-            .map(|(n, p)| json!({"identity": n, "port": p.port, "resolver": inner.idents.get(n).and_then(|v| v.resolver).map(|r| r.1.to_string())}))
-            .collect();
-        json!({"learned": out, "proxies": proxies})
-    }
-
-    /// The `chokepoint_fqdn_*` metric families.
-    pub fn metric_families(&self) -> Vec<crate::metrics::family::Family> {
-        use crate::metrics::family::{Family, Value};
-        let inner = self.inner.lock().expect("fqdn lock");
-        let mut learned = Family::gauge(
-            "chokepoint_fqdn_learned",
-            "Addresses learned for toFQDN rules, per identity.",
-        );
-        for name in inner.idents.keys() {
-            let n = inner.learned.get(name).map_or(0, |a| a.len());
-            learned.push(vec![("identity", name.clone())], Value::Int(n as u64));
-        }
-        let c = &self.counters;
-        let mut evictions = Family::counter(
-            "chokepoint_fqdn_evictions_total",
-            "Learned toFQDN entries removed, by reason.",
-        );
-        for (why, v) in [
-            ("expired", &c.expired),
-            ("policy", &c.dropped_policy),
-            ("cap", &c.cap_reached),
-        ] {
-            evictions.push(
-                vec![("reason", why.to_string())],
-                Value::Int(v.load(Ordering::Relaxed)),
-            );
-        }
-        let mut out = vec![learned, evictions];
-        for (name, help, v) in [
-            (
-                "chokepoint_fqdn_lookups_total",
-                "DNS lookups the proxy answered.",
-                &c.lookups,
-            ),
-            (
-                "chokepoint_fqdn_learned_total",
-                "toFQDN entries learned.",
-                &c.learned,
-            ),
-            (
-                "chokepoint_fqdn_upstream_failures_total",
-                "Lookups the resolver did not answer (the client got no answer).",
-                &c.upstream_failures,
-            ),
-        ] {
-            out.push(
-                Family::counter(name, help).with(vec![], Value::Int(v.load(Ordering::Relaxed))),
-            );
-        }
-        out
-    }
-
     /// Runs the expiry loop.
     pub async fn housekeeping(self: Arc<Self>) {
         let mut t = tokio::time::interval(Duration::from_secs(1));
@@ -587,69 +330,4 @@ impl Fqdn {
             self.expire();
         }
     }
-}
-
-/// The kernel's allowances for one (identity, address): every learned rule's ports, with the
-/// latest expiry per rule. Only the rules the address was learned for: another `toFQDN` rule's
-/// ports are never added by a name of this one.
-fn allowances(view: &IdentView, list: &[Learned]) -> Vec<Allowance> {
-    let mut per_rule: BTreeMap<u32, u64> = BTreeMap::new();
-    for l in list {
-        if let Some(r) = view
-            .rules
-            .iter()
-            .find(|r| r.pattern.to_string() == l.pattern)
-        {
-            let e = per_rule.entry(r.rule).or_default();
-            *e = (*e).max(l.expires_boot_ns);
-        }
-    }
-    let mut out = Vec::new();
-    for (rule, expires) in per_rule {
-        if let Some(r) = view.rules.iter().find(|r| r.rule == rule) {
-            for p in &r.ports {
-                out.push(Allowance {
-                    rule,
-                    port_lo: p.lo,
-                    port_hi: p.hi,
-                    proto: p.proto,
-                    expires_boot_ns: expires,
-                });
-            }
-        }
-    }
-    out
-}
-
-/// Text lines for `chokepoint fqdn` without `-o json`.
-pub fn print_text(v: &serde_json::Value) -> String {
-    let mut s = String::from("IDENTITY\tRULE\tNAME\tADDRESS\tPORTS\tTTL\n");
-    for e in v["learned"].as_array().into_iter().flatten() {
-        let ports: Vec<&str> = e["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.as_str())
-            .collect();
-        s += &format!(
-            "{}\t{} {}\t{}\t{}\t{}\t{}\n",
-            e["identity"].as_str().unwrap_or("-"),
-            e["rule"].as_str().unwrap_or("-"),
-            e["pattern"].as_str().unwrap_or("-"),
-            e["name"].as_str().unwrap_or("-"),
-            e["addr"].as_str().unwrap_or("-"),
-            ports.join(","),
-            if e["expired"] == true {
-                "expired".to_string()
-            } else {
-                format!("{}s", e["ttl_remaining_s"])
-            }
-        );
-    }
-    s
-}
-
-/// Normalised question name of a query.
-fn qname(q: &hickory_proto::op::Message) -> Option<String> {
-    Some(normalise_name(&q.queries.first()?.name.to_ascii()))
 }

@@ -1,0 +1,209 @@
+//! Queries over flow records and alerts (`flows` and `alerts` filters): the wire form the CLI
+//! sends, and the compiled filter the daemon applies to its buffer and to live streams.
+//! [`time`] and [`dst`] parse the time and destination parts.
+
+pub mod dst;
+pub mod time;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::{
+    dst::{DstFilter, parse_dst},
+    time::{parse_rfc3339, parse_time},
+};
+use crate::{alerts::Alert, audit::FlowRecord};
+
+/// The filters of `flows` and `alerts` as sent to the daemon. Times are strings (a duration back
+/// from now, such as `10m`, or RFC 3339) resolved by the daemon's clock.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Query {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    /// Only the most recent N matching entries (with `follow`: the backlog printed first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// `CIDR[:PORT]`: `10.0.0.0/8`, `10.0.0.5:443`, `[fd00::/64]:443`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dst: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
+}
+
+/// A query that cannot be applied.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum QueryError {
+    #[error("--{flag} `{value}`: expected a duration (30s, 10m, 2h) or an RFC 3339 time")]
+    Time { flag: &'static str, value: String },
+    #[error("--dst `{0}`: expected CIDR[:PORT], e.g. 10.0.0.0/8, 10.0.0.5:443 or [fd00::/64]:443")]
+    Dst(String),
+    #[error("--since is after --until")]
+    Empty,
+    #[error("--last must be at least 1")]
+    Last,
+}
+/// A compiled query.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// Wall-clock ns bounds (inclusive).
+    pub since_ns: Option<u128>,
+    pub until_ns: Option<u128>,
+    pub last: Option<usize>,
+    pub query: Query,
+    pub dst: Option<DstFilter>,
+}
+
+/// The fields a filter looks at.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Fields<'a> {
+    pub time: &'a str,
+    pub identity: Option<&'a str>,
+    pub tenant: Option<&'a str>,
+    pub task: Option<&'a str>,
+    pub reason: &'a str,
+    pub dst: Option<&'a str>,
+    pub verdict: &'a str,
+    pub namespace: Option<&'a str>,
+    pub pod: Option<&'a str>,
+}
+
+/// Something `flows`/`alerts` can filter.
+pub trait Queryable {
+    fn fields(&self) -> Fields<'_>;
+}
+
+impl Queryable for FlowRecord {
+    fn fields(&self) -> Fields<'_> {
+        Fields {
+            time: &self.time,
+            identity: self.identity.as_deref(),
+            tenant: self.tenant.as_deref(),
+            task: self.task.as_deref(),
+            reason: &self.reason,
+            dst: self.dst.as_deref(),
+            verdict: &self.verdict,
+            namespace: self.namespace.as_deref(),
+            pod: self.pod.as_deref(),
+        }
+    }
+}
+
+impl Queryable for Alert {
+    fn fields(&self) -> Fields<'_> {
+        Fields {
+            time: &self.time,
+            identity: self.identity.as_deref(),
+            tenant: self.tenant.as_deref(),
+            task: self.task.as_deref(),
+            reason: &self.reason,
+            dst: self.dst.as_deref(),
+            verdict: &self.verdict,
+            namespace: self.namespace.as_deref(),
+            pod: self.pod.as_deref(),
+        }
+    }
+}
+
+impl Query {
+    /// True when no filter is set.
+    pub fn is_empty(&self) -> bool {
+        *self == Query::default()
+    }
+
+    /// Validates and compiles against the clock `now_ns`.
+    pub fn compile(&self, now_ns: u128) -> Result<Filter, QueryError> {
+        let since_ns = self
+            .since
+            .as_deref()
+            .map(|s| parse_time("since", s, now_ns))
+            .transpose()?;
+        let until_ns = self
+            .until
+            .as_deref()
+            .map(|s| parse_time("until", s, now_ns))
+            .transpose()?;
+        if let (Some(a), Some(b)) = (since_ns, until_ns)
+            && a > b
+        {
+            return Err(QueryError::Empty);
+        }
+        if self.last == Some(0) {
+            return Err(QueryError::Last);
+        }
+        let dst = self.dst.as_deref().map(parse_dst).transpose()?;
+        Ok(Filter {
+            since_ns,
+            until_ns,
+            last: self.last,
+            query: self.clone(),
+            dst,
+        })
+    }
+}
+
+fn eq(want: &Option<String>, have: Option<&str>) -> bool {
+    want.as_deref().is_none_or(|w| have == Some(w))
+}
+
+impl Filter {
+    /// Whether an entry passes every filter but `last`.
+    pub fn matches(&self, r: &dyn Queryable) -> bool {
+        let f = r.fields();
+        let q = &self.query;
+        if !(eq(&q.identity, f.identity)
+            && eq(&q.tenant, f.tenant)
+            && eq(&q.task, f.task)
+            && eq(&q.reason, Some(f.reason))
+            && eq(&q.verdict, Some(f.verdict))
+            && eq(&q.namespace, f.namespace)
+            && eq(&q.pod, f.pod))
+        {
+            return false;
+        }
+        if let Some(d) = &self.dst
+            && !d.matches(f.dst)
+        {
+            return false;
+        }
+        if self.since_ns.is_some() || self.until_ns.is_some() {
+            let Some(t) = parse_rfc3339(f.time) else {
+                return false;
+            };
+            if self.since_ns.is_some_and(|s| t < s) || self.until_ns.is_some_and(|u| t > u) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// The matching entries of a buffer (oldest first), the most recent `last` of them.
+    pub fn select<'a, T: Queryable + 'a>(
+        &self,
+        items: impl DoubleEndedIterator<Item = &'a T>,
+    ) -> Vec<&'a T> {
+        let mut out: Vec<&T> = match self.last {
+            Some(n) => items.rev().filter(|r| self.matches(*r)).take(n).collect(),
+            None => items.filter(|r| self.matches(*r)).collect(),
+        };
+        if self.last.is_some() {
+            out.reverse();
+        }
+        out
+    }
+}
+#[cfg(test)]
+mod tests;
