@@ -27,8 +27,7 @@ impl Who {
     pub fn daemon() -> Self {
         let pid = std::process::id();
         Self {
-            // SAFETY: geteuid has no preconditions.
-            uid: Some(unsafe { libc::geteuid() }),
+            uid: Some(rustix::process::geteuid().as_raw()),
             pid: Some(pid),
             comm: comm_of(pid),
         }

@@ -545,3 +545,77 @@ fn policy_changes_are_audit_records() {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A document with several problems, applied through the CLI: the daemon answers with the
+/// structured list (file, line, column, field, message), the CLI prints each problem as
+/// `file:line:col: field: message` on stderr, and the active generation stays.
+#[test]
+fn policy_errors_travel_as_a_structured_list() {
+    let fx = Fixture::new("enforce");
+    let before = generation(&fx);
+    let good = fx.sb.policy(&[("agent", &fx.cg.rel, "enforce")]);
+    let bad = good
+        .replace("kind: EgressPolicy", "kind: Nope")
+        .replace("mode: enforce", "mode: permissive");
+    let line_of = |needle: &str| {
+        bad.lines()
+            .position(|l| l.contains(needle))
+            .expect("needle") as u64
+            + 1
+    };
+    let f = fx.daemon.dir.join("bad.yaml");
+    std::fs::write(&f, &bad).expect("write");
+    let name = f.to_str().expect("utf8");
+
+    // The daemon's answer: every problem, positioned.
+    let req = serde_json::json!({"v": 1, "cmd": "policy_apply", "file": name, "source": bad});
+    let r = raw(&fx, format!("{req}\n").as_bytes());
+    assert_eq!(r["ok"], false, "{r}");
+    let problems = r["problems"].as_array().expect("problems list");
+    assert_eq!(problems.len(), 2, "{r}");
+    assert_eq!(problems[0]["file"], name);
+    assert_eq!(problems[0]["field"], "kind");
+    assert_eq!(problems[0]["line"], line_of("kind: Nope"));
+    assert!(problems[0]["column"].as_u64().is_some_and(|c| c > 1), "{r}");
+    assert_eq!(problems[1]["field"], "spec.identities[0].mode");
+    assert_eq!(problems[1]["line"], line_of("mode: permissive"));
+    assert!(
+        problems[1]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unknown mode `permissive`")),
+        "{r}"
+    );
+
+    // The CLI prints them one per line, exactly `file:line:col: field: message`.
+    let (ok, out, err) = fx.daemon.try_cli(&["policy", "apply", name]);
+    assert!(!ok, "apply succeeded: {out}");
+    assert!(out.is_empty(), "stdout: {out}");
+    let expected: Vec<String> = problems
+        .iter()
+        .map(|p| {
+            format!(
+                "{}:{}:{}: {}: {}",
+                p["file"].as_str().expect("file"),
+                p["line"],
+                p["column"],
+                p["field"].as_str().expect("field"),
+                p["message"].as_str().expect("message")
+            )
+        })
+        .collect();
+    assert_eq!(err, format!("chokepoint: {}\n", expected.join("\n")));
+    // The same lines as the local validation prints.
+    let (ok, _, local) = fx
+        .daemon
+        .try_cli(&["policy", "validate", "--offline", name]);
+    assert!(!ok);
+    assert_eq!(local, err);
+
+    assert_eq!(
+        generation(&fx),
+        before,
+        "a bad document changed the generation"
+    );
+    let show = fx.daemon.cli_json(&["policy", "show", "--json"]);
+    assert_eq!(show["source"], good, "the active source changed");
+}

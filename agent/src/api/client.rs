@@ -7,7 +7,10 @@ use tokio::{
     net::UnixStream,
 };
 
-use super::protocol::{Request, Response, encode};
+use serde::de::DeserializeOwned;
+
+use super::protocol::{PolicyProblem, Request, Response, encode};
+use crate::policy::error::PolicyError;
 
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +25,10 @@ pub enum ClientError {
     Io(#[from] std::io::Error),
     #[error("the daemon sent an unreadable response: {0}")]
     Protocol(String),
+    /// The policy sent did not validate: every problem, positioned (printed one per line as
+    /// `file:line:col: field: message`).
+    #[error(transparent)]
+    Policy(PolicyError),
     #[error("{0}")]
     Daemon(String),
 }
@@ -48,8 +55,14 @@ impl Client {
         })
     }
 
-    /// Sends a request and returns the result (or the daemon's error).
-    pub async fn call(&mut self, req: &Request) -> Result<serde_json::Value, ClientError> {
+    /// Sends a request and returns its typed result (or the daemon's error).
+    pub async fn call<T: DeserializeOwned>(&mut self, req: &Request) -> Result<T, ClientError> {
+        let v = self.call_value(req).await?;
+        serde_json::from_value(v).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// Sends a request and returns the result as JSON (or the daemon's error).
+    pub async fn call_value(&mut self, req: &Request) -> Result<serde_json::Value, ClientError> {
         self.writer.write_all(&encode(req)).await?;
         let line = self
             .next_line()
@@ -59,6 +72,8 @@ impl Client {
             serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
         if resp.ok {
             Ok(resp.result.unwrap_or(serde_json::Value::Null))
+        } else if !resp.problems.is_empty() {
+            Err(ClientError::Policy(PolicyProblem::to_error(&resp.problems)))
         } else {
             Err(ClientError::Daemon(
                 resp.error.unwrap_or_else(|| "unknown error".into()),

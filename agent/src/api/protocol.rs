@@ -4,6 +4,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::policy::error::{PolicyError, Problem};
+
 /// Protocol version.
 pub const VERSION: u64 = 1;
 /// Largest request line accepted (a policy document is at most 16 MiB before JSON escaping).
@@ -159,14 +161,103 @@ pub fn encode(req: &Request) -> Vec<u8> {
     line
 }
 
-/// A response line.
-#[derive(Debug, Serialize, Deserialize)]
+/// A response line: `{"ok":true,"result":…}` or `{"ok":false,"error":"…"}`; a policy that
+/// failed validation also carries its `problems`, each positioned.
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub struct Response {
+    /// Whether the command succeeded.
     pub ok: bool,
+    /// The command's result ([`super::responses`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
+    /// What went wrong, as one message (for a policy: every problem, one per line).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// For a policy that failed validation: every problem.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub problems: Vec<PolicyProblem>,
+}
+
+impl Response {
+    /// A success.
+    pub fn result(result: serde_json::Value) -> Self {
+        Self {
+            ok: true,
+            result: Some(result),
+            ..Self::default()
+        }
+    }
+
+    /// A failure with a message.
+    pub fn error(message: impl std::fmt::Display) -> Self {
+        Self {
+            ok: false,
+            error: Some(message.to_string()),
+            ..Self::default()
+        }
+    }
+
+    /// A policy that failed validation: the message as the CLI prints it, and the problems.
+    pub fn policy_error(e: &PolicyError) -> Self {
+        Self {
+            problems: PolicyProblem::list(e),
+            ..Self::error(e)
+        }
+    }
+
+    /// One line of JSON with its newline.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).expect("serialisable");
+        line.push(b'\n');
+        line
+    }
+}
+
+/// One problem of a policy that failed validation, as it travels to the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyProblem {
+    /// The document's name as the client gave it.
+    pub file: String,
+    /// 1-based line.
+    pub line: u32,
+    /// 1-based column.
+    pub column: u32,
+    /// The field (`spec.identities[0].egress.allow[1].to`, or `document`).
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl PolicyProblem {
+    /// The problems of `e`.
+    pub fn list(e: &PolicyError) -> Vec<Self> {
+        e.problems
+            .iter()
+            .map(|p| Self {
+                file: e.file.clone(),
+                line: p.line,
+                column: p.column,
+                field: p.field.clone(),
+                message: p.message.clone(),
+            })
+            .collect()
+    }
+
+    /// The policy error these problems came from (one document: the first one's file).
+    pub fn to_error(list: &[Self]) -> PolicyError {
+        PolicyError {
+            file: list.first().map(|p| p.file.clone()).unwrap_or_default(),
+            problems: list
+                .iter()
+                .map(|p| Problem {
+                    line: p.line,
+                    column: p.column,
+                    field: p.field.clone(),
+                    message: p.message.clone(),
+                })
+                .collect(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -195,5 +286,33 @@ mod tests {
             Err(DecodeError::Json(_))
         ));
         assert_eq!(decode(b"[1]"), Err(DecodeError::NotObject));
+    }
+
+    #[test]
+    fn policy_problems_travel_whole() {
+        let e = PolicyError {
+            file: "bad.yaml".into(),
+            problems: vec![
+                Problem {
+                    line: 3,
+                    column: 7,
+                    field: "kind".into(),
+                    message: "unsupported kind".into(),
+                },
+                Problem {
+                    line: 9,
+                    column: 1,
+                    field: "spec.identities".into(),
+                    message: "a policy needs at least one identity".into(),
+                },
+            ],
+        };
+        let line = Response::policy_error(&e).to_line();
+        let back: Response = serde_json::from_slice(&line).unwrap();
+        assert!(!back.ok);
+        assert_eq!(back.problems.len(), 2);
+        assert_eq!(back.problems[1].field, "spec.identities");
+        assert_eq!(PolicyProblem::to_error(&back.problems), e);
+        assert_eq!(back.error.as_deref(), Some(e.to_string().as_str()));
     }
 }

@@ -9,21 +9,45 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use serde_json::json;
 use tokio::{
     io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader},
     net::{UnixListener, UnixStream},
     sync::{Semaphore, broadcast},
 };
 
-use super::protocol::{MAX_REQUEST_BYTES, REQUEST_TIMEOUT, Request, decode};
+use super::{
+    protocol::{MAX_REQUEST_BYTES, REQUEST_TIMEOUT, Request, Response, decode},
+    responses::Reply,
+};
 use crate::{
     alerts::Alert,
     audit::FlowRecord,
     metrics::Metrics,
     peer::Who,
+    policy::error::PolicyError,
     query::{Filter, Query, Queryable},
 };
+
+/// Why a command failed: a policy that did not validate (its problems travel to the client as
+/// a list) or anything else (a message).
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// The document has problems.
+    #[error(transparent)]
+    Policy(#[from] PolicyError),
+    /// Anything else.
+    #[error("{0:#}")]
+    Other(#[from] anyhow::Error),
+}
+
+impl ApiError {
+    fn response(&self) -> Response {
+        match self {
+            ApiError::Policy(e) => Response::policy_error(e),
+            ApiError::Other(e) => Response::error(format!("{e:#}")),
+        }
+    }
+}
 
 /// Who sent a request: the peer's uid, pid and comm (`SO_PEERCRED`, `/proc/PID/comm`).
 pub type Peer = Who;
@@ -43,7 +67,7 @@ pub trait Service: Send + Sync + 'static {
     /// The `lost` record sent to a subscriber that fell `n` records behind.
     fn lagged_record(&self, n: u64) -> FlowRecord;
     /// Handles a non-streaming request (called on a blocking thread).
-    fn handle(&self, req: Request, who: Peer) -> anyhow::Result<serde_json::Value>;
+    fn handle(&self, req: Request, who: Peer) -> Result<Reply, ApiError>;
 }
 
 /// Serves the API on `listener`: one task per connection, at most 4,096 at once (more are
@@ -68,17 +92,18 @@ pub async fn serve<S: Service>(shared: Arc<S>, listener: UnixListener) {
     }
 }
 
-async fn write_line(
+/// Writes one JSON line (a response or a streamed entry).
+async fn write_line<T: serde::Serialize + ?Sized>(
     w: &mut tokio::net::unix::OwnedWriteHalf,
-    v: &serde_json::Value,
+    v: &T,
 ) -> std::io::Result<()> {
-    let mut line = serde_json::to_vec(v).expect("serialisable");
+    let mut line = serde_json::to_vec(v).map_err(std::io::Error::other)?;
     line.push(b'\n');
     w.write_all(&line).await
 }
 
-fn err_json(msg: impl std::fmt::Display) -> serde_json::Value {
-    json!({"ok": false, "error": msg.to_string()})
+fn err_json(msg: impl std::fmt::Display) -> Response {
+    Response::error(msg)
 }
 
 async fn handle_conn<S: Service>(shared: Arc<S>, sock: UnixStream) -> anyhow::Result<()> {
@@ -175,12 +200,14 @@ async fn handle_conn<S: Service>(shared: Arc<S>, sock: UnixStream) -> anyhow::Re
             let s = shared.clone();
             let resp = tokio::task::spawn_blocking(move || s.handle(other, who))
                 .await
-                .unwrap_or_else(|e| Err(anyhow::anyhow!("internal error: {e}")));
-            let v = match resp {
-                Ok(result) => json!({"ok": true, "result": result}),
+                .unwrap_or_else(|e| Err(anyhow::anyhow!("internal error: {e}").into()));
+            let v = match resp
+                .and_then(|r| serde_json::to_value(r).map_err(|e| ApiError::Other(e.into())))
+            {
+                Ok(result) => Response::result(result),
                 Err(e) => {
                     shared.metrics().api_errors.fetch_add(1, Ordering::Relaxed);
-                    err_json(format!("{e:#}"))
+                    e.response()
                 }
             };
             write_line(&mut w, &v).await?;
@@ -223,13 +250,13 @@ async fn stream<S: Service, T: Queryable + serde::Serialize>(
     let held: Vec<&T> = recent.iter().map(Arc::as_ref).collect();
     if !follow {
         let selected = filter.select(held.into_iter());
-        write_line(w, &json!({"ok": true, "result": selected})).await?;
+        write_line(w, &Response::result(serde_json::to_value(selected)?)).await?;
         return Ok(());
     }
-    write_line(w, &json!({"ok": true, "result": null})).await?;
+    write_line(w, &Response::result(serde_json::Value::Null)).await?;
     if filter.last.is_some() {
         for e in filter.select(held.into_iter()) {
-            write_line(w, &serde_json::to_value(e)?).await?;
+            write_line(w, e).await?;
         }
     }
     drop(recent);
@@ -237,12 +264,12 @@ async fn stream<S: Service, T: Queryable + serde::Serialize>(
         match rx.recv().await {
             // A `lost` record cannot be attributed: what it counts could have matched.
             Ok(e) if e.fields().verdict == "lost" || filter.matches(e.as_ref()) => {
-                write_line(w, &serde_json::to_value(e.as_ref())?).await?
+                write_line(w, e.as_ref()).await?
             }
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 let lost = shared.lagged_record(n);
-                write_line(w, &serde_json::to_value(&lost)?).await?;
+                write_line(w, &lost).await?;
             }
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         }
@@ -262,12 +289,61 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
         }
         std::fs::remove_file(path)?;
     }
-    // SAFETY: umask has no preconditions; it makes the socket 0600 from creation on.
-    let old = unsafe { libc::umask(0o177) };
-    let l = UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
-    let l = l.with_context(|| format!("binding {}", path.display()))?;
+    let l = bind_private(path).with_context(|| format!("binding {}", path.display()))?;
+    Ok(UnixListener::from_std(l)?)
+}
+
+/// A listening Unix socket at `path` that is mode 0600 from the moment it exists: Linux gives
+/// the socket file the mode of the socket's inode (less the umask) at `bind`, so the mode is
+/// set on the descriptor first, with no process-wide umask change while other threads run.
+fn bind_private(path: &Path) -> std::io::Result<std::os::unix::net::UnixListener> {
+    use rustix::{
+        fs::{Mode, fchmod},
+        net::{AddressFamily, SocketAddrUnix, SocketFlags, SocketType, bind, listen, socket_with},
+    };
+    let fd = socket_with(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )?;
+    fchmod(&fd, Mode::RUSR | Mode::WUSR)?;
+    bind(&fd, &SocketAddrUnix::new(path)?)?;
+    // Belt and braces: the file, not only the inode it was made from.
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    Ok(l)
+    listen(&fd, 1024)?;
+    Ok(std::os::unix::net::UnixListener::from(fd))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::FileTypeExt;
+
+    use super::*;
+
+    #[test]
+    fn the_socket_is_private_from_creation_and_a_live_one_is_refused() {
+        let dir = std::env::temp_dir().join(format!("cp-api-bind-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("api.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = bind(&path).unwrap();
+            let meta = std::fs::metadata(&path).unwrap();
+            assert!(meta.file_type().is_socket());
+            assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+            let err = bind(&path).unwrap_err().to_string();
+            assert!(err.contains("another daemon"), "{err}");
+            drop(l);
+            // A stale socket (nobody listening) is replaced.
+            let l = bind(&path).unwrap();
+            let c = tokio::net::UnixStream::connect(&path).await;
+            assert!(c.is_ok());
+            drop(l);
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

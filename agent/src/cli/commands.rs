@@ -1,53 +1,34 @@
-//! The client commands: each sends one request to the daemon's API and prints the result;
-//! `policy validate` compiles locally and `uninstall` removes the pins.
+//! The client commands: each sends one request to the daemon's API and prints its typed result;
+//! `policy validate` compiles locally, `audit verify` reads files and `uninstall` removes the
+//! pins (through `bpf::pins`, shared with the daemon). The `policy` commands live in
+//! [`policy`](super::policy).
 
 use std::{path::Path, time::Duration};
 
-use anyhow::{Context, bail};
-use serde_json::Value;
+use anyhow::Context;
+use serde::{Serialize, de::DeserializeOwned};
 
 use super::{
-    AuditCmd, Command, Format, PolicyCmd,
-    render::{alert_line, flow_line, inventory_text, print_entries, print_json},
+    AuditCmd, Command, Format,
+    render::{
+        alert_line, attestation_text, flow_line, granted_text, identities_text, inventory_text,
+        print_entries, print_json, status_text,
+    },
 };
 use crate::{
-    api::{Client, Request},
+    api::{
+        Client, Request,
+        responses::{Attestation, Granted, Identities, Inventory, Revoked, Status},
+    },
     audit::{chain, verify},
     bpf::pins,
-    policy::compile_source,
     util,
 };
 
-async fn call(socket: &Path, req: Request) -> anyhow::Result<Value> {
+/// Sends one request on a new connection and returns its typed result.
+pub(super) async fn call<T: DeserializeOwned>(socket: &Path, req: Request) -> anyhow::Result<T> {
     let mut c = Client::connect(socket).await?;
     Ok(c.call(&req).await?)
-}
-
-fn read_policy(file: &Path) -> anyhow::Result<(String, String)> {
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let name = file.display().to_string();
-    // The daemon validates and reports every problem with file, line and column; only what
-    // cannot travel as a JSON string is checked here.
-    if bytes.len() > crate::policy::compile::MAX_DOCUMENT_BYTES {
-        // Same wording as the compiler's, without shipping the document first.
-        return Err(anyhow::anyhow!(
-            "{}",
-            crate::policy::compile_source(&name, &bytes)
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-        ));
-    }
-    match String::from_utf8(bytes) {
-        Ok(text) => Ok((name, text)),
-        Err(e) => Err(anyhow::anyhow!(
-            "{}",
-            crate::policy::compile_source(&name, e.as_bytes())
-                .err()
-                .map(|e| e.to_string())
-                .unwrap_or_default()
-        )),
-    }
 }
 
 /// A command that ends with an exit code of its own (no error message): `policy diff` with
@@ -61,7 +42,8 @@ pub struct Exit(pub i32);
 #[error("{0}")]
 pub struct Usage(pub String);
 
-fn print_value(v: &Value, format: Format, text: impl FnOnce(&Value)) {
+/// Prints a result as JSON (`json`: pretty, `jsonl`: one line) or with `text`.
+pub(super) fn print_value<T: Serialize>(v: &T, format: Format, text: impl FnOnce(&T)) {
     match format {
         Format::Json => print_json(v),
         Format::Jsonl => println!("{}", serde_json::to_string(v).unwrap_or_default()),
@@ -87,7 +69,7 @@ pub async fn run_client(cmd: Command, socket: &Path) -> anyhow::Result<()> {
             unreachable!("handled in main")
         }
         Command::Inventory { identity, out } => {
-            let r = call(&socket, Request::Inventory { identity }).await?;
+            let r: Inventory = call(&socket, Request::Inventory { identity }).await?;
             print_value(&r, out.format(), |v| print!("{}", inventory_text(v)));
             Ok(())
         }
@@ -99,37 +81,7 @@ pub async fn run_client(cmd: Command, socket: &Path) -> anyhow::Result<()> {
                     state_dir,
                     out,
                 },
-        } => {
-            let key_path = key.unwrap_or_else(|| verify::default_key_path(&state_dir));
-            let public = chain::read_public_key(&key_path)
-                .map_err(|e| anyhow::anyhow!("{e} (pass --key or --state-dir)"))?;
-            match verify::verify(&files, &public)? {
-                Ok(summary) => {
-                    let v = serde_json::json!({"ok": true, "summary": summary});
-                    print_value(&v, out.format(), |_| {
-                        println!(
-                            "ok: {} records in {} files (seq {}..{}), {} signed checkpoints, key {}; {} records after the last checkpoint",
-                            summary.records,
-                            summary.files.len(),
-                            summary.first_seq.unwrap_or(0),
-                            summary.last_seq.unwrap_or(0),
-                            summary.checkpoints,
-                            summary.key_id,
-                            summary.unsigned_tail
-                        )
-                    });
-                    Ok(())
-                }
-                Err(problem) => {
-                    let v = serde_json::json!({"ok": false, "problem": problem});
-                    match out.format() {
-                        Format::Text => eprintln!("chokepoint: audit log tampered: {problem}"),
-                        f => print_value(&v, f, |_| {}),
-                    }
-                    Err(Exit(1).into())
-                }
-            }
-        }
+        } => audit_verify(&files, key, &state_dir, out.format()),
         Command::Uninstall { bpffs } => {
             let removed = pins::uninstall(&bpffs)
                 .with_context(|| format!("removing pins under {}", bpffs.display()))?;
@@ -140,177 +92,15 @@ pub async fn run_client(cmd: Command, socket: &Path) -> anyhow::Result<()> {
             );
             Ok(())
         }
-        Command::Policy { cmd } => match cmd {
-            PolicyCmd::Validate { file, offline } => {
-                let bytes = std::fs::read(&file)
-                    .with_context(|| format!("cannot read {}", file.display()))?;
-                let name = file.display().to_string();
-                let compiled = if offline {
-                    // Host names are checked for syntax only: nothing is resolved.
-                    crate::policy::compile_source_with(&name, &bytes, &|_, _| Ok(Vec::new()))
-                } else {
-                    compile_source(&name, &bytes)
-                };
-                match compiled {
-                    Ok(p) => {
-                        println!(
-                            "{}: valid ({} identities, {} gateways, {} destination prefixes, {})",
-                            file.display(),
-                            p.identities.len(),
-                            p.gateways.len(),
-                            p.prefix_count(),
-                            p.digest
-                        );
-                        Ok(())
-                    }
-                    Err(e) => bail!("{e}"),
-                }
-            }
-            PolicyCmd::Apply { file, out } => {
-                let (name, source) = read_policy(&file)?;
-                let r = call(&socket, Request::PolicyApply { file: name, source }).await?;
-                if out.format() != Format::Text {
-                    print_value(&r, out.format(), |_| {});
-                } else {
-                    println!(
-                        "generation {} active ({})",
-                        r["generation"],
-                        r["digest"].as_str().unwrap_or("")
-                    );
-                }
-                Ok(())
-            }
-            PolicyCmd::Show { out } => {
-                let r = call(&socket, Request::PolicyShow).await?;
-                if out.format() != Format::Text {
-                    print_value(&r, out.format(), |_| {});
-                } else {
-                    println!(
-                        "# generation {} — {} ({})",
-                        r["generation"],
-                        r["name"].as_str().unwrap_or(""),
-                        r["digest"].as_str().unwrap_or("")
-                    );
-                    print!("{}", r["source"].as_str().unwrap_or(""));
-                }
-                Ok(())
-            }
-            PolicyCmd::Diff { file, out } => {
-                let (name, source) = read_policy(&file)?;
-                let r = call(&socket, Request::PolicyDiff { file: name, source }).await?;
-                if out.format() != Format::Text {
-                    print_value(&r, out.format(), |_| {});
-                } else {
-                    let changes = r["changes"].as_array().cloned().unwrap_or_default();
-                    if changes.is_empty() {
-                        println!("no changes");
-                    }
-                    for c in changes {
-                        println!("{}", c.as_str().unwrap_or(""));
-                    }
-                }
-                // Like `kubectl diff`: exit 1 when applying the file would change something.
-                if r["changes"].as_array().is_some_and(|c| !c.is_empty()) {
-                    return Err(Exit(1).into());
-                }
-                Ok(())
-            }
-            PolicyCmd::History { out } => {
-                let r = call(&socket, Request::PolicyHistory).await?;
-                if out.format() != Format::Text {
-                    print_value(&r, out.format(), |_| {});
-                } else {
-                    for m in r["history"].as_array().cloned().unwrap_or_default() {
-                        let active = if m["generation"] == r["generation"] {
-                            "*"
-                        } else {
-                            " "
-                        };
-                        println!(
-                            "{active} {:>4}  {}  {:<20} {}  uid={}",
-                            m["generation"],
-                            m["applied_at"].as_str().unwrap_or(""),
-                            m["action"].as_str().unwrap_or(""),
-                            m["digest"].as_str().unwrap_or(""),
-                            m["by_uid"]
-                        );
-                    }
-                }
-                Ok(())
-            }
-            PolicyCmd::Rollback { generation, out } => {
-                let r = call(&socket, Request::PolicyRollback { generation }).await?;
-                if out.format() != Format::Text {
-                    print_value(&r, out.format(), |_| {});
-                } else {
-                    println!(
-                        "generation {} active (restored generation {})",
-                        r["generation"], r["restored"]
-                    );
-                }
-                Ok(())
-            }
-        },
+        Command::Policy { cmd } => super::policy::run(cmd, &socket).await,
         Command::Status { out } => {
-            let r = call(&socket, Request::Status).await?;
-            if out.format() != Format::Text {
-                print_value(&r, out.format(), |_| {});
-            } else {
-                println!("health:      {}", r["health"].as_str().unwrap_or(""));
-                println!(
-                    "generation:  {} ({})",
-                    r["generation"],
-                    r["policy"]["digest"].as_str().unwrap_or("")
-                );
-                for p in r["programs"].as_array().cloned().unwrap_or_default() {
-                    println!(
-                        "program:     {:<22} {}",
-                        p["program"].as_str().unwrap_or(""),
-                        if p["attached"] == true {
-                            "attached"
-                        } else {
-                            "NOT ATTACHED"
-                        }
-                    );
-                }
-                for i in r["identities"].as_array().cloned().unwrap_or_default() {
-                    println!(
-                        "identity:    {:<22} {}",
-                        i["name"].as_str().unwrap_or(""),
-                        if i["enforcing"] == true {
-                            "enforcing"
-                        } else {
-                            "NOT ENFORCING"
-                        }
-                    );
-                }
-                for p in r["problems"].as_array().cloned().unwrap_or_default() {
-                    println!("problem:     {}", p.as_str().unwrap_or(""));
-                }
-                println!(
-                    "records:     {} delivered, {} lost",
-                    r["records"]["delivered"], r["records"]["lost"]
-                );
-            }
+            let r: Status = call(&socket, Request::Status).await?;
+            print_value(&r, out.format(), |r| print!("{}", status_text(r)));
             Ok(())
         }
         Command::Identities { out } => {
-            let r = call(&socket, Request::Identities).await?;
-            if out.format() != Format::Text {
-                print_value(&r, out.format(), |_| {});
-            } else {
-                for i in r["identities"].as_array().cloned().unwrap_or_default() {
-                    println!(
-                        "{:<20} tenant={:<10} mode={:<8} cgroup={} cgroups={} enforcing={}",
-                        i["name"].as_str().unwrap_or(""),
-                        i["tenant"].as_str().unwrap_or("-"),
-                        i["mode"].as_str().unwrap_or(""),
-                        i["selector"]["cgroupPath"].as_str().unwrap_or(""),
-                        i["cgroups"],
-                        i["enforcing"]
-                    );
-                }
-            }
+            let r: Identities = call(&socket, Request::Identities).await?;
+            print_value(&r, out.format(), |r| print!("{}", identities_text(r)));
             Ok(())
         }
         Command::Flows { follow, query, out } => {
@@ -343,7 +133,7 @@ pub async fn run_client(cmd: Command, socket: &Path) -> anyhow::Result<()> {
         } => {
             let ttl: Duration =
                 util::parse_duration(&ttl).map_err(|e| anyhow::anyhow!("--ttl: {e}"))?;
-            let r = call(
+            let r: Granted = call(
                 &socket,
                 Request::Grant {
                     identity,
@@ -353,51 +143,59 @@ pub async fn run_client(cmd: Command, socket: &Path) -> anyhow::Result<()> {
                 },
             )
             .await?;
-            if out.format() != Format::Text {
-                print_value(&r, out.format(), |_| {});
-            } else {
-                println!(
-                    "granted task {} {} → {} until {}",
-                    r["task"].as_str().unwrap_or(""),
-                    r["identity"].as_str().unwrap_or(""),
-                    r["to"].as_str().unwrap_or(""),
-                    r["expires_at"].as_str().unwrap_or("")
-                );
-            }
+            print_value(&r, out.format(), |r| println!("{}", granted_text(r)));
             Ok(())
         }
         Command::Attest { peer, local, out } => {
-            let r = call(&socket, Request::Attest { peer, local }).await?;
-            if out.format() != Format::Text {
-                print_value(&r, out.format(), |_| {});
-            } else {
-                println!(
-                    "identity={} tenant={} task={} pid={} cgroup={} since={} generation={} cookie={}",
-                    r["identity"].as_str().unwrap_or("-"),
-                    r["tenant"].as_str().unwrap_or("-"),
-                    r["task"].as_str().unwrap_or("-"),
-                    r["pid"],
-                    r["cgroup"].as_str().unwrap_or("-"),
-                    r["since"].as_str().unwrap_or("-"),
-                    r["policy_generation"],
-                    r["socket_cookie"]
-                );
-            }
+            let r: Attestation = call(&socket, Request::Attest { peer, local }).await?;
+            print_value(&r, out.format(), |r| println!("{}", attestation_text(r)));
             Ok(())
         }
         Command::Fqdn(cmd) => cmd.run(&socket).await,
         Command::Revoke { task, out } => {
-            let r = call(&socket, Request::Revoke { task }).await?;
-            if out.format() != Format::Text {
-                print_value(&r, out.format(), |_| {});
-            } else {
-                println!(
-                    "revoked {} grants of task {}",
-                    r["revoked"],
-                    r["task"].as_str().unwrap_or("")
-                );
-            }
+            let r: Revoked = call(&socket, Request::Revoke { task }).await?;
+            print_value(&r, out.format(), |r| {
+                println!("revoked {} grants of task {}", r.revoked, r.task);
+            });
             Ok(())
+        }
+    }
+}
+
+/// `audit verify`: checks the chain and the signed checkpoints of the files.
+fn audit_verify(
+    files: &[std::path::PathBuf],
+    key: Option<std::path::PathBuf>,
+    state_dir: &Path,
+    format: Format,
+) -> anyhow::Result<()> {
+    let key_path = key.unwrap_or_else(|| verify::default_key_path(state_dir));
+    let public = chain::read_public_key(&key_path)
+        .map_err(|e| anyhow::anyhow!("{e} (pass --key or --state-dir)"))?;
+    match verify::verify(files, &public)? {
+        Ok(summary) => {
+            let v = serde_json::json!({"ok": true, "summary": summary});
+            print_value(&v, format, |_| {
+                println!(
+                    "ok: {} records in {} files (seq {}..{}), {} signed checkpoints, key {}; {} records after the last checkpoint",
+                    summary.records,
+                    summary.files.len(),
+                    summary.first_seq.unwrap_or(0),
+                    summary.last_seq.unwrap_or(0),
+                    summary.checkpoints,
+                    summary.key_id,
+                    summary.unsigned_tail
+                );
+            });
+            Ok(())
+        }
+        Err(problem) => {
+            let v = serde_json::json!({"ok": false, "problem": problem});
+            match format {
+                Format::Text => eprintln!("chokepoint: audit log tampered: {problem}"),
+                f => print_value(&v, f, |_| {}),
+            }
+            Err(Exit(1).into())
         }
     }
 }

@@ -2,10 +2,15 @@
 //! policy change.
 
 use std::{
+    os::fd::{AsFd, OwnedFd},
     path::PathBuf,
     sync::{Arc, atomic::Ordering},
 };
 
+use rustix::{
+    event::{PollFd, PollFlags, Timespec, poll},
+    fs::inotify,
+};
 use tracing::warn;
 
 use super::Shared;
@@ -13,9 +18,7 @@ use super::Shared;
 impl Shared {
     /// Wakes the cgroup watcher so it re-arms for the current selectors.
     pub(crate) fn rearm_watcher(&self) {
-        let one: u64 = 1;
-        // SAFETY: writing 8 bytes to our eventfd.
-        unsafe { libc::write(self.rearm_fd, std::ptr::from_ref(&one).cast(), 8) };
+        wake(&self.rearm);
     }
 
     /// Puts every bound identity cgroup in the attestation name cache; with `changed` (the
@@ -78,54 +81,51 @@ pub(crate) fn watch_cgroups(shared: Arc<Shared>) {
         if shared.shutting_down.load(Ordering::Relaxed) {
             return;
         }
-        // SAFETY: inotify_init1 has no preconditions.
-        let fd = unsafe { libc::inotify_init1(libc::IN_CLOEXEC | libc::IN_NONBLOCK) };
-        if fd < 0 {
+        let Ok(fd) = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
+        else {
             warn!("inotify unavailable; selected cgroups are re-bound every 500 ms only");
             return;
-        }
+        };
         for d in shared.watch_dirs() {
-            let Ok(c) = std::ffi::CString::new(d.as_os_str().as_encoded_bytes()) else {
-                continue;
-            };
-            // SAFETY: valid fd and C string.
-            unsafe {
-                libc::inotify_add_watch(
-                    fd,
-                    c.as_ptr(),
-                    libc::IN_CREATE | libc::IN_DELETE | libc::IN_MOVED_TO | libc::IN_ONLYDIR,
-                )
-            };
+            // A directory that vanished in between is found again on the next round.
+            let _ = inotify::add_watch(
+                &fd,
+                &d,
+                inotify::WatchFlags::CREATE
+                    | inotify::WatchFlags::DELETE
+                    | inotify::WatchFlags::MOVED_TO
+                    | inotify::WatchFlags::ONLYDIR,
+            );
         }
         // Bindings may have changed between the last reconcile and arming the watches.
         shared.reconcile();
         shared.sync_cgroup_names(false);
         let mut pfds = [
-            libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: shared.rearm_fd,
-                events: libc::POLLIN,
-                revents: 0,
-            },
+            PollFd::new(&fd, PollFlags::IN),
+            PollFd::new(&*shared.rearm, PollFlags::IN),
         ];
         // Until a selected cgroup changes, the policy changes (re-arm), or 500 ms pass.
-        // SAFETY: poll on our descriptors.
-        let n = unsafe { libc::poll(pfds.as_mut_ptr(), 2, 500) };
-        if n > 0 {
-            let mut buf = [0u8; 4096];
-            // SAFETY: reads into our buffer drain both descriptors; the contents are not needed.
-            unsafe {
-                while libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) > 0 {}
-                while libc::read(shared.rearm_fd, buf.as_mut_ptr().cast(), 8) > 0 {}
-            }
+        let timeout = Timespec {
+            tv_sec: 0,
+            tv_nsec: 500_000_000,
+        };
+        if poll(&mut pfds, Some(&timeout)).is_ok_and(|n| n > 0) {
+            // Drain both descriptors; the contents are not needed.
+            drain(&fd);
+            drain(&shared.rearm);
             shared.reconcile();
             shared.sync_cgroup_names(true);
         }
-        // SAFETY: closing our own descriptor.
-        unsafe { libc::close(fd) };
     }
+}
+
+/// Wakes the watcher: adds 1 to its eventfd.
+pub(crate) fn wake(eventfd: &OwnedFd) {
+    let _ = rustix::io::write(eventfd, &1u64.to_ne_bytes());
+}
+
+/// Reads a non-blocking descriptor until it has nothing more.
+fn drain(fd: impl AsFd) {
+    let mut buf = [0u8; 4096];
+    while rustix::io::read(&fd, &mut buf).is_ok_and(|n| n > 0) {}
 }

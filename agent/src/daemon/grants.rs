@@ -7,6 +7,7 @@ use tracing::info;
 
 use super::Shared;
 use crate::{
+    api::responses::{Granted, Revoked},
     audit::{self, AuditEvent},
     bpf::GrantSpec,
     peer::Who,
@@ -111,7 +112,7 @@ impl Shared {
         ttl_secs: u64,
         task: String,
         who: &Who,
-    ) -> anyhow::Result<serde_json::Value> {
+    ) -> anyhow::Result<Granted> {
         let shared = self;
         if task.trim().is_empty() || task.len() > 256 {
             bail!("--task must be 1 to 256 characters");
@@ -159,19 +160,22 @@ impl Shared {
         }
         drop(store);
         info!(identity, to, task, ttl_secs, by_uid = ?who.uid, by_pid = ?who.pid, "grant added");
-        let answer = json!({
-            "identity": identity, "to": to, "task": task,
-            "destinations": cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-            "ports": spec.to_string(),
-            "expires_at": util::rfc3339_ns(g.expires_wall_ns),
-        });
+        let answer = Granted {
+            identity,
+            to,
+            task,
+            destinations: cidrs.iter().map(|c| c.to_string()).collect(),
+            ports: spec.to_string(),
+            expires_at: util::rfc3339_ns(g.expires_wall_ns),
+        };
         self.audit_grant_change(
             AuditEvent::Grant,
             json!({
-                "identity": identity, "to": to, "task": task, "ttl_secs": ttl_secs,
-                "destinations": answer["destinations"],
-                "ports": answer["ports"],
-                "expires_at": util::rfc3339_ns(g.expires_wall_ns),
+                "identity": answer.identity, "to": answer.to, "task": answer.task,
+                "ttl_secs": ttl_secs,
+                "destinations": answer.destinations,
+                "ports": answer.ports,
+                "expires_at": answer.expires_at,
             }),
             who,
         );
@@ -179,7 +183,7 @@ impl Shared {
     }
 
     /// Removes every grant of `task`.
-    pub(crate) fn revoke(&self, task: String, who: &Who) -> anyhow::Result<serde_json::Value> {
+    pub(crate) fn revoke(&self, task: String, who: &Who) -> anyhow::Result<Revoked> {
         let shared = self;
         let store = shared.store.lock().expect("store lock");
         let mut grants = store.grants()?;
@@ -208,7 +212,10 @@ impl Shared {
             }),
             who,
         );
-        Ok(json!({"task": task, "revoked": removed}))
+        Ok(Revoked {
+            task,
+            revoked: removed,
+        })
     }
 
     /// Writes a grant or revoke record (who, when, what) to the audit log, on disk before the

@@ -106,8 +106,7 @@ fn load_inventory(dir: &std::path::Path) -> crate::inventory::Inventory {
 
 /// Runs the daemon until SIGINT/SIGTERM.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !rustix::process::geteuid().is_root() {
         bail!("the daemon needs root (CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN)");
     }
     if !opts.cgroup_root.join("cgroup.procs").exists() {
@@ -188,18 +187,23 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
     let start_policy = Arc::new(start_policy);
     generations.insert(start_gen, start_policy.clone());
-    // SAFETY: eventfd has no preconditions; -1 (failure) is handled by the watcher's poll.
-    let rearm_fd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
+    // Wakes the cgroup watcher (re-arm on policy and pod changes).
+    let rearm = Arc::new(
+        rustix::event::eventfd(
+            0,
+            rustix::event::EventfdFlags::CLOEXEC | rustix::event::EventfdFlags::NONBLOCK,
+        )
+        .context("creating the cgroup watcher's eventfd")?,
+    );
     // Kubernetes: the client and the pod cache exist before anything binds.
     let (kube_client, pods) = match &opts.kube {
         Some(k) => {
             let client = crate::k8s::client().await.context(
                 "configuring the Kubernetes client (KUBECONFIG, or the pod's ServiceAccount)",
             )?;
+            let wake = rearm.clone();
             let cache = Arc::new(crate::k8s::pods::PodCache::new(move || {
-                let one: u64 = 1;
-                // SAFETY: writing 8 bytes to our eventfd wakes the cgroup watcher (re-bind).
-                unsafe { libc::write(rearm_fd, std::ptr::from_ref(&one).cast(), 8) };
+                cgroup_watch::wake(&wake);
             }));
             let binder =
                 crate::k8s::PodBinder::new(cache, &opts.cgroup_root, k.cgroup_prefixes.clone());
@@ -316,7 +320,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         dns_answers: Default::default(),
         fqdn: fqdn.clone(),
         backstop: Mutex::new(None),
-        rearm_fd,
+        rearm,
         pods: pods.clone(),
         opts: opts.clone(),
     });

@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 use super::Shared;
 use crate::{
     alerts::Alert,
-    api::{Request, server::Peer},
+    api::{ApiError, Reply, Request, server::Peer},
     audit::{self, FlowRecord},
     metrics::Metrics,
 };
@@ -46,7 +46,7 @@ impl crate::api::server::Service for Shared {
         let g = self.active.read().expect("active lock").generation;
         audit::lost_record(&self.node, n, "subscriber_lagged", g)
     }
-    fn handle(&self, req: Request, who: Peer) -> anyhow::Result<serde_json::Value> {
+    fn handle(&self, req: Request, who: Peer) -> Result<Reply, ApiError> {
         super::handlers::handle_request(self, req, who)
     }
 }
@@ -58,7 +58,7 @@ impl crate::metrics::server::Source for Shared {
         self.metrics.render(format, &self.gauges(), extra)
     }
     fn status(&self) -> serde_json::Value {
-        self.status_json()
+        serde_json::to_value(self.status()).unwrap_or_default()
     }
 }
 

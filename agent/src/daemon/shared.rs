@@ -89,7 +89,7 @@ pub struct Shared {
     /// `toFQDN` rules: the DNS proxy and the learned addresses.
     pub(super) fqdn: Arc<crate::fqdn::Fqdn>,
     /// eventfd that tells the cgroup watcher to re-arm (the policy changed).
-    pub(super) rearm_fd: i32,
+    pub(super) rearm: Arc<std::os::fd::OwnedFd>,
     /// What the per-netns TC backstop covers, per identity name (`None`: it could not start).
     pub(super) backstop: Mutex<Option<BTreeMap<String, Vec<crate::bpf::backstop::NetnsCover>>>>,
     /// Pod identities (with `--kube`).

@@ -4,10 +4,18 @@
 use std::{collections::HashMap, path::Path, sync::atomic::Ordering};
 
 use chokepoint_common::names;
-use serde_json::json;
 
 use super::Shared;
-use crate::{bpf, metrics::Gauges, policy::CompiledPolicy};
+use crate::{
+    api::responses::{
+        BackstopState, Bound, Health, Identities, IdentityState, IdentityView, Inventory,
+        KubeStatus, PodBinding, PolicyRef, PolicyShow, ProgramState, RecordCounts, SelectorView,
+        Status,
+    },
+    bpf,
+    metrics::Gauges,
+    policy::CompiledPolicy,
+};
 
 impl Shared {
     pub(crate) fn programs(&self) -> Vec<(String, bool)> {
@@ -88,7 +96,7 @@ impl Shared {
     }
 
     /// `chokepoint inventory`.
-    pub(crate) fn inventory_json(&self, identity: Option<&str>) -> serde_json::Value {
+    pub(crate) fn inventory(&self, identity: Option<&str>) -> Inventory {
         self.inventory
             .lock()
             .expect("inventory lock")
@@ -111,7 +119,8 @@ impl Shared {
         }
     }
 
-    pub(crate) fn identities_json(&self) -> serde_json::Value {
+    /// `chokepoint identities`.
+    pub(crate) fn identities(&self) -> Identities {
         let a = self.active.read().expect("active lock");
         let enforcing: HashMap<String, bool> = self.enforcing().into_iter().collect();
         let pod_bindings = self
@@ -119,59 +128,72 @@ impl Shared {
             .as_ref()
             .map(|p| p.bindings(&self.opts.cgroup_root, &a.policy))
             .unwrap_or_default();
-        let list: Vec<serde_json::Value> = a
+        let identities = a
             .policy
             .identities
             .iter()
             .map(|i| {
-                if i.pod.is_some() || i.unresolved {
-                    let covered: Vec<serde_json::Value> = pod_bindings
+                let (selector, bound, cgroups) = if i.pod.is_some() || i.unresolved {
+                    let pods: Vec<PodBinding> = pod_bindings
                         .iter()
                         .filter(|b| b.binding.ident == i.id)
-                        .map(|b| {
-                            json!({
-                                "namespace": b.pod.as_ref().map(|p| &p.namespace),
-                                "pod": b.pod.as_ref().map(|p| &p.name),
-                                "service_account": b.pod.as_ref().map(|p| &p.service_account),
-                                "cgroup": format!("/{}", b.path),
-                                "cgroup_id": b.binding.cgroup_id,
-                            })
+                        .map(|b| PodBinding {
+                            namespace: b.pod.as_ref().map(|p| p.namespace.clone()),
+                            pod: b.pod.as_ref().map(|p| p.name.clone()),
+                            service_account: b.pod.as_ref().map(|p| p.service_account.clone()),
+                            cgroup: format!("/{}", b.path),
+                            cgroup_id: b.binding.cgroup_id,
                         })
                         .collect();
-                    return json!({
-                        "name": i.name,
-                        "tenant": i.tenant,
-                        "mode": i.mode,
-                        "selector": {"pod": i.pod},
-                        "pods": covered,
-                        "cgroups": covered.len(),
-                        "gateways": i.gateways,
-                        "rules": i.rules,
-                        "destinations": i.entries.len(),
-                        "enforcing": enforcing.get(&i.name).copied().unwrap_or(false),
-                    });
+                    let selector = SelectorView {
+                        cgroup_path: None,
+                        pod: i.pod.as_ref().and_then(|p| serde_json::to_value(p).ok()),
+                    };
+                    let n = pods.len();
+                    (selector, Bound::Pods { pods }, n)
+                } else {
+                    let path = self.opts.cgroup_root.join(&i.cgroup_path);
+                    let cgroups = count_cgroups(&path);
+                    let selector = SelectorView {
+                        cgroup_path: Some(format!("/{}", i.cgroup_path)),
+                        pod: None,
+                    };
+                    let cgroup_id = a
+                        .bindings
+                        .iter()
+                        .find(|b| b.ident == i.id)
+                        .map(|b| b.cgroup_id);
+                    (
+                        selector,
+                        Bound::Cgroup {
+                            cgroup: path,
+                            cgroup_id,
+                        },
+                        cgroups,
+                    )
+                };
+                IdentityView {
+                    name: i.name.clone(),
+                    tenant: i.tenant.clone(),
+                    mode: i.mode,
+                    selector,
+                    bound,
+                    cgroups,
+                    gateways: i.gateways.clone(),
+                    rules: i.rules.clone(),
+                    destinations: i.entries.len(),
+                    enforcing: enforcing.get(&i.name).copied().unwrap_or(false),
                 }
-                let path = self.opts.cgroup_root.join(&i.cgroup_path);
-                let cgroups = count_cgroups(&path);
-                json!({
-                    "name": i.name,
-                    "tenant": i.tenant,
-                    "mode": i.mode,
-                    "selector": {"cgroupPath": format!("/{}", i.cgroup_path)},
-                    "cgroup": path,
-                    "cgroup_id": a.bindings.iter().find(|b| b.ident == i.id).map(|b| b.cgroup_id),
-                    "cgroups": cgroups,
-                    "gateways": i.gateways,
-                    "rules": i.rules,
-                    "destinations": i.entries.len(),
-                    "enforcing": enforcing.get(&i.name).copied().unwrap_or(false),
-                })
             })
             .collect();
-        json!({"generation": a.generation, "identities": list})
+        Identities {
+            generation: a.generation,
+            identities,
+        }
     }
 
-    pub(crate) fn status_json(&self) -> serde_json::Value {
+    /// `chokepoint status` (and `/healthz`).
+    pub(crate) fn status(&self) -> Status {
         let programs = self.programs();
         let enforcing = self.enforcing();
         let core = self.core_attached();
@@ -219,83 +241,96 @@ impl Shared {
             }
         }
         let health = if !core {
-            "not_enforcing"
+            Health::NotEnforcing
         } else if problems.is_empty() {
-            "enforcing"
+            Health::Enforcing
         } else {
-            "degraded"
+            Health::Degraded
         };
         let stats = self.stats.lock().expect("stats lock").snapshot().ok();
-        json!({
-            "generation": a.generation,
-            "policy": {"name": a.policy.name, "digest": a.policy.digest, "applied_at": a.applied_at},
-            "health": health,
-            "enforcing": core && kernel_gen == Some(a.generation),
-            "problems": problems,
-            "programs": programs.iter().map(|(p, up)| json!({"program": p, "attached": up})).collect::<Vec<_>>(),
-            "identities": enforcing.iter().map(|(i, up)| json!({"name": i, "enforcing": up, "backstop": self.backstop_json(i)})).collect::<Vec<_>>(),
-            "records": {
-                "delivered": self.metrics.delivered.load(Ordering::Relaxed),
-                "lost": self.metrics.lost_kernel.load(Ordering::Relaxed) + self.metrics.lost_user.load(Ordering::Relaxed),
-                "kernel_decisions": stats.as_ref().map(|s| s.emitted()),
+        let m = &self.metrics;
+        Status {
+            generation: a.generation,
+            policy: PolicyRef {
+                name: a.policy.name.clone(),
+                digest: a.policy.digest.clone(),
+                applied_at: a.applied_at.clone(),
             },
-            "version": env!("CARGO_PKG_VERSION"),
-            "node": self.node,
-            "bpffs": self.opts.bpffs,
-            "cgroup_root": self.opts.cgroup_root,
-            "tc_ifaces": self.opts.tc_ifaces,
-            "kubernetes": self.pods.as_ref().map(|p| {
-                let (pods, namespaces) = p.cache.counts();
-                json!({
-                    "node": self.opts.kube.as_ref().map(|k| &k.node_name),
-                    "policy": self.opts.kube.as_ref().and_then(|k| k.policy.as_ref()),
-                    "synced": p.cache.synced(),
-                    "pods": pods,
-                    "namespaces": namespaces,
-                    "lists": p.cache.lists.load(Ordering::Relaxed),
-                    "watch_errors": p.cache.errors.load(Ordering::Relaxed),
-                    "unresolved_pods": a.policy.unresolved_pods,
+            health,
+            enforcing: core && kernel_gen == Some(a.generation),
+            problems,
+            programs: programs
+                .into_iter()
+                .map(|(program, attached)| ProgramState { program, attached })
+                .collect(),
+            identities: enforcing
+                .iter()
+                .map(|(i, up)| IdentityState {
+                    name: i.clone(),
+                    enforcing: *up,
+                    backstop: self.backstop_state(i),
                 })
+                .collect(),
+            records: RecordCounts {
+                delivered: m.delivered.load(Ordering::Relaxed),
+                lost: m.lost_kernel.load(Ordering::Relaxed) + m.lost_user.load(Ordering::Relaxed),
+                kernel_decisions: stats.as_ref().map(|s| s.emitted()),
+            },
+            version: env!("CARGO_PKG_VERSION").into(),
+            node: self.node.clone(),
+            bpffs: self.opts.bpffs.clone(),
+            cgroup_root: self.opts.cgroup_root.clone(),
+            tc_ifaces: self.opts.tc_ifaces.clone(),
+            kubernetes: self.pods.as_ref().map(|p| {
+                let (pods, namespaces) = p.cache.counts();
+                KubeStatus {
+                    node: self.opts.kube.as_ref().map(|k| k.node_name.clone()),
+                    policy: self.opts.kube.as_ref().and_then(|k| k.policy.clone()),
+                    synced: p.cache.synced(),
+                    pods,
+                    namespaces,
+                    lists: p.cache.lists.load(Ordering::Relaxed),
+                    watch_errors: p.cache.errors.load(Ordering::Relaxed),
+                    unresolved_pods: a.policy.unresolved_pods,
+                }
             }),
-            "kernel": self.features,
-        })
+            kernel: serde_json::to_value(&self.features).unwrap_or_default(),
+        }
     }
 
     /// Which per-packet backstops cover identity `name`: the BPF LSM (packet sockets refused),
     /// `cgroup/setsockopt` (options that skip TC refused), and TC: on `--tc-iface` interfaces and
     /// on every interface of each network namespace its processes live in.
-    fn backstop_json(&self, name: &str) -> serde_json::Value {
+    fn backstop_state(&self, name: &str) -> BackstopState {
         let pinned = crate::bpf::pinned_links(&self.opts.bpffs);
         let up = |p: &str| pinned.iter().any(|(n, t)| n == p && t.is_none());
-        let netns = self
+        let tc_netns = self
             .backstop
             .lock()
             .expect("backstop lock")
             .as_ref()
-            .map(|m| json!(m.get(name).cloned().unwrap_or_default()));
-        json!({
-            "lsm": up(names::PROG_LSM_SOCKET),
-            "setsockopt": up(names::PROG_SETSOCKOPT),
-            "compat_syscall": up(names::PROG_COMPAT_SYS),
-            "tc_ifaces": self.opts.tc_ifaces,
-            "tc_netns": netns,
-        })
+            .map(|m| serde_json::to_value(m.get(name).cloned().unwrap_or_default()))
+            .and_then(Result::ok);
+        BackstopState {
+            lsm: up(names::PROG_LSM_SOCKET),
+            setsockopt: up(names::PROG_SETSOCKOPT),
+            compat_syscall: up(names::PROG_COMPAT_SYS),
+            tc_ifaces: self.opts.tc_ifaces.clone(),
+            tc_netns,
+        }
     }
 
-    pub(crate) fn policy_json(
-        &self,
-        generation: u32,
-        policy: &CompiledPolicy,
-    ) -> serde_json::Value {
-        json!({
-            "generation": generation,
-            "name": policy.name,
-            "digest": policy.digest,
-            "gateways": policy.gateways,
-            "identities": policy.identities,
-            "resolved": policy.resolved,
-            "source": policy.source,
-        })
+    /// `chokepoint policy show`.
+    pub(crate) fn policy_show(&self, generation: u32, policy: &CompiledPolicy) -> PolicyShow {
+        PolicyShow {
+            generation,
+            name: policy.name.clone(),
+            digest: policy.digest.clone(),
+            gateways: policy.gateways.clone(),
+            identities: serde_json::to_value(&policy.identities).unwrap_or_default(),
+            resolved: policy.resolved.clone(),
+            source: policy.source.clone(),
+        }
     }
 }
 

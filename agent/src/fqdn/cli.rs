@@ -89,7 +89,7 @@ impl FqdnCmd {
     /// Runs the command against the daemon at `socket`.
     pub async fn run(self, socket: &Path) -> anyhow::Result<()> {
         let mut c = crate::api::Client::connect(socket).await?;
-        let v = c
+        let v: crate::api::responses::FqdnLearned = c
             .call(&Request::Fqdn {
                 identity: self.identity,
             })
@@ -98,8 +98,8 @@ impl FqdnCmd {
             Format::Text => print!("{}", super::print_text(&v)),
             Format::Json => println!("{}", serde_json::to_string_pretty(&v)?),
             Format::Jsonl => {
-                for e in v["learned"].as_array().into_iter().flatten() {
-                    println!("{e}");
+                for e in &v.learned {
+                    println!("{}", serde_json::to_string(e)?);
                 }
             }
         }

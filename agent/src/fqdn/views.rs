@@ -3,10 +3,11 @@
 use std::net::IpAddr;
 use std::sync::atomic::Ordering;
 
-use serde_json::json;
-
 use super::Fqdn;
-use crate::util;
+use crate::{
+    api::responses::{FqdnLearned, FqdnProxy, LearnedName},
+    util,
+};
 
 impl Fqdn {
     /// The name that allowed `addr` for `identity` under rule `rule` (for flow records).
@@ -31,7 +32,7 @@ impl Fqdn {
     }
 
     /// `chokepoint fqdn`: learned names, addresses, ports and remaining TTLs.
-    pub fn list_json(&self, identity: Option<&str>) -> serde_json::Value {
+    pub fn list(&self, identity: Option<&str>) -> FqdnLearned {
         let inner = self.inner.lock().expect("fqdn lock");
         let now = util::boot_ns();
         let mut out = Vec::new();
@@ -44,25 +45,38 @@ impl Fqdn {
                 for l in list {
                     let rule = view
                         .and_then(|v| v.rules.iter().find(|r| r.pattern.to_string() == l.pattern));
-                    out.push(json!({
-                        "identity": ident,
-                        "rule": rule.map(|r| format!("allow[{}]", r.rule)),
-                        "pattern": l.pattern,
-                        "name": l.name,
-                        "addr": addr.to_string(),
-                        "ports": rule.map(|r| r.ports.iter().map(|p| p.to_string()).collect::<Vec<_>>()).unwrap_or_default(),
-                        "ttl_remaining_s": l.expires_boot_ns.saturating_sub(now) / 1_000_000_000,
-                        "expired": l.expires_boot_ns <= now,
-                    }));
+                    out.push(LearnedName {
+                        identity: ident.clone(),
+                        rule: rule.map(|r| format!("allow[{}]", r.rule)),
+                        pattern: l.pattern.clone(),
+                        name: l.name.clone(),
+                        addr: addr.to_string(),
+                        ports: rule
+                            .map(|r| r.ports.iter().map(|p| p.to_string()).collect())
+                            .unwrap_or_default(),
+                        ttl_remaining_s: l.expires_boot_ns.saturating_sub(now) / 1_000_000_000,
+                        expired: l.expires_boot_ns <= now,
+                    });
                 }
             }
         }
-        let proxies: Vec<serde_json::Value> = inner
+        let proxies = inner
             .proxies
             .iter()
-            .map(|(n, p)| json!({"identity": n, "port": p.port, "resolver": inner.idents.get(n).and_then(|v| v.resolver).map(|r| r.1.to_string())}))
+            .map(|(n, p)| FqdnProxy {
+                identity: n.clone(),
+                port: p.port,
+                resolver: inner
+                    .idents
+                    .get(n)
+                    .and_then(|v| v.resolver)
+                    .map(|r| r.1.to_string()),
+            })
             .collect();
-        json!({"learned": out, "proxies": proxies})
+        FqdnLearned {
+            learned: out,
+            proxies,
+        }
     }
 
     /// The `chokepoint_fqdn_*` metric families.
@@ -119,27 +133,21 @@ impl Fqdn {
 }
 
 /// Text lines for `chokepoint fqdn` without `-o json`.
-pub fn print_text(v: &serde_json::Value) -> String {
+pub fn print_text(v: &FqdnLearned) -> String {
     let mut s = String::from("IDENTITY\tRULE\tNAME\tADDRESS\tPORTS\tTTL\n");
-    for e in v["learned"].as_array().into_iter().flatten() {
-        let ports: Vec<&str> = e["ports"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|p| p.as_str())
-            .collect();
+    for e in &v.learned {
         s += &format!(
             "{}\t{} {}\t{}\t{}\t{}\t{}\n",
-            e["identity"].as_str().unwrap_or("-"),
-            e["rule"].as_str().unwrap_or("-"),
-            e["pattern"].as_str().unwrap_or("-"),
-            e["name"].as_str().unwrap_or("-"),
-            e["addr"].as_str().unwrap_or("-"),
-            ports.join(","),
-            if e["expired"] == true {
+            e.identity,
+            e.rule.as_deref().unwrap_or("-"),
+            e.pattern,
+            e.name,
+            e.addr,
+            e.ports.join(","),
+            if e.expired {
                 "expired".to_string()
             } else {
-                format!("{}s", e["ttl_remaining_s"])
+                format!("{}s", e.ttl_remaining_s)
             }
         );
     }

@@ -204,24 +204,44 @@ impl Inventory {
     }
 
     /// The `inventory` answer: per identity, its destinations (most recently seen first).
-    pub fn view(&self, identity: Option<&str>) -> serde_json::Value {
-        let list: Vec<serde_json::Value> = self
+    pub fn view(&self, identity: Option<&str>) -> View {
+        let identities = self
             .identities
             .iter()
             .filter(|(name, _)| identity.is_none_or(|i| i == name.as_str()))
             .map(|(name, e)| {
-                let mut d: Vec<&Destination> = e.destinations.values().collect();
+                let mut d: Vec<Destination> = e.destinations.values().cloned().collect();
                 d.sort_by(|a, b| b.last_seen.cmp(&a.last_seen).then(a.dst.cmp(&b.dst)));
-                serde_json::json!({
-                    "identity": name,
-                    "tenant": e.tenant,
-                    "destinations": d,
-                    "evicted": e.evicted,
-                })
+                ViewEntry {
+                    identity: name.clone(),
+                    tenant: e.tenant.clone(),
+                    destinations: d,
+                    evicted: e.evicted,
+                }
             })
             .collect();
-        serde_json::json!({ "identities": list })
+        View { identities }
     }
+}
+
+/// The `inventory` answer: unsanctioned destinations per identity.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct View {
+    /// One entry per identity.
+    pub identities: Vec<ViewEntry>,
+}
+
+/// The unsanctioned destinations of one identity.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ViewEntry {
+    /// Identity name.
+    pub identity: String,
+    /// Tenant.
+    pub tenant: Option<String>,
+    /// Most recently seen first.
+    pub destinations: Vec<Destination>,
+    /// Older destinations dropped to stay within the bounds.
+    pub evicted: u64,
 }
 
 fn evict_oldest(e: &mut IdentityEntry) {
@@ -294,7 +314,7 @@ mod tests {
         assert!(Inventory::load(&dir).is_err());
         let _ = std::fs::remove_dir_all(&dir);
         let v = inv.view(Some("a"));
-        assert_eq!(v["identities"].as_array().unwrap().len(), 1);
-        assert_eq!(v["identities"][0]["destinations"][0]["dst"], "fd00::1");
+        assert_eq!(v.identities.len(), 1);
+        assert_eq!(v.identities[0].destinations[0].dst, "fd00::1");
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use chokepoint_common::PortEntry;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::{
     fqdn::FqdnPattern,
@@ -13,7 +13,7 @@ use super::{
 use crate::k8s::selector::PodMatch;
 
 /// Identity mode.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     Enforce,
@@ -113,7 +113,7 @@ pub struct CompiledPolicy {
 }
 
 /// `spec.defaults.unresolvedPods`: what a pod cgroup may reach before its pod is known.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UnresolvedPods {
     /// The gateways the policy's pod identities use, nothing else.

@@ -1,11 +1,22 @@
 //! What changes between the active policy and a candidate (`policy diff`).
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use super::CompiledPolicy;
 
+/// What applying a document would change (`policy_diff`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDiff {
+    /// Digest of the active policy.
+    pub from_digest: String,
+    /// Digest of the candidate.
+    pub to_digest: String,
+    /// One line per change (`+ …`, `- …`, `~ …`).
+    pub changes: Vec<String>,
+}
+
 /// What changes between the active policy and a candidate.
-pub fn diff_policies(old: &CompiledPolicy, new: &CompiledPolicy) -> Value {
+pub fn diff_policies(old: &CompiledPolicy, new: &CompiledPolicy) -> PolicyDiff {
     let mut changes = Vec::new();
     for g in &new.gateways {
         if !old.gateways.contains(g) {
@@ -64,5 +75,9 @@ pub fn diff_policies(old: &CompiledPolicy, new: &CompiledPolicy) -> Value {
             changes.push(format!("- identity {}", o.name));
         }
     }
-    json!({"from_digest": old.digest, "to_digest": new.digest, "changes": changes})
+    PolicyDiff {
+        from_digest: old.digest.clone(),
+        to_digest: new.digest.clone(),
+        changes,
+    }
 }
