@@ -33,7 +33,7 @@ use aya::{
     },
 };
 use chokepoint_common::names;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub use self::maps::{GrantSpec, IdentBinding, PolicyMaps, Stats};
 
@@ -534,6 +534,12 @@ pub fn start(
             }
             return Err(perr(e));
         }
+        // What the verifier walked (Linux 5.16+): the margin to its 1M-instruction limit.
+        let verified = prog
+            .info()
+            .ok()
+            .and_then(|i| i.verified_instruction_count());
+        debug!(program = name, verified_insns = ?verified, "program loaded");
         if let Program::SchedClassifier(p) = prog {
             let path = prog_path(opts.bpffs, name);
             let _ = fs::remove_file(&path);
