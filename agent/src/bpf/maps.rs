@@ -5,11 +5,12 @@ use std::net::IpAddr;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use chokepoint_common::{
     AttestKey, AttestVal, Config, GrantEntry, GrantVal, IdentKey, IdentVal, LPM_DATA_LEN, LpmKey,
-    MAX_GRANT_ENTRIES, PROTO_ANY, PortEntry, RuleVal, STAT_LOST, STATS_LEN, kind, reason,
+    MAX_GRANT_ENTRIES, RuleVal, STAT_LOST, STATS_LEN, reason,
     stat_index, verdict,
 };
 
-use crate::policy::{CompiledPolicy, parse::Cidr};
+pub use super::slots::SlotKeys;
+use crate::policy::parse::Cidr;
 
 /// Errors writing policy into the kernel.
 #[derive(Debug, thiserror::Error)]
@@ -20,13 +21,20 @@ pub enum MapsError {
         #[source]
         source: MapError,
     },
+    #[error("batch write to {map} failed after {done} entries: {source}")]
+    Batch {
+        map: &'static str,
+        done: usize,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(
         "grant for task `{task}` to {dest}: more than {MAX_GRANT_ENTRIES} grants at one destination prefix"
     )]
     GrantsFull { task: String, dest: String },
 }
 
-fn m(map: &'static str) -> impl FnOnce(MapError) -> MapsError {
+pub(super) fn m(map: &'static str) -> impl FnOnce(MapError) -> MapsError {
     move |source| MapsError::Map { map, source }
 }
 
@@ -39,13 +47,9 @@ pub struct PolicyMaps {
     /// Keys this process wrote into each slot; `None` until known (after an adoption the slot is
     /// cleared by walking the maps once).
     pub written: [Option<SlotKeys>; 2],
-}
-
-/// The keys of one policy slot.
-#[derive(Default)]
-pub struct SlotKeys {
-    ident: Vec<IdentKey>,
-    rules: Vec<Key<[u8; LPM_DATA_LEN]>>,
+    /// The configuration the last apply switched to, while its retired slot still holds the
+    /// previous generation ([`PolicyMaps::clear_retired`] empties it).
+    pub retired: Option<Config>,
 }
 
 /// One cgroup an identity covers in a generation.
@@ -56,7 +60,7 @@ pub struct IdentBinding {
     pub mode: u8,
 }
 
-fn lpm(slot: u8, ident: u32, c: &Cidr) -> Key<[u8; LPM_DATA_LEN]> {
+pub(super) fn lpm(slot: u8, ident: u32, c: &Cidr) -> Key<[u8; LPM_DATA_LEN]> {
     let k = LpmKey::new(slot, c.family(), ident, &c.bytes(), c.bits as u32);
     Key::new(k.prefix_len, k.data)
 }
@@ -67,165 +71,8 @@ impl PolicyMaps {
         self.config.get(&0, 0).map_err(m("CP_CONFIG"))
     }
 
-    fn set_config(&mut self, c: Config) -> Result<(), MapsError> {
+    pub(super) fn set_config(&mut self, c: Config) -> Result<(), MapsError> {
         self.config.set(0, c, 0).map_err(m("CP_CONFIG"))
-    }
-
-    /// Removes every entry of `slot` from the identity and rules maps: the keys this process
-    /// wrote there when known, else every key of the slot found by walking the maps.
-    fn clear_slot(&mut self, slot: u32) -> Result<(), MapsError> {
-        let known = self.written[slot as usize].take();
-        let (ident_keys, rule_keys) = match known {
-            Some(k) => (k.ident, k.rules),
-            None => (
-                self.ident
-                    .keys()
-                    .filter_map(Result::ok)
-                    .filter(|k| k.slot == slot)
-                    .collect(),
-                self.rules
-                    .keys()
-                    .filter_map(Result::ok)
-                    .filter(|k| k.data()[0] as u32 == slot)
-                    .collect(),
-            ),
-        };
-        for k in ident_keys {
-            match self.ident.remove(&k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(m("CP_IDENT")(e)),
-            }
-        }
-        for k in rule_keys {
-            match self.rules.remove(&k) {
-                Ok(()) | Err(MapError::KeyNotFound) => {}
-                Err(e) => return Err(m("CP_RULES")(e)),
-            }
-        }
-        self.written[slot as usize] = Some(SlotKeys::default());
-        Ok(())
-    }
-
-    /// Writes `policy` into the inactive slot, then switches to it in one word write. On any error
-    /// the inactive slot is cleared again and the active generation is untouched.
-    pub fn apply(
-        &mut self,
-        policy: &CompiledPolicy,
-        bindings: &[IdentBinding],
-        generation: u32,
-    ) -> Result<Config, MapsError> {
-        let cur = self.config()?;
-        let next = 1 - cur.slot();
-        self.clear_slot(next)?;
-        if let Err(e) = self.fill_slot(next, policy, bindings) {
-            let _ = self.clear_slot(next);
-            return Err(e);
-        }
-        let cfg = Config::new(next, generation, cur.epoch().wrapping_add(1).max(1));
-        self.set_config(cfg)?;
-        Ok(cfg)
-    }
-
-    fn fill_slot(
-        &mut self,
-        slot: u32,
-        policy: &CompiledPolicy,
-        bindings: &[IdentBinding],
-    ) -> Result<(), MapsError> {
-        let mut keys = self.written[slot as usize].take().unwrap_or_default();
-        let result = (|| {
-            for b in bindings {
-                let key = IdentKey {
-                    cgroup_id: b.cgroup_id,
-                    slot,
-                    _pad: 0,
-                };
-                let val = IdentVal {
-                    ident: b.ident,
-                    mode: b.mode,
-                    _pad: [0; 3],
-                };
-                keys.ident.push(key);
-                self.ident.insert(key, val, 0).map_err(m("CP_IDENT"))?;
-            }
-            for id in &policy.identities {
-                for (cidr, entries) in &id.entries {
-                    let mut v = RuleVal::default();
-                    for (i, e) in entries.iter().enumerate() {
-                        v.entries[i] = *e;
-                    }
-                    let key = lpm(slot as u8, id.id, cidr);
-                    keys.rules.push(key);
-                    self.rules.insert(&key, v, 0).map_err(m("CP_RULES"))?;
-                }
-                for (i, cidr) in id.ingress_prefixes().iter().enumerate() {
-                    let mut v = RuleVal::default();
-                    v.entries[0] = PortEntry {
-                        port_lo: 0,
-                        port_hi: u16::MAX,
-                        proto: PROTO_ANY,
-                        kind: kind::INGRESS,
-                        _pad: 0,
-                        rule: i as u32,
-                    };
-                    let k = LpmKey::new(
-                        slot as u8,
-                        cidr.family(),
-                        id.id,
-                        &cidr.bytes(),
-                        cidr.bits as u32,
-                    )
-                    .ingress();
-                    let key = Key::new(k.prefix_len, k.data);
-                    keys.rules.push(key);
-                    self.rules.insert(&key, v, 0).map_err(m("CP_RULES"))?;
-                }
-            }
-            Ok(())
-        })();
-        self.written[slot as usize] = Some(keys);
-        result
-    }
-
-    /// Changes the identity bindings of the active generation in place (a selected cgroup
-    /// appeared, vanished or was recreated): one map write per changed cgroup, then an epoch bump
-    /// so cached resolutions are redone. The rules are untouched.
-    pub fn rebind(
-        &mut self,
-        old: &[IdentBinding],
-        new: &[IdentBinding],
-    ) -> Result<Config, MapsError> {
-        let slot = self.config()?.slot();
-        let key = |b: &IdentBinding| IdentKey {
-            cgroup_id: b.cgroup_id,
-            slot,
-            _pad: 0,
-        };
-        for b in new {
-            if !old
-                .iter()
-                .any(|o| o.cgroup_id == b.cgroup_id && o.ident == b.ident && o.mode == b.mode)
-            {
-                let val = IdentVal {
-                    ident: b.ident,
-                    mode: b.mode,
-                    _pad: [0; 3],
-                };
-                self.ident.insert(key(b), val, 0).map_err(m("CP_IDENT"))?;
-                if let Some(w) = self.written[slot as usize].as_mut() {
-                    w.ident.push(key(b));
-                }
-            }
-        }
-        for o in old {
-            if !new.iter().any(|b| b.cgroup_id == o.cgroup_id) {
-                match self.ident.remove(&key(o)) {
-                    Ok(()) | Err(MapError::KeyNotFound) => {}
-                    Err(e) => return Err(m("CP_IDENT")(e)),
-                }
-            }
-        }
-        self.bump_epoch()
     }
 
     /// Bumps the epoch (invalidates every cached verdict) keeping slot and generation.

@@ -10,11 +10,13 @@
 //! program).
 
 pub mod backstop;
+mod batch;
 pub mod compat;
 pub mod features;
 pub mod fqdn;
 pub mod maps;
 pub mod pins;
+mod slots;
 pub mod tc;
 
 use std::{
@@ -443,6 +445,7 @@ pub fn start(
         rules: take(&mut bpf, names::RULES, LpmTrie::try_from)?,
         grants: take(&mut bpf, names::GRANTS, LpmTrie::try_from)?,
         written: [None, None],
+        retired: None,
     };
     if !adopted {
         fill(&mut policy)?;

@@ -94,10 +94,13 @@ impl Shared {
                 .expect("generations lock")
                 .remove(&generation);
         };
+        let t_maps = Instant::now();
         if let Err(e) = maps.apply(&policy, &bindings, generation) {
             forget();
             return Err(e.into());
         }
+        let maps_ms = t_maps.elapsed().as_secs_f64() * 1e3;
+        let t_commit = Instant::now();
         let meta = GenerationMeta {
             generation,
             name: policy.name.clone(),
@@ -119,6 +122,7 @@ impl Shared {
         }
         drop(maps);
         drop(store);
+        let commit_ms = t_commit.elapsed().as_secs_f64() * 1e3;
         {
             let mut g = self.generations.write().expect("generations lock");
             // Records name identities of recent generations only (what the ring buffer may still
@@ -146,7 +150,7 @@ impl Shared {
         // Parsing and compiling a large document leaves freed heap behind: return it.
         // SAFETY: malloc_trim has no preconditions.
         unsafe { libc::malloc_trim(0) };
-        info!(generation, action, digest = %meta.digest, by_uid = ?who.uid, by_pid = ?who.pid, by_comm = ?who.comm, "policy generation active");
+        info!(generation, action, maps_ms, commit_ms, apply_ms = t0.elapsed().as_secs_f64() * 1e3, digest = %meta.digest, by_uid = ?who.uid, by_pid = ?who.pid, by_comm = ?who.comm, "policy generation active");
         // The change is itself an audit record (who, when, old → new generation, digest).
         {
             let rec = json!({

@@ -26,7 +26,12 @@ pub(crate) fn handle_request(
             Reply::PolicyShow(Box::new(shared.policy_show(a.generation, &a.policy)))
         }
         Request::PolicyApply { file, source } => {
+            let t = std::time::Instant::now();
             let p = compile_cached(&shared.dns, &file, source.as_bytes())?;
+            tracing::debug!(
+                compile_ms = t.elapsed().as_secs_f64() * 1e3,
+                "policy compiled"
+            );
             let previous = shared.active.read().expect("active lock").generation;
             let generation = shared
                 .apply(p, "apply", &who)

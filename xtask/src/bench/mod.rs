@@ -1,0 +1,509 @@
+//! `cargo xtask bench [--quick]`: what enforcement costs, side by side, in one run on one machine.
+//!
+//! Topology: a client and a server network namespace joined by a veth pair; the client process
+//! runs in a cgroup (pinned to CPU 0), the server to CPU 1. Configurations, interleaved within
+//! each repetition: `none` (no programs, no rules), `nft-linear` (N `ip daddr … drop` rules in the
+//! client's output hook), `nft-set` (one rule over an interval set of N), `chokepoint` (the daemon
+//! enforcing an identity whose policy has the gateway endpoint plus N unrelated CIDRs). Every
+//! figure is a ratio to `none` measured in the same repetition; min/median/max over repetitions.
+//! Per-program cost comes from `kernel.bpf_stats_enabled` in a separate pass, for sockets of no
+//! identity (a cgroup no policy selects) and of an enforced identity, counted over this daemon's
+//! own programs only (other daemons on the host have their own).
+//!
+//! SIGINT/SIGTERM stop the run at the next step and unwind: the daemon is stopped and uninstalled,
+//! the network namespaces and cgroups removed, bpf_stats switched off.
+
+mod bed;
+mod progs;
+mod report;
+mod soak;
+
+use std::{
+    collections::BTreeMap,
+    process::{Command, Stdio},
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use chokepoint_tests::{Cgroup, Daemon, in_cgroup, sh, unique};
+use serde_json::{Value, json};
+
+use self::{
+    bed::{Bed, nft_ruleset, padding, policy},
+    progs::{PROG_WINDOWS, policy_identities, prog_cost_windows, prog_table, prog_workload},
+    report::markdown,
+    soak::{parse_duration, soak},
+};
+
+const PORT: u16 = 7000;
+const CLIENT: &str = "10.210.0.1";
+const SERVER: &str = "10.210.0.2";
+const CONFIGS: [&str; 4] = ["none", "nft-linear", "nft-set", "chokepoint"];
+
+/// `cargo xtask bench --help`.
+pub const HELP: &str = "usage: cargo xtask bench [--quick] [--reps N] [--progs] [--soak DURATION]
+
+Builds release binaries, then measures what enforcement costs (needs root): a client cgroup in one
+network namespace, a server in another, joined by veth. Configurations interleaved within every
+repetition: none, nft-linear (N drop rules), nft-set (one rule over an interval set of N),
+chokepoint (the daemon enforcing the client's identity, gateway plus N rules). Figures are ratios
+to `none` in the same repetition (median [min-max], `=noise` when the range spans 1), for
+N = 10, 1k, 100k; then per-program cost from kernel.bpf_stats (sockets of no identity and of an
+enforced identity, 1 and 1,000 identities), policy change time, records delivered per second and
+the daemon's footprint. Writes bench-results/bench-<time>.{json,md}.
+SIGINT/SIGTERM stop the run and clean up (daemon, namespaces, cgroups, bpf_stats).
+
+  --quick   N = 10 only, 3 short repetitions (the CI smoke run; numbers are not judged)
+  --reps N  repetitions per figure (default 30, --quick 3)
+  --progs   the per-program (bpf_stats) pass only, N = 10 and 1 identity (about a minute)
+  --soak DURATION
+            mixed load for DURATION (90s, 30m, 1h): connects, UDP, denials, a policy apply every
+            5 s and a `flows --follow` subscriber; daemon RSS, open fds and ring-buffer loss
+            at the start and the end
+  --help    this text";
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Routes SIGINT and SIGTERM to [`INTERRUPTED`]; the run checks it between steps and unwinds.
+fn catch_signals() {
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe).
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Fails once a stop was requested, so every guard on the stack cleans up as it unwinds.
+fn check() -> anyhow::Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted; cleaned up the daemon, namespaces and cgroups");
+    }
+    Ok(())
+}
+
+/// Sleeps `d` in short steps, stopping early when interrupted.
+fn nap(d: Duration) -> anyhow::Result<()> {
+    let t = Instant::now();
+    while t.elapsed() < d {
+        check()?;
+        std::thread::sleep(Duration::from_millis(50).min(d.saturating_sub(t.elapsed())));
+    }
+    check()
+}
+
+/// `kernel.bpf_stats_enabled` on while it lives (stats add ~2 x 20 ns per run, so only for the
+/// per-program pass).
+struct BpfStats;
+
+impl BpfStats {
+    fn on() -> Self {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+        Self
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    }
+}
+
+/// `getppid` calls per second of this process for `secs`: what every syscall of the host pays
+/// for the compat syscall guard (`raw_tracepoint/sys_enter`) while it is attached.
+fn syscall_rate(secs: f64) -> f64 {
+    let t = Instant::now();
+    let mut n = 0u64;
+    while t.elapsed().as_secs_f64() < secs {
+        for _ in 0..1000 {
+            // SAFETY: getppid has no arguments and no side effects.
+            unsafe { libc::syscall(libc::SYS_getppid) };
+        }
+        n += 1000;
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+fn stats(v: &[f64]) -> Value {
+    if v.is_empty() {
+        return Value::Null;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(|a, b| a.total_cmp(b));
+    let q = |p: f64| s[((s.len() as f64 - 1.0) * p).round() as usize];
+    json!({"min": s[0], "median": q(0.5), "max": s[s.len() - 1], "q25": q(0.25), "q75": q(0.75), "n": s.len()})
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1.to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+        })
+        .unwrap_or(0)
+}
+
+pub fn bench(rest: &[String]) -> anyhow::Result<()> {
+    // `--soak 30m` is the same as `--soak=30m`.
+    let rest: Vec<String> = {
+        let mut v = Vec::new();
+        let mut it = rest.iter();
+        while let Some(a) = it.next() {
+            if (a == "--soak" || a == "--reps")
+                && let Some(d) = it.next()
+            {
+                v.push(format!("{a}={d}"));
+            } else {
+                v.push(a.clone());
+            }
+        }
+        v
+    };
+    let mut quick = false;
+    let mut progs_only = false;
+    let mut reps_arg: Option<usize> = None;
+    for a in &rest {
+        match a.as_str() {
+            other if other.starts_with("--reps=") => {
+                let n: usize = other["--reps=".len()..]
+                    .parse()
+                    .with_context(|| format!("{other}: expected a number of repetitions"))?;
+                if n == 0 {
+                    bail!("--reps must be at least 1");
+                }
+                reps_arg = Some(n);
+            }
+            "--quick" => quick = true,
+            "--progs" => progs_only = true,
+            "--soak" => bail!("--soak needs a duration (e.g. --soak 30m)\n\n{HELP}"),
+            other if other.starts_with("--soak=") => {
+                return soak(parse_duration(&other["--soak=".len()..])?);
+            }
+            other => bail!("unknown option {other:?}\n\n{HELP}"),
+        }
+    }
+    catch_signals();
+    let (bin, probe) = crate::build_release()?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("benchmarks need root (BPF, cgroups, network namespaces, nftables)");
+    }
+    // SAFETY: set before any thread reads the environment.
+    unsafe {
+        std::env::set_var("CHOKEPOINT_BIN", &bin);
+        std::env::set_var("CP_PROBE_BIN", &probe);
+    }
+    let sizes: Vec<usize> = if quick || progs_only {
+        vec![10]
+    } else {
+        vec![10, 1_000, 100_000]
+    };
+    let reps = if progs_only {
+        0
+    } else if let Some(n) = reps_arg {
+        n
+    } else if quick {
+        3
+    } else {
+        30
+    };
+    // Per workload and class in the per-program pass (split into PROG_WINDOWS windows).
+    let prog_secs = if quick { 1.0 } else { 2.5 };
+    let secs = if quick { 0.4 } else { 0.5 };
+    let bed = Bed::new(&probe)?;
+    let gw = format!("{SERVER}:{PORT}");
+    let udp = format!("{SERVER}:{PORT}");
+    let denied = "100.64.0.1:443".to_string();
+    let mut results = json!({"machine": machine(), "quick": quick, "reps": reps, "secs_per_run": secs, "sizes": {}});
+    let dir = crate::root().join("bench-results");
+    std::fs::create_dir_all(&dir)?;
+    let stamp = chrono_stamp();
+    let json_path = dir.join(format!("bench-{stamp}.json"));
+
+    for &n in &sizes {
+        eprintln!("bench: N = {n}");
+        let pad = padding(n);
+        let pfile = std::env::temp_dir().join(format!("cpbench-{}.nft", std::process::id()));
+        std::fs::write(&pfile, nft_ruleset(&pad))?;
+        let t = Instant::now();
+        sh(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &bed.client.name,
+                "nft",
+                "-f",
+                pfile.to_str().expect("utf8"),
+            ],
+        );
+        let nft_load = t.elapsed().as_secs_f64();
+        let _ = std::fs::remove_file(&pfile);
+        let doc = policy(&bed.enforced.rel, &pad);
+
+        // raw[metric][config] = values per rep
+        let mut raw: BTreeMap<&str, BTreeMap<&str, Vec<f64>>> = BTreeMap::new();
+        let mut apply_s = Vec::new();
+        for rep in 0..reps {
+            let mut order: Vec<&str> = CONFIGS.to_vec();
+            order.rotate_left(rep % CONFIGS.len());
+            for cfg in order {
+                let daemon = match cfg {
+                    "nft-linear" => {
+                        bed.nft(Some("linear"));
+                        None
+                    }
+                    "nft-set" => {
+                        bed.nft(Some("viaset"));
+                        None
+                    }
+                    "chokepoint" => {
+                        bed.nft(None);
+                        let t = Instant::now();
+                        let d = Daemon::start(&doc, &[]);
+                        apply_s.push(t.elapsed().as_secs_f64());
+                        Some(d)
+                    }
+                    _ => {
+                        bed.nft(None);
+                        None
+                    }
+                };
+                for (metric, mode, key) in [
+                    ("crr", "crr", "rate"),
+                    ("rr", "rr", "rate"),
+                    ("bulk", "stream", "bytes_per_s"),
+                    ("udp", "udp", "rate"),
+                ] {
+                    check()?;
+                    let r = bed.run(mode, &gw, secs);
+                    raw.entry(metric)
+                        .or_default()
+                        .entry(cfg)
+                        .or_default()
+                        .push(r[key].as_f64().unwrap_or(0.0));
+                    if metric == "crr" {
+                        raw.entry("crr_p99_us")
+                            .or_default()
+                            .entry(cfg)
+                            .or_default()
+                            .push(r["p99_ns"].as_f64().unwrap_or(0.0) / 1000.0);
+                    }
+                }
+                check()?;
+                raw.entry("syscall")
+                    .or_default()
+                    .entry(cfg)
+                    .or_default()
+                    .push(syscall_rate(secs));
+                if cfg == "chokepoint" {
+                    let r = bed.run("deny", &denied, secs.min(0.5));
+                    raw.entry("denied_connect_us")
+                        .or_default()
+                        .entry(cfg)
+                        .or_default()
+                        .push(r["p50_ns"].as_f64().unwrap_or(0.0) / 1000.0);
+                }
+                drop(daemon);
+            }
+        }
+        // Ratios to `none`, per repetition.
+        let mut table = json!({});
+        for (metric, per_cfg) in &raw {
+            let base = per_cfg.get("none").cloned().unwrap_or_default();
+            let mut m = json!({});
+            for (cfg, vals) in per_cfg {
+                m[*cfg] = json!({"abs": stats(vals)});
+                if !base.is_empty() && vals.len() == base.len() {
+                    let ratios: Vec<f64> = vals
+                        .iter()
+                        .zip(&base)
+                        .map(|(v, b)| if *b > 0.0 { v / b } else { 0.0 })
+                        .collect();
+                    m[*cfg]["ratio"] = stats(&ratios);
+                }
+            }
+            table[*metric] = m;
+        }
+        // Separate pass: per-invocation cost from bpf_stats, and the daemon's footprint.
+        check()?;
+        let d = Daemon::start(&doc, &[]);
+        let pid = daemon_pid(&d);
+        let rss = rss_kib(pid);
+        let c0 = cpu_ticks(pid);
+        let idle_secs = if quick { 2.0 } else { 5.0 };
+        nap(Duration::from_secs_f64(idle_secs))?;
+        let idle_cpu_pct = (cpu_ticks(pid) - c0) as f64 / 100.0 / idle_secs * 100.0;
+        let per_prog = prog_table(&bed, &d, &gw, &udp, prog_secs)?;
+        let deny_cost = prog_cost_windows(&d, PROG_WINDOWS, || {
+            let _ = bed.run("deny", &denied, prog_secs / PROG_WINDOWS as f64);
+            Ok(())
+        })?;
+        // Change-to-enforcement: apply a policy that allows a new destination; the CLI returns once
+        // the kernel switched; the next connect decides under the new generation.
+        let mut change_ms = Vec::new();
+        let changes = if progs_only {
+            0
+        } else if quick {
+            5
+        } else {
+            20
+        };
+        for i in 0..changes {
+            let extra = doc.replace(
+                "ports: [\"7000/udp\"]",
+                &format!("ports: [\"7000/udp\", \"{}/tcp\"]", 7100 + i),
+            );
+            let f = d.dir.join("change.yaml");
+            std::fs::write(&f, &extra)?;
+            let t = Instant::now();
+            let (ok, _, err) = d.try_cli(&["policy", "apply", f.to_str().expect("utf8")]);
+            if !ok {
+                bail!("apply failed: {err}");
+            }
+            change_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        }
+        // Records delivered per second: a burst of denials, all accounted.
+        let flood = if progs_only {
+            0
+        } else if quick {
+            50_000
+        } else {
+            500_000
+        };
+        let t = Instant::now();
+        if flood > 0 {
+            let mut cmd = Command::new(&bed.probe);
+            cmd.args(["udp-flood", "100.64.0.1:9", &flood.to_string()])
+                .stdout(Stdio::null());
+            let _ = in_cgroup(cmd, Some(&bed.enforced.path), Some(&bed.client)).status();
+        }
+        let (mut delivered, mut lost, mut emitted) = (0u64, 0u64, 0u64);
+        while flood > 0 && t.elapsed() < Duration::from_secs(60) {
+            let st = d.cli_json(&["status", "--json"]);
+            delivered = st["records"]["delivered"].as_u64().unwrap_or(0);
+            lost = st["records"]["lost"].as_u64().unwrap_or(0);
+            emitted = st["records"]["kernel_decisions"].as_u64().unwrap_or(0);
+            if delivered + lost >= emitted && emitted >= flood {
+                break;
+            }
+            nap(Duration::from_millis(20))?;
+        }
+        let flood_s = t.elapsed().as_secs_f64();
+        let rss_load = rss_kib(pid);
+        drop(d);
+        results["sizes"][n.to_string()] = json!({
+            "figures": table,
+            "prog_cost": per_prog,
+            "prog_cost_denied_connect": deny_cost,
+            "daemon": {"rss_idle_kib": rss, "rss_after_flood_kib": rss_load, "idle_cpu_pct": idle_cpu_pct, "start_and_apply_s": stats(&apply_s)},
+            "policy_change_ms": stats(&change_ms),
+            "nft_load_s": nft_load,
+            "records": {"flood": flood, "emitted": emitted, "delivered": delivered, "lost": lost, "accounted": delivered + lost == emitted, "records_per_s": delivered as f64 / flood_s},
+        });
+        // Written after every size, so a long run keeps what it measured.
+        std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
+        std::fs::write(dir.join(format!("bench-{stamp}.md")), markdown(&results))?;
+    }
+    // Identities: the same per-program pass with one identity and with many (each its own cgroup,
+    // the gateway and 10 rules), the enforced socket being one of them.
+    let pad = padding(10);
+    let mut per_count = json!({});
+    let counts: &[usize] = if progs_only {
+        &[1]
+    } else if quick {
+        &[1, 100]
+    } else {
+        &[1, 1_000]
+    };
+    for &count in counts {
+        check()?;
+        eprintln!("bench: {count} identities");
+        let parent = Cgroup::new(&unique("cpbench-ids"));
+        for i in 1..count {
+            parent.child(&format!("i{i}"));
+        }
+        let doc = policy_identities(&bed.enforced.rel, &parent.rel, count, &pad);
+        let t = Instant::now();
+        let d = Daemon::start(&doc, &[]);
+        let start_s = t.elapsed().as_secs_f64();
+        let pid = daemon_pid(&d);
+        let cost = prog_table(&bed, &d, &gw, &udp, prog_secs)?;
+        per_count[count.to_string()] = json!({
+            "prog_cost": cost,
+            "daemon": {"rss_kib": rss_kib(pid), "start_and_apply_s": start_s},
+        });
+    }
+    results["identities"] = per_count;
+    std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
+    std::fs::write(dir.join(format!("bench-{stamp}.md")), markdown(&results))?;
+    let md = markdown(&results);
+    println!("{md}");
+    println!("results: {}", json_path.display());
+    Ok(())
+}
+
+fn daemon_pid(d: &Daemon) -> u32 {
+    // The daemon is the process holding its socket; find it through /proc.
+    let want = d.socket.to_string_lossy().to_string();
+    for e in std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+    {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
+            let s = String::from_utf8_lossy(&cmd);
+            if s.contains("daemon") && s.contains(&want) {
+                return pid;
+            }
+        }
+    }
+    0
+}
+
+fn chrono_stamp() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    secs.to_string()
+}
+
+fn machine() -> Value {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    json!({"kernel": kernel, "cpus": cpus, "cpu": model})
+}
+
