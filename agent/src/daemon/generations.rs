@@ -100,6 +100,7 @@ impl Shared {
             return Err(e.into());
         }
         let maps_ms = t_maps.elapsed().as_secs_f64() * 1e3;
+        let switch_ms = t0.elapsed().as_secs_f64() * 1e3;
         let t_commit = Instant::now();
         let meta = GenerationMeta {
             generation,
@@ -136,6 +137,7 @@ impl Shared {
             policy,
             bindings,
             applied_at: meta.applied_at.clone(),
+            switch_ms,
         };
         // The watcher must watch this generation's selectors.
         self.rearm_watcher();

@@ -7,7 +7,7 @@ use super::{Shared, compile_cached};
 use crate::{
     api::{
         ApiError, Reply, Request,
-        responses::{PolicyApplied, PolicyHistory, PolicyRolledBack},
+        responses::{ApplyTiming, PolicyApplied, PolicyHistory, PolicyRolledBack},
     },
     policy::diff::diff_policies,
 };
@@ -28,19 +28,23 @@ pub(crate) fn handle_request(
         Request::PolicyApply { file, source } => {
             let t = std::time::Instant::now();
             let p = compile_cached(&shared.dns, &file, source.as_bytes())?;
-            tracing::debug!(
-                compile_ms = t.elapsed().as_secs_f64() * 1e3,
-                "policy compiled"
-            );
+            let compile_ms = t.elapsed().as_secs_f64() * 1e3;
             let previous = shared.active.read().expect("active lock").generation;
             let generation = shared
                 .apply(p, "apply", &who)
                 .map_err(|e| anyhow!("{file}:1:1: {e:#}"))?;
             let a = shared.active.read().expect("active lock");
+            // Request to enforcement: parsing and compiling the document, then the kernel switch
+            // (what follows it, the state store and the audit record, does not delay enforcement).
             Reply::PolicyApplied(PolicyApplied {
                 generation,
                 previous,
                 digest: a.policy.digest.clone(),
+                timing_ms: Some(ApplyTiming {
+                    compile: compile_ms,
+                    switch: a.switch_ms,
+                    enforced: compile_ms + a.switch_ms,
+                }),
             })
         }
         Request::PolicyDiff { file, source } => {

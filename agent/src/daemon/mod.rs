@@ -295,6 +295,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             policy: start_policy.clone(),
             bindings,
             applied_at: util::rfc3339_ns(util::wall_ns()),
+            switch_ms: 0.0,
         }),
         generations: RwLock::new(generations),
         tasks: RwLock::new(HashMap::new()),

@@ -46,6 +46,9 @@ pub(crate) struct Active {
     pub(crate) policy: Arc<CompiledPolicy>,
     pub(crate) bindings: Vec<IdentBinding>,
     pub(crate) applied_at: String,
+    /// Milliseconds from the start of the apply to the kernel switch (binding cgroups, writing
+    /// the inactive slot, the configuration word); 0 for the generation the daemon started with.
+    pub(crate) switch_ms: f64,
 }
 
 /// Everything the tasks share.

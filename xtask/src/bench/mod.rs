@@ -14,6 +14,7 @@
 //! the network namespaces and cgroups removed, bpf_stats switched off.
 
 mod bed;
+mod floor;
 mod progs;
 mod report;
 mod soak;
@@ -42,7 +43,7 @@ const SERVER: &str = "10.210.0.2";
 const CONFIGS: [&str; 4] = ["none", "nft-linear", "nft-set", "chokepoint"];
 
 /// `cargo xtask bench --help`.
-pub const HELP: &str = "usage: cargo xtask bench [--quick] [--reps N] [--progs] [--soak DURATION]
+pub const HELP: &str = "usage: cargo xtask bench [--quick] [--reps N] [--progs] [--soak [DURATION]]
 
 Builds release binaries, then measures what enforcement costs (needs root): a client cgroup in one
 network namespace, a server in another, joined by veth. Configurations interleaved within every
@@ -50,15 +51,15 @@ repetition: none, nft-linear (N drop rules), nft-set (one rule over an interval 
 chokepoint (the daemon enforcing the client's identity, gateway plus N rules). Figures are ratios
 to `none` in the same repetition (median [min-max], `=noise` when the range spans 1), for
 N = 10, 1k, 100k; then per-program cost from kernel.bpf_stats (sockets of no identity and of an
-enforced identity, 1 and 1,000 identities), policy change time, records delivered per second and
+enforced identity, at 1 identity, 1,000 identities x 100 rules and 10,000 identities (selected cgroups)), policy change time, records delivered per second and
 the daemon's footprint. Writes bench-results/bench-<time>.{json,md}.
 SIGINT/SIGTERM stop the run and clean up (daemon, namespaces, cgroups, bpf_stats).
 
   --quick   N = 10 only, 3 short repetitions (the CI smoke run; numbers are not judged)
   --reps N  repetitions per figure (default 30, --quick 3)
   --progs   the per-program (bpf_stats) pass only, N = 10 and 1 identity (about a minute)
-  --soak DURATION
-            mixed load for DURATION (90s, 30m, 1h): connects, UDP, denials, a policy apply every
+  --soak [DURATION]
+            mixed load for DURATION (90s, 30m, 1h; a plain number is minutes; default 30m): connects, UDP, denials, a policy apply every
             5 s and a `flows --follow` subscriber; daemon RSS, open fds and ring-buffer loss
             at the start and the end
   --help    this text";
@@ -134,7 +135,7 @@ fn stats(v: &[f64]) -> Value {
     let mut s = v.to_vec();
     s.sort_by(|a, b| a.total_cmp(b));
     let q = |p: f64| s[((s.len() as f64 - 1.0) * p).round() as usize];
-    json!({"min": s[0], "median": q(0.5), "max": s[s.len() - 1], "q25": q(0.25), "q75": q(0.75), "n": s.len()})
+    json!({"min": s[0], "median": q(0.5), "max": s[s.len() - 1], "q25": q(0.25), "q75": q(0.75), "p99": q(0.99), "n": s.len()})
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -166,9 +167,10 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
         let mut it = rest.iter();
         while let Some(a) = it.next() {
             if (a == "--soak" || a == "--reps")
-                && let Some(d) = it.next()
+                && let Some(d) = it.as_slice().first().filter(|d| !d.starts_with("--"))
             {
                 v.push(format!("{a}={d}"));
+                it.next();
             } else {
                 v.push(a.clone());
             }
@@ -191,7 +193,7 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
             }
             "--quick" => quick = true,
             "--progs" => progs_only = true,
-            "--soak" => bail!("--soak needs a duration (e.g. --soak 30m)\n\n{HELP}"),
+            "--soak" => return soak(Duration::from_secs(30 * 60)),
             other if other.starts_with("--soak=") => {
                 return soak(parse_duration(&other["--soak=".len()..])?);
             }
@@ -358,6 +360,7 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
         // Change-to-enforcement: apply a policy that allows a new destination; the CLI returns once
         // the kernel switched; the next connect decides under the new generation.
         let mut change_ms = Vec::new();
+        let (mut enforced_ms, mut switch_ms, mut compile_ms) = (Vec::new(), Vec::new(), Vec::new());
         let changes = if progs_only {
             0
         } else if quick {
@@ -373,11 +376,20 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
             let f = d.dir.join("change.yaml");
             std::fs::write(&f, &extra)?;
             let t = Instant::now();
-            let (ok, _, err) = d.try_cli(&["policy", "apply", f.to_str().expect("utf8")]);
+            let (ok, out, err) =
+                d.try_cli(&["policy", "apply", f.to_str().expect("utf8"), "-o", "json"]);
             if !ok {
                 bail!("apply failed: {err}");
             }
             change_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+            // The daemon's own account: request to kernel switch, and its two parts.
+            let r: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
+            let ms = |k: &str| r["timing_ms"][k].as_f64();
+            if let (Some(e), Some(sw), Some(c)) = (ms("enforced"), ms("switch"), ms("compile")) {
+                enforced_ms.push(e);
+                switch_ms.push(sw);
+                compile_ms.push(c);
+            }
         }
         // Records delivered per second: a burst of denials, all accounted.
         let flood = if progs_only {
@@ -414,6 +426,9 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
             "prog_cost_denied_connect": deny_cost,
             "daemon": {"rss_idle_kib": rss, "rss_after_flood_kib": rss_load, "idle_cpu_pct": idle_cpu_pct, "start_and_apply_s": stats(&apply_s)},
             "policy_change_ms": stats(&change_ms),
+            "policy_enforced_ms": stats(&enforced_ms),
+            "policy_switch_ms": stats(&switch_ms),
+            "policy_compile_ms": stats(&compile_ms),
             "nft_load_s": nft_load,
             "records": {"flood": flood, "emitted": emitted, "delivered": delivered, "lost": lost, "accounted": delivered + lost == emitted, "records_per_s": delivered as f64 / flood_s},
         });
@@ -421,20 +436,23 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
         std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
         std::fs::write(dir.join(format!("bench-{stamp}.md")), markdown(&results))?;
     }
-    // Identities: the same per-program pass with one identity and with many (each its own cgroup,
-    // the gateway and 10 rules), the enforced socket being one of them.
-    let pad = padding(10);
+    // Scale: the same per-program pass with one identity and with many (each its own cgroup, the
+    // gateway and its own rules), the enforced socket being one of them; the lookup cost should
+    // not move, the daemon's RSS is reported per size. 1,000 identities get 100 rules each, not
+    // 1,000: 1M rules exceed both the rules map (MAX_RULES, two generations) and the 50 MB
+    // document limit.
     let mut per_count = json!({});
-    let counts: &[usize] = if progs_only {
-        &[1]
+    let scales: &[(usize, usize)] = if progs_only {
+        &[(1, 10)]
     } else if quick {
-        &[1, 100]
+        &[(1, 10), (100, 10)]
     } else {
-        &[1, 1_000]
+        &[(1, 10), (1_000, 100), (10_000, 5)]
     };
-    for &count in counts {
+    for &(count, rules) in scales {
         check()?;
-        eprintln!("bench: {count} identities");
+        eprintln!("bench: {count} identities x {rules} rules");
+        let pad = padding(rules);
         let parent = Cgroup::new(&unique("cpbench-ids"));
         for i in 1..count {
             parent.child(&format!("i{i}"));
@@ -445,10 +463,27 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
         let start_s = t.elapsed().as_secs_f64();
         let pid = daemon_pid(&d);
         let cost = prog_table(&bed, &d, &gw, &udp, prog_secs)?;
-        per_count[count.to_string()] = json!({
+        // A policy change at this size (one identity's ports change): the CLI round trip.
+        let f = d.dir.join("scale.yaml");
+        std::fs::write(
+            &f,
+            doc.replacen("ports: [\"7000/udp\"]", "ports: [\"7000/udp\", \"7100/tcp\"]", 1),
+        )?;
+        let t = Instant::now();
+        let (ok, out, err) =
+            d.try_cli(&["policy", "apply", f.to_str().expect("utf8"), "-o", "json"]);
+        if !ok {
+            bail!("apply at {count} identities failed: {err}");
+        }
+        let change_s = t.elapsed().as_secs_f64();
+        let timing = serde_json::from_str::<Value>(&out).unwrap_or(Value::Null)["timing_ms"].clone();
+        per_count[format!("{count}x{rules}")] = json!({
+            "identities": count,
+            "rules_each": rules,
             "prog_cost": cost,
-            "daemon": {"rss_kib": rss_kib(pid), "start_and_apply_s": start_s},
+            "daemon": {"rss_kib": rss_kib(pid), "start_and_apply_s": start_s, "change_s": change_s, "change_timing_ms": timing},
         });
+        drop(d);
     }
     results["identities"] = per_count;
     std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;

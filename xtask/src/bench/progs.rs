@@ -30,16 +30,17 @@ pub(super) fn own_programs(bpffs: &Path) -> BTreeSet<u32> {
     ids
 }
 
-/// Sum of (run_time_ns, run_cnt) per program name over the programs in `ids`, from bpf_stats.
+/// Sum of (run_time_ns, run_cnt) per program name over the programs in `ids` and the stats
+/// floor program, from bpf_stats.
 pub(super) fn bpf_prog_stats(ids: &BTreeSet<u32>) -> BTreeMap<String, (u64, u64)> {
     let mut m = BTreeMap::new();
     for p in aya::programs::loaded_programs().filter_map(Result::ok) {
-        if !ids.contains(&p.id()) {
-            continue;
-        }
         let Some(name) = p.name_as_str() else {
             continue;
         };
+        if !ids.contains(&p.id()) && name != super::floor::NAME {
+            continue;
+        }
         let e = m.entry(name.to_string()).or_insert((0u64, 0u64));
         e.0 += p.run_time().as_nanos() as u64;
         e.1 += p.run_count();
@@ -106,15 +107,16 @@ pub(super) const PROG_WINDOWS: usize = 5;
 /// The workload whose window a program's row is read from.
 pub(super) fn prog_workload(prog: &str) -> &'static str {
     match prog {
-        "cp_skb_egress" => "udp",
+        "cp_skb_egress" | super::floor::NAME => "udp",
         "cp_sendmsg4" | "cp_sendmsg6" => "sendto",
         _ => "crr",
     }
 }
 
 /// The per-program pass: the workloads from a cgroup of no identity, then from the enforced
-/// identity's cgroup, under `d`.
+/// identity's cgroup, under `d`; the do-nothing floor program runs beside them on both cgroups.
 pub(super) fn prog_table(bed: &Bed, d: &Daemon, gw: &str, udp: &str, secs: f64) -> anyhow::Result<Value> {
+    let _floor = super::floor::Floor::attach(&[&bed.unrelated.path, &bed.enforced.path])?;
     let mut out = json!({});
     for (class, cg) in [
         ("unrelated", &bed.unrelated.path),

@@ -12,13 +12,13 @@ use serde_json::{Value, json};
 
 use super::{Bed, PORT, SERVER, catch_signals, check, chrono_stamp, daemon_pid, machine, nap, padding, policy, rss_kib};
 
-/// `90s`, `30m`, `1h`, or plain seconds.
+/// `90s`, `30m`, `1h`, or plain minutes.
 pub(super) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
     let (num, mult) = match s.as_bytes().last() {
         Some(b's') => (&s[..s.len() - 1], 1.0),
         Some(b'm') => (&s[..s.len() - 1], 60.0),
         Some(b'h') => (&s[..s.len() - 1], 3600.0),
-        _ => (s, 1.0),
+        _ => (s, 60.0),
     };
     let v: f64 = num
         .parse()

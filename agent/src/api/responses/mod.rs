@@ -80,6 +80,20 @@ pub struct PolicyApplied {
     pub previous: u32,
     /// Digest of the applied source.
     pub digest: String,
+    /// Request-to-enforcement timings (absent from daemons before they were reported).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timing_ms: Option<ApplyTiming>,
+}
+
+/// `policy_apply`'s timings in milliseconds: what delays enforcement of a change.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+pub struct ApplyTiming {
+    /// Parsing and compiling the document.
+    pub compile: f64,
+    /// Binding, writing the next slot and switching the kernel's active generation.
+    pub switch: f64,
+    /// Request to kernel switch: `compile + switch`.
+    pub enforced: f64,
 }
 
 /// `policy_history`.
