@@ -5,8 +5,7 @@ use std::net::IpAddr;
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use chokepoint_common::{
     AttestKey, AttestVal, Config, GrantEntry, GrantVal, IdentKey, IdentVal, LPM_DATA_LEN, LpmKey,
-    MAX_GRANT_ENTRIES, RuleVal, STAT_LOST, STATS_LEN, reason,
-    stat_index, verdict,
+    MAX_GRANT_ENTRIES, RuleVal, STAT_LOST, STATS_LEN, reason, stat_index, verdict,
 };
 
 pub use super::slots::SlotKeys;

@@ -467,7 +467,11 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
         let f = d.dir.join("scale.yaml");
         std::fs::write(
             &f,
-            doc.replacen("ports: [\"7000/udp\"]", "ports: [\"7000/udp\", \"7100/tcp\"]", 1),
+            doc.replacen(
+                "ports: [\"7000/udp\"]",
+                "ports: [\"7000/udp\", \"7100/tcp\"]",
+                1,
+            ),
         )?;
         let t = Instant::now();
         let (ok, out, err) =
@@ -476,7 +480,8 @@ pub fn bench(rest: &[String]) -> anyhow::Result<()> {
             bail!("apply at {count} identities failed: {err}");
         }
         let change_s = t.elapsed().as_secs_f64();
-        let timing = serde_json::from_str::<Value>(&out).unwrap_or(Value::Null)["timing_ms"].clone();
+        let timing =
+            serde_json::from_str::<Value>(&out).unwrap_or(Value::Null)["timing_ms"].clone();
         per_count[format!("{count}x{rules}")] = json!({
             "identities": count,
             "rules_each": rules,
@@ -541,4 +546,3 @@ fn machine() -> Value {
         .unwrap_or_default();
     json!({"kernel": kernel, "cpus": cpus, "cpu": model})
 }
-

@@ -49,7 +49,10 @@ pub(super) fn bpf_prog_stats(ids: &BTreeSet<u32>) -> BTreeMap<String, (u64, u64)
 }
 
 /// Per-invocation cost of each of `d`'s programs while `work` runs: ns per run and runs.
-pub(super) fn prog_cost(d: &Daemon, work: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<Value> {
+pub(super) fn prog_cost(
+    d: &Daemon,
+    work: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<Value> {
     let ids = own_programs(&d.bpffs);
     let _stats = BpfStats::on();
     let before = bpf_prog_stats(&ids);
@@ -115,7 +118,13 @@ pub(super) fn prog_workload(prog: &str) -> &'static str {
 
 /// The per-program pass: the workloads from a cgroup of no identity, then from the enforced
 /// identity's cgroup, under `d`; the do-nothing floor program runs beside them on both cgroups.
-pub(super) fn prog_table(bed: &Bed, d: &Daemon, gw: &str, udp: &str, secs: f64) -> anyhow::Result<Value> {
+pub(super) fn prog_table(
+    bed: &Bed,
+    d: &Daemon,
+    gw: &str,
+    udp: &str,
+    secs: f64,
+) -> anyhow::Result<Value> {
     let _floor = super::floor::Floor::attach(&[&bed.unrelated.path, &bed.enforced.path])?;
     let mut out = json!({});
     for (class, cg) in [
@@ -136,7 +145,12 @@ pub(super) fn prog_table(bed: &Bed, d: &Daemon, gw: &str, udp: &str, secs: f64) 
 
 /// A policy of `count` identities, each selecting its own child cgroup of `parent` (the first is
 /// the bench's enforced cgroup), each with the gateway and `pad` rules.
-pub(super) fn policy_identities(enforced: &str, parent: &str, count: usize, pad: &[String]) -> String {
+pub(super) fn policy_identities(
+    enforced: &str,
+    parent: &str,
+    count: usize,
+    pad: &[String],
+) -> String {
     let base = policy(enforced, pad);
     let (head, first) = base.split_at(base.find("    - name: bench-agent").expect("identity"));
     let mut s = String::from(head);
@@ -152,4 +166,3 @@ pub(super) fn policy_identities(enforced: &str, parent: &str, count: usize, pad:
     }
     s
 }
-

@@ -169,7 +169,10 @@ pub(super) fn markdown(r: &Value) -> String {
         );
     }
     if let Some(ids) = r["identities"].as_object() {
-        let _ = writeln!(s, "### Scale: identities x rules (each identity its own cgroup)\n");
+        let _ = writeln!(
+            s,
+            "### Scale: identities x rules (each identity its own cgroup)\n"
+        );
         for (label, v) in ids {
             let _ = writeln!(
                 s,
@@ -179,9 +182,15 @@ pub(super) fn markdown(r: &Value) -> String {
                 v["daemon"]["rss_kib"],
                 v["daemon"]["start_and_apply_s"].as_f64().unwrap_or(0.0),
                 v["daemon"]["change_s"].as_f64().unwrap_or(0.0),
-                v["daemon"]["change_timing_ms"]["enforced"].as_f64().unwrap_or(0.0),
-                v["daemon"]["change_timing_ms"]["compile"].as_f64().unwrap_or(0.0),
-                v["daemon"]["change_timing_ms"]["switch"].as_f64().unwrap_or(0.0)
+                v["daemon"]["change_timing_ms"]["enforced"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+                v["daemon"]["change_timing_ms"]["compile"]
+                    .as_f64()
+                    .unwrap_or(0.0),
+                v["daemon"]["change_timing_ms"]["switch"]
+                    .as_f64()
+                    .unwrap_or(0.0)
             );
             prog_rows(
                 &mut s,
@@ -193,4 +202,3 @@ pub(super) fn markdown(r: &Value) -> String {
     }
     s
 }
-

@@ -10,7 +10,10 @@ use anyhow::{Context, bail};
 use chokepoint_tests::Daemon;
 use serde_json::{Value, json};
 
-use super::{Bed, PORT, SERVER, catch_signals, check, chrono_stamp, daemon_pid, machine, nap, padding, policy, rss_kib};
+use super::{
+    Bed, PORT, SERVER, catch_signals, check, chrono_stamp, daemon_pid, machine, nap, padding,
+    policy, rss_kib,
+};
 
 /// `90s`, `30m`, `1h`, or plain minutes.
 pub(super) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
@@ -140,4 +143,3 @@ pub(super) fn soak(dur: Duration) -> anyhow::Result<()> {
     );
     Ok(())
 }
-
