@@ -182,14 +182,14 @@ fn kube_helm_chart_installs_upgrades_uninstalls_and_renders_the_plain_manifests(
     );
     // Installed for real: the CRD (from crds/), the privileged namespace, the DaemonSet.
     assert!(
-        cluster
-            .get(
-                "apiextensions.k8s.io/v1",
-                "CustomResourceDefinition",
-                None,
-                "egresspolicies.chokepoint.dev"
-            )
-            .is_some()
+        exists(
+            &cluster,
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            None,
+            "egresspolicies.chokepoint.dev"
+        ),
+        "CustomResourceDefinition egresspolicies.chokepoint.dev missing"
     );
     let ns = cluster
         .get("v1", "Namespace", None, "chokepoint-system")
@@ -219,14 +219,14 @@ fn kube_helm_chart_installs_upgrades_uninstalls_and_renders_the_plain_manifests(
     assert_eq!(cfg["metricsAddr"], "127.0.0.1:9477", "{cfg}");
     assert_eq!(cfg["kubePolicy"], "chokepoint", "{cfg}");
     assert!(
-        cluster
-            .get(
-                "chokepoint.dev/v1alpha1",
-                "EgressPolicy",
-                None,
-                "chokepoint"
-            )
-            .is_none()
+        !exists(
+            &cluster,
+            "chokepoint.dev/v1alpha1",
+            "EgressPolicy",
+            None,
+            "chokepoint"
+        ),
+        "EgressPolicy chokepoint still there"
     );
     assert!(
         cluster
@@ -263,24 +263,24 @@ fn kube_helm_chart_installs_upgrades_uninstalls_and_renders_the_plain_manifests(
     assert_eq!(cfg["metricsAddr"], "0.0.0.0:9477", "{cfg}");
     assert_eq!(cfg["tcIfaces"], json!(["eth0"]), "{cfg}");
     assert!(
-        cluster
-            .get(
-                "v1",
-                "Service",
-                Some("chokepoint-system"),
-                "chokepoint-metrics"
-            )
-            .is_some()
+        exists(
+            &cluster,
+            "v1",
+            "Service",
+            Some("chokepoint-system"),
+            "chokepoint-metrics"
+        ),
+        "Service chokepoint-metrics missing"
     );
     assert!(
-        cluster
-            .get(
-                "monitoring.coreos.com/v1",
-                "ServiceMonitor",
-                Some("chokepoint-system"),
-                "chokepoint"
-            )
-            .is_some()
+        exists(
+            &cluster,
+            "monitoring.coreos.com/v1",
+            "ServiceMonitor",
+            Some("chokepoint-system"),
+            "chokepoint"
+        ),
+        "ServiceMonitor chokepoint missing"
     );
     // Bad values are refused by the chart; the release stays where it was.
     let bad = json!({"metrics": {"expose": false, "serviceMonitor": {"enabled": true}}});
@@ -298,45 +298,50 @@ fn kube_helm_chart_installs_upgrades_uninstalls_and_renders_the_plain_manifests(
         .helm(&["uninstall", "chokepoint"], None)
         .unwrap_or_else(|e| panic!("helm uninstall: {e}"));
     assert!(
-        cluster
-            .get(
-                "apps/v1",
-                "DaemonSet",
-                Some("chokepoint-system"),
-                "chokepoint"
-            )
-            .is_none()
+        !exists(
+            &cluster,
+            "apps/v1",
+            "DaemonSet",
+            Some("chokepoint-system"),
+            "chokepoint"
+        ),
+        "DaemonSet chokepoint still there"
     );
     assert!(
-        cluster
-            .get(
-                "rbac.authorization.k8s.io/v1",
-                "ClusterRole",
-                None,
-                "chokepoint"
-            )
-            .is_none()
+        !exists(
+            &cluster,
+            "rbac.authorization.k8s.io/v1",
+            "ClusterRole",
+            None,
+            "chokepoint"
+        ),
+        "ClusterRole chokepoint still there"
     );
     assert!(
-        cluster
-            .get(
-                "chokepoint.dev/v1alpha1",
-                "EgressPolicy",
-                None,
-                "chokepoint"
-            )
-            .is_none()
+        !exists(
+            &cluster,
+            "chokepoint.dev/v1alpha1",
+            "EgressPolicy",
+            None,
+            "chokepoint"
+        ),
+        "EgressPolicy chokepoint still there"
     );
     assert!(
-        cluster
-            .get(
-                "apiextensions.k8s.io/v1",
-                "CustomResourceDefinition",
-                None,
-                "egresspolicies.chokepoint.dev"
-            )
-            .is_some()
+        exists(
+            &cluster,
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            None,
+            "egresspolicies.chokepoint.dev"
+        ),
+        "CustomResourceDefinition egresspolicies.chokepoint.dev missing"
     );
+}
+
+/// Whether the object `kind` `name` (in `ns`, for namespaced kinds) exists in `cluster`.
+fn exists(cluster: &Cluster, api: &str, kind: &str, ns: Option<&str>, name: &str) -> bool {
+    cluster.get(api, kind, ns, name).is_some()
 }
 
 /// Podman as it works on these hosts (runc: crun refuses hybrid cgroups; file events).
