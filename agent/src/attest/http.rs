@@ -2,7 +2,6 @@
 //! TCP port, and the requests, served by [`crate::httpd`] (hyper).
 
 use std::{
-    ffi::CString,
     os::unix::fs::PermissionsExt,
     path::Path,
     sync::{Arc, atomic::Ordering},
@@ -31,6 +30,17 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Binds the Unix socket with `mode` and, when given, `group`.
 pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<UnixListener> {
+    // The group is looked up first (reentrant `getgrnam_r`): an unknown one changes nothing.
+    let gid = match group {
+        Some(g) => Some(
+            nix::unistd::Group::from_name(g)
+                .with_context(|| format!("--attest-group: looking up `{g}`"))?
+                .with_context(|| format!("--attest-group: no group named `{g}`"))?
+                .gid
+                .as_raw(),
+        ),
+        None => None,
+    };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
@@ -42,16 +52,8 @@ pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<
     }
     let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
-    if let Some(g) = group {
-        let name = CString::new(g).context("group name")?;
-        // SAFETY: getgrnam with a valid C string; the result is read immediately.
-        let gr = unsafe { libc::getgrnam(name.as_ptr()) };
-        if gr.is_null() {
-            bail!("--attest-group: no group named `{g}`");
-        }
-        // SAFETY: gr is non-null and points to a valid group entry.
-        let gid = unsafe { (*gr).gr_gid };
-        std::os::unix::fs::chown(path, None, Some(gid))?;
+    if gid.is_some() {
+        std::os::unix::fs::chown(path, None, gid)?;
     }
     Ok(l)
 }
@@ -171,5 +173,40 @@ mod tests {
             Some("[fd00::1]:80")
         );
         assert_eq!(unescape("%zz"), None);
+    }
+
+    #[test]
+    fn the_socket_gets_its_group_and_an_unknown_group_binds_nothing() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("cp-attest-bind-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let path = dir.join("attest.sock");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let err = bind_unix(&path, 0o660, Some("cp-no-such-group"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("no group named `cp-no-such-group`"), "{err}");
+            assert!(!path.exists(), "an unknown group left a socket behind");
+            let gid = nix::unistd::Group::from_name("nogroup")
+                .unwrap()
+                .or_else(|| nix::unistd::Group::from_name("root").unwrap())
+                .unwrap()
+                .gid
+                .as_raw();
+            let group = nix::unistd::Group::from_gid(gid.into())
+                .unwrap()
+                .unwrap()
+                .name;
+            let l = bind_unix(&path, 0o660, Some(&group)).unwrap();
+            let meta = std::fs::metadata(&path).unwrap();
+            assert_eq!(meta.gid(), gid);
+            assert_eq!(meta.mode() & 0o777, 0o660);
+            drop(l);
+        });
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -9,9 +9,8 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
-    ffi::CStr,
     fs,
-    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    os::{fd::AsFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
@@ -80,21 +79,13 @@ fn pids_below(dir: &Path, out: &mut Vec<u32>, depth: u32) {
 /// Interface names of the calling thread's network namespace (`if_nameindex` asks netlink of
 /// the current namespace; sysfs would show the mount's namespace instead).
 fn interfaces() -> Vec<String> {
-    let mut v = Vec::new();
-    // SAFETY: if_nameindex returns an array terminated by a zero entry, freed below.
-    unsafe {
-        let list = libc::if_nameindex();
-        if list.is_null() {
-            return v;
-        }
-        let mut p = list;
-        while (*p).if_index != 0 && !(*p).if_name.is_null() {
-            v.push(CStr::from_ptr((*p).if_name).to_string_lossy().into_owned());
-            p = p.add(1);
-        }
-        libc::if_freenameindex(list);
-    }
-    v
+    nix::net::if_::if_nameindex()
+        .map(|list| {
+            list.iter()
+                .map(|i| i.name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Backstop {
@@ -190,9 +181,11 @@ impl Backstop {
                     failed: Vec::new(),
                 };
                 let mut made = Vec::new();
-                // SAFETY: setns on this thread only (it ends with the scope).
-                if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                    let e = std::io::Error::last_os_error();
+                // setns on this thread only (it ends with the scope).
+                if let Err(e) = rustix::thread::move_into_link_name_space(
+                    ns.as_fd(),
+                    Some(rustix::thread::LinkNameSpaceType::Network),
+                ) {
                     cover.failed.push(format!("setns: {e}"));
                     return (cover, made);
                 }

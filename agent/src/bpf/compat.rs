@@ -56,22 +56,17 @@ fn in_child(f: fn(u32) -> i64, arg: u32) -> std::io::Result<Ended> {
         // SAFETY: leaves the child at once.
         unsafe { libc::_exit(code) };
     }
-    let mut status = 0;
-    loop {
-        // SAFETY: waits for our own child.
-        let rc = unsafe { libc::waitpid(pid, &mut status, 0) };
-        if rc == pid {
-            break;
+    let child = rustix::process::Pid::from_raw(pid).ok_or_else(std::io::Error::last_os_error)?;
+    let status = loop {
+        match rustix::process::waitpid(Some(child), rustix::process::WaitOptions::empty()) {
+            Ok(Some((_, status))) => break status,
+            Ok(None) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => return Err(e.into()),
         }
-        let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
-        }
-    }
-    Ok(if libc::WIFSIGNALED(status) {
-        Ended::Signaled(libc::WTERMSIG(status))
-    } else {
-        Ended::Exited(libc::WEXITSTATUS(status))
+    };
+    Ok(match status.terminating_signal() {
+        Some(sig) => Ended::Signaled(sig),
+        None => Ended::Exited(status.exit_status().unwrap_or(0)),
     })
 }
 

@@ -42,18 +42,14 @@ pub struct PacketGuard {
 fn active_lsms() -> Vec<String> {
     let path = Path::new("/sys/kernel/security/lsm");
     if !path.exists() {
-        let src = c"securityfs";
-        let dst = c"/sys/kernel/security";
-        // SAFETY: plain mount(2) with valid C strings; failure leaves the list empty.
-        unsafe {
-            libc::mount(
-                src.as_ptr(),
-                dst.as_ptr(),
-                src.as_ptr(),
-                0,
-                std::ptr::null(),
-            );
-        }
+        // Failure leaves the list empty.
+        let _ = rustix::mount::mount(
+            "securityfs",
+            "/sys/kernel/security",
+            "securityfs",
+            rustix::mount::MountFlags::empty(),
+            None,
+        );
     }
     fs::read_to_string(path)
         .map(|s| {
