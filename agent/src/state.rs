@@ -67,6 +67,7 @@ impl StateStore {
         })
     }
 
+    #[allow(clippy::unused_self, reason = "reads as the store's own error mapping")]
     fn io(&self, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
         let path = path.to_path_buf();
         move |source| StateError::Io { path, source }

@@ -25,7 +25,7 @@ pub fn wall_ns() -> u128 {
 pub fn boot_to_wall_ns(boot: u64) -> u128 {
     let now_boot = boot_ns();
     let now_wall = wall_ns();
-    now_wall.saturating_sub(now_boot.saturating_sub(boot) as u128)
+    now_wall.saturating_sub(u128::from(now_boot.saturating_sub(boot)))
 }
 
 /// RFC 3339 with nanoseconds, UTC.
@@ -107,8 +107,7 @@ pub fn node_name() -> String {
         return n;
     }
     fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|s| s.trim().to_string())
-        .unwrap_or_else(|_| "unknown".into())
+        .map_or_else(|_| "unknown".into(), |s| s.trim().to_string())
 }
 
 #[cfg(test)]

@@ -476,6 +476,7 @@ impl LpmKey {
     }
 
     /// The same key in the ingress key space ([`LPM_SPACE_INGRESS`]).
+    #[must_use]
     pub const fn ingress(mut self) -> Self {
         self.data[2] = LPM_SPACE_INGRESS;
         self
@@ -889,28 +890,22 @@ assert_size!(DnsOrig, 16);
 
 #[cfg(feature = "user")]
 mod pod {
-    use super::*;
-    // SAFETY: all of these are #[repr(C)] structs of integers with explicit padding.
-    unsafe impl aya::Pod for Config {}
-    unsafe impl aya::Pod for IdentKey {}
-    unsafe impl aya::Pod for IdentVal {}
-    unsafe impl aya::Pod for CgCache {}
-    unsafe impl aya::Pod for PortEntry {}
-    unsafe impl aya::Pod for RuleVal {}
-    unsafe impl aya::Pod for GrantEntry {}
-    unsafe impl aya::Pod for GrantVal {}
-    unsafe impl aya::Pod for SockTag {}
-    unsafe impl aya::Pod for Event {}
-    unsafe impl aya::Pod for AttestKey {}
-    unsafe impl aya::Pod for AttestVal {}
-    unsafe impl aya::Pod for FlowKey {}
-    unsafe impl aya::Pod for AcceptVal {}
-    unsafe impl aya::Pod for ReplyKey {}
-    unsafe impl aya::Pod for ReplyVal {}
-    unsafe impl aya::Pod for FqdnKey {}
-    unsafe impl aya::Pod for FqdnEntry {}
-    unsafe impl aya::Pod for FqdnVal {}
-    unsafe impl aya::Pod for DnsProxy {}
-    unsafe impl aya::Pod for DnsCfg {}
-    unsafe impl aya::Pod for DnsOrig {}
+    use super::{
+        AcceptVal, AttestKey, AttestVal, CgCache, Config, DnsCfg, DnsOrig, DnsProxy, Event,
+        FlowKey, FqdnEntry, FqdnKey, FqdnVal, GrantEntry, GrantVal, IdentKey, IdentVal, PortEntry,
+        ReplyKey, ReplyVal, RuleVal, SockTag,
+    };
+    /// `aya::Pod` for plain kernel-shared types.
+    macro_rules! pod {
+        ($($t:ty),* $(,)?) => {$(
+            // SAFETY: a #[repr(C)] struct of integers with explicit padding fields: every bit
+            // pattern is a valid value and no byte is left uninitialised.
+            unsafe impl aya::Pod for $t {}
+        )*};
+    }
+    pod!(
+        Config, IdentKey, IdentVal, CgCache, PortEntry, RuleVal, GrantEntry, GrantVal, SockTag,
+        Event, AttestKey, AttestVal, FlowKey, AcceptVal, ReplyKey, ReplyVal, FqdnKey, FqdnEntry,
+        FqdnVal, DnsProxy, DnsCfg, DnsOrig,
+    );
 }

@@ -33,8 +33,7 @@ pub const DEFAULT_APISERVER: &str = "/var/cache/chokepoint-k8s/1.20.2/kube-apise
 /// The kube-apiserver binary: `$CP_KUBE_APISERVER`, else the cache, when it exists.
 pub fn apiserver_bin() -> Option<PathBuf> {
     let p = std::env::var_os("CP_KUBE_APISERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(DEFAULT_APISERVER));
+        .map_or_else(|| PathBuf::from(DEFAULT_APISERVER), PathBuf::from);
     p.is_file().then_some(p)
 }
 

@@ -79,7 +79,7 @@ impl Node {
             "--tc-iface".into(),
             tc,
         ];
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(extra.iter().map(std::string::ToString::to_string));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let mut daemon = Daemon::prepare(&args);
         daemon.set_env("KUBECONFIG", kc.to_str().expect("utf8"));

@@ -74,8 +74,7 @@ impl Cluster {
 /// library, from PyPI): `$CP_HELM_PYTHON`, else the cache.
 pub fn helm_python() -> PathBuf {
     let p = std::env::var_os("CP_HELM_PYTHON")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(HELM_PYTHON));
+        .map_or_else(|| PathBuf::from(HELM_PYTHON), PathBuf::from);
     assert!(
         p.is_file(),
         "no helm-sdkpy environment at {} (or $CP_HELM_PYTHON): `cargo xtask setup` makes it",

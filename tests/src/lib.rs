@@ -73,9 +73,9 @@ pub fn time_scale() -> u32 {
 /// Panics with a clear message unless the test runs as root with the kernel features needed.
 pub fn require_privileges() {
     // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        unsafe { libc::geteuid() },
-        0,
+        euid, 0,
         "privileged tests need root (CAP_BPF, CAP_SYS_ADMIN, CAP_NET_ADMIN); run them through `cargo xtask test`"
     );
     assert!(
@@ -216,7 +216,9 @@ impl Drop for Netns {
 static FORWARDING: Mutex<(u32, String, String)> = Mutex::new((0, String::new(), String::new()));
 
 fn forwarding_on() {
-    let mut f = FORWARDING.lock().unwrap_or_else(|e| e.into_inner());
+    let mut f = FORWARDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if f.0 == 0 {
         f.1 = fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
         f.2 = fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").unwrap_or_default();
@@ -227,7 +229,9 @@ fn forwarding_on() {
 }
 
 fn forwarding_off() {
-    let mut f = FORWARDING.lock().unwrap_or_else(|e| e.into_inner());
+    let mut f = FORWARDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     f.0 -= 1;
     if f.0 == 0 {
         let _ = fs::write("/proc/sys/net/ipv4/ip_forward", f.1.trim());
@@ -341,7 +345,7 @@ pub fn in_cgroup(mut cmd: Command, cgroup: Option<&Path>, netns: Option<&Netns>)
     let procs = cgroup.map(|c| {
         std::ffi::CString::new(c.join("cgroup.procs").to_string_lossy().as_bytes()).expect("path")
     });
-    let nsfd = netns.map(|n| n.fd());
+    let nsfd = netns.map(Netns::fd);
     // SAFETY: the closure only calls async-signal-safe functions (open, write, close, setns).
     unsafe {
         cmd.pre_exec(move || {
@@ -832,7 +836,7 @@ impl Daemon {
             attest: dir.join("attest.sock"),
             log: dir.join("daemon.log"),
             dir,
-            extra: extra.iter().map(|s| s.to_string()).collect(),
+            extra: extra.iter().map(std::string::ToString::to_string).collect(),
             env: Vec::new(),
             bin: chokepoint_bin(),
             child: None,

@@ -5,14 +5,14 @@
 
 /// Which 32-bit entry to use (`CP_QDISC_BYPASS=compat|socketcall`).
 #[derive(Clone, Copy)]
-pub enum Entry {
+pub(crate) enum Entry {
     Setsockopt,
     Socketcall,
 }
 
 impl Entry {
     /// The entry named by `CP_QDISC_BYPASS`, if it names one.
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         match s {
             "compat" => Some(Self::Setsockopt),
             "socketcall" => Some(Self::Socketcall),
@@ -91,7 +91,13 @@ fn int80(nr: u64, a: [u64; 5]) -> std::io::Result<u32> {
 
 /// `setsockopt(fd, level, name, &val, 4)` through a 32-bit entry.
 #[cfg(target_arch = "x86_64")]
-pub fn setsockopt(entry: Entry, fd: i32, level: i32, name: i32, val: i32) -> std::io::Result<()> {
+pub(crate) fn setsockopt(
+    entry: Entry,
+    fd: i32,
+    level: i32,
+    name: i32,
+    val: i32,
+) -> std::io::Result<()> {
     let page = LowPage::new()?;
     let w = page.u32s();
     // SAFETY: the page is ours and writable; words 0..6 are in it.
@@ -104,7 +110,11 @@ pub fn setsockopt(entry: Entry, fd: i32, level: i32, name: i32, val: i32) -> std
             w.add(1 + i).write(x);
         }
     }
-    let (fd, level, name) = (fd as u32 as u64, level as u32 as u64, name as u32 as u64);
+    let (fd, level, name) = (
+        u64::from(fd as u32),
+        u64::from(level as u32),
+        u64::from(name as u32),
+    );
     match entry {
         Entry::Setsockopt => int80(366, [fd, level, name, page.addr(0), 4]),
         Entry::Socketcall => int80(102, [14, page.addr(1), 0, 0, 0]),
@@ -114,7 +124,7 @@ pub fn setsockopt(entry: Entry, fd: i32, level: i32, name: i32, val: i32) -> std
 
 /// `io_uring_setup(4, &params)` through the i386 entry: the ring's fd (a compat ring).
 #[cfg(target_arch = "x86_64")]
-pub fn io_uring_setup() -> std::io::Result<u32> {
+pub(crate) fn io_uring_setup() -> std::io::Result<u32> {
     let page = LowPage::new()?;
     // struct io_uring_params is 120 bytes; all zero asks for defaults.
     int80(425, [4, page.addr(0), 0, 0, 0])

@@ -79,7 +79,7 @@ fn answer_for(zone: &[Rr], name: &str, qtype: RecordType, out: &mut Vec<Record>,
 
 /// `dns-serve ADDR:PORT SPEC...`: answers A/AAAA (and CNAME chains) from the specs; prints a
 /// `ready` line, then one `query` line per question.
-pub fn serve(bind: &str, specs: &[String]) {
+pub(crate) fn serve(bind: &str, specs: &[String]) {
     let zone: Vec<Rr> = specs.iter().map(|s| parse_spec(s)).collect();
     let sock = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
     super::out(json!({"event": "ready", "addr": bind}));
@@ -120,7 +120,7 @@ pub fn serve(bind: &str, specs: &[String]) {
 
 /// `dns-query SERVER:PORT NAME [A|AAAA] [connect|sendto]`: one lookup; prints the addresses
 /// answered and where the answer came from (as the application sees it).
-pub fn query(server: SocketAddr, name: &str, qtype: &str, mode: &str) -> serde_json::Value {
+pub(crate) fn query(server: SocketAddr, name: &str, qtype: &str, mode: &str) -> serde_json::Value {
     let run = || -> std::io::Result<serde_json::Value> {
         let bind: SocketAddr = if server.is_ipv4() {
             "0.0.0.0:0".parse().expect("static")

@@ -210,7 +210,12 @@ fn set_nofile(pid: u32, soft: u64) -> libc::rlimit {
     // SAFETY: prlimit reads the current limit into `old`, then sets the new one.
     unsafe {
         assert_eq!(
-            libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, std::ptr::null(), &mut old),
+            libc::prlimit(
+                pid as i32,
+                libc::RLIMIT_NOFILE,
+                std::ptr::null(),
+                &raw mut old
+            ),
             0
         );
         let new = libc::rlimit {
@@ -218,7 +223,12 @@ fn set_nofile(pid: u32, soft: u64) -> libc::rlimit {
             rlim_max: old.rlim_max,
         };
         assert_eq!(
-            libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &new, std::ptr::null_mut()),
+            libc::prlimit(
+                pid as i32,
+                libc::RLIMIT_NOFILE,
+                &raw const new,
+                std::ptr::null_mut()
+            ),
             0
         );
     }
@@ -253,5 +263,12 @@ fn out_of_descriptors_the_accept_loop_backs_off_and_still_serves() {
     assert_eq!(r.status, 200, "{r:?}");
     drop(held);
     // SAFETY: restores the limit read above.
-    unsafe { libc::prlimit(pid as i32, libc::RLIMIT_NOFILE, &old, std::ptr::null_mut()) };
+    unsafe {
+        libc::prlimit(
+            pid as i32,
+            libc::RLIMIT_NOFILE,
+            &raw const old,
+            std::ptr::null_mut(),
+        )
+    };
 }

@@ -22,7 +22,7 @@ fn emitted_equals_delivered_plus_lost() {
         &["udp-flood", &dst, "200000"],
         "flood",
     );
-    assert_eq!(r["refused"], 200000, "{r}");
+    assert_eq!(r["refused"], 200_000, "{r}");
     // Let the slow consumer drain what the ring buffer holds.
     let t0 = std::time::Instant::now();
     let (mut delivered, mut lost, mut emitted) = (0u64, 0u64, 0u64);
@@ -36,7 +36,7 @@ fn emitted_equals_delivered_plus_lost() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
-    assert_eq!(emitted, 200000, "the kernel counted {emitted} decisions");
+    assert_eq!(emitted, 200_000, "the kernel counted {emitted} decisions");
     assert!(
         lost > 0,
         "the burst did not overflow the ring buffer (delivered {delivered})"

@@ -609,7 +609,7 @@ fn audit_verify_catches_each_kind_of_tampering_across_rotation() {
             "inserted",
             |l, i| {
                 let copy = l[i - 1].clone();
-                l.insert(i, copy)
+                l.insert(i, copy);
             },
             format!(":{}: inserted", i + 1),
         ),
@@ -698,7 +698,11 @@ fn rehash_from(l: &mut [String], from: usize) {
         h.update(prev);
         h.update(body.as_bytes());
         let hash: [u8; 32] = h.finalize().into();
-        let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = hash.iter().fold(String::new(), |mut s, b| {
+            use std::fmt::Write;
+            let _ = write!(s, "{b:02x}");
+            s
+        });
         *line = format!("{},\"hash\":\"{hex}\"}}", &line[..cut]);
         prev = hash;
     }

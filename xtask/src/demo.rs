@@ -39,7 +39,7 @@ fn colour() -> bool {
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-pub fn demo() -> anyhow::Result<()> {
+pub(crate) fn demo() -> anyhow::Result<()> {
     let (bin, probe_bin) = crate::build()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {

@@ -11,12 +11,12 @@ use std::{path::Path, process::Command};
 use anyhow::Context;
 
 /// The image name and tag.
-pub const IMAGE: &str = concat!("localhost/chokepoint:", env!("CARGO_PKG_VERSION"));
+pub(crate) const IMAGE: &str = concat!("localhost/chokepoint:", env!("CARGO_PKG_VERSION"));
 const BASE: &str = "localhost/chokepoint-debian:bookworm";
 const ROOTFS: &str = "/var/cache/chokepoint-k8s/image/debian-rootfs";
 
 /// Podman as it works on these hosts (runc; crun refuses hybrid cgroups; file events).
-pub fn podman() -> Command {
+pub(crate) fn podman() -> Command {
     let mut c = Command::new("podman");
     c.args([
         "--runtime",
@@ -66,7 +66,7 @@ fn base() -> anyhow::Result<()> {
 }
 
 /// Builds the release binary (without the test hooks) and the image; returns the image name.
-pub fn image() -> anyhow::Result<&'static str> {
+pub(crate) fn image() -> anyhow::Result<&'static str> {
     crate::run(Command::new("cargo").args([
         "build",
         "--quiet",

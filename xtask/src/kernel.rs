@@ -34,7 +34,7 @@ const CACHE: &str = "/var/cache/chokepoint/kernels";
 const APT: &[&str] = &["qemu-system-x86", "busybox-static", "kmod", "cpio"];
 
 /// Kernel series the matrix knows.
-pub const SERIES: &[&str] = &["6.1", "6.12"];
+pub(crate) const SERIES: &[&str] = &["6.1", "6.12"];
 
 /// Modules loaded in the guest (with their dependencies), when the kernel builds them as modules.
 const MODULES: &[&str] = &[
@@ -86,7 +86,7 @@ poweroff -f
 "#;
 
 /// Which kernels `--kernel` names: `all` is the host plus every series.
-pub fn parse(arg: &str) -> anyhow::Result<(bool, Vec<&'static str>)> {
+pub(crate) fn parse(arg: &str) -> anyhow::Result<(bool, Vec<&'static str>)> {
     match arg {
         "all" => Ok((true, SERIES.to_vec())),
         "host" => Ok((true, Vec::new())),
@@ -101,7 +101,7 @@ pub fn parse(arg: &str) -> anyhow::Result<(bool, Vec<&'static str>)> {
 }
 
 /// Result of the suite in one guest kernel.
-pub struct GuestRun {
+pub(crate) struct GuestRun {
     pub series: String,
     pub release: String,
     pub lsm: String,
@@ -114,7 +114,7 @@ pub struct GuestRun {
 }
 
 impl GuestRun {
-    pub fn summary(&self) -> String {
+    pub(crate) fn summary(&self) -> String {
         format!(
             "kernel {} ({}, lsm {}): {} passed, {} failed, {} skipped; {} in {:.0} s (boot {:.1} s)",
             self.series,
@@ -275,8 +275,7 @@ fn release_of(root: &Path) -> anyhow::Result<String> {
     fs::read_dir(root.join("lib/modules"))
         .with_context(|| format!("{}: no lib/modules", root.display()))?
         .filter_map(Result::ok)
-        .filter_map(|e| e.file_name().into_string().ok())
-        .next()
+        .find_map(|e| e.file_name().into_string().ok())
         .with_context(|| format!("{}: empty lib/modules", root.display()))
 }
 
@@ -387,7 +386,7 @@ fn initramfs(tree: &KernelTree, work: &Path) -> anyhow::Result<PathBuf> {
 }
 
 /// What the guest runs: each test executable with the binaries' paths set.
-pub struct Suite {
+pub(crate) struct Suite {
     pub chokepoint: PathBuf,
     pub probe: PathBuf,
     pub variant: PathBuf,
@@ -461,7 +460,7 @@ fn snapshot(suite: &Suite, dir: &Path) -> anyhow::Result<Suite> {
 }
 
 /// Boots `series` and runs the suite in it.
-pub fn run_guest(series: &str, suite: &Suite) -> anyhow::Result<GuestRun> {
+pub(crate) fn run_guest(series: &str, suite: &Suite) -> anyhow::Result<GuestRun> {
     ensure_packages()?;
     let started = Instant::now();
     let tree = fetch_kernel(series)?;
@@ -626,7 +625,7 @@ pub fn run_guest(series: &str, suite: &Suite) -> anyhow::Result<GuestRun> {
 }
 
 /// cargo's test executables of `chokepoint-tests` (built now if needed).
-pub fn test_executables() -> anyhow::Result<Vec<PathBuf>> {
+pub(crate) fn test_executables() -> anyhow::Result<Vec<PathBuf>> {
     let out = Command::new("cargo")
         .args([
             "test",

@@ -43,7 +43,7 @@ const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 const HELM_VENV: &str = "/var/cache/chokepoint-k8s/helm-sdkpy-0.1.32";
 
 /// Where the Kubernetes tests find the apiserver (`tests/src/kube.rs` agrees).
-pub const KUBE_APISERVER: &str = "/var/cache/chokepoint-k8s/1.20.2/kube-apiserver";
+pub(crate) const KUBE_APISERVER: &str = "/var/cache/chokepoint-k8s/1.20.2/kube-apiserver";
 
 const BPF_LINKER: &str = "0.13.0";
 
@@ -59,7 +59,7 @@ fn installed(pkg: &str) -> bool {
 }
 
 /// The Debian mirror the system's apt sources use.
-pub fn debian_mirror() -> String {
+pub(crate) fn debian_mirror() -> String {
     std::fs::read_to_string("/etc/apt/sources.list.d/debian.sources")
         .ok()
         .and_then(|s| {
@@ -72,7 +72,7 @@ pub fn debian_mirror() -> String {
 /// `setup --kube`: the one-time build of kube-apiserver 1.20.2 from Debian's `kubernetes`
 /// source package (about 20 minutes on 2 cores, 5 GB of disk while it builds), cached at
 /// [`KUBE_APISERVER`]; skipped when the cache has it.
-pub fn kube() -> anyhow::Result<()> {
+pub(crate) fn kube() -> anyhow::Result<()> {
     if std::path::Path::new(KUBE_APISERVER).is_file() {
         return Ok(());
     }
@@ -83,7 +83,7 @@ pub fn kube() -> anyhow::Result<()> {
 }
 
 /// Installs the Debian packages of `pkgs` that are missing.
-pub fn apt(pkgs: &[&str]) -> anyhow::Result<()> {
+pub(crate) fn apt(pkgs: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = pkgs.iter().copied().filter(|p| !installed(p)).collect();
     if !missing.is_empty() {
         eprintln!("setup: installing Debian packages: {}", missing.join(" "));
@@ -125,7 +125,7 @@ fn helm_venv() -> anyhow::Result<()> {
 }
 
 /// Runs every setup step.
-pub fn setup() -> anyhow::Result<()> {
+pub(crate) fn setup() -> anyhow::Result<()> {
     apt(APT)?;
     helm_venv()?;
 

@@ -76,7 +76,7 @@ impl Deduper {
         match self.open.get_mut(&key) {
             Some(p) => {
                 p.alert.count += 1;
-                p.alert.last_seen = r.time.clone();
+                p.alert.last_seen.clone_from(&r.time);
             }
             None => {
                 self.open.insert(

@@ -113,10 +113,10 @@ pub fn decode(line: &[u8]) -> Result<Request, DecodeError> {
     // The wire form is flat ({"cmd": "grant", "task": …}); serde's external tagging
     // ({"grant": {"task": …}}) lets errors name the exact field.
     let had_args = !obj.is_empty();
-    let external = if !had_args {
-        serde_json::Value::String(cmd.clone())
-    } else {
+    let external = if had_args {
         serde_json::json!({ cmd.clone(): serde_json::Value::Object(std::mem::take(obj)) })
+    } else {
+        serde_json::Value::String(cmd.clone())
     };
     let try_decode =
         |value: serde_json::Value| serde_path_to_error::deserialize::<_, Request>(value);

@@ -134,7 +134,7 @@ async fn handle_conn<S: Service>(shared: Arc<S>, sock: UnixStream) -> anyhow::Re
     if line.len() > MAX_REQUEST_BYTES {
         write_line(
             &mut w,
-            &err_json(format!("request larger than {} bytes", MAX_REQUEST_BYTES)),
+            &err_json(format!("request larger than {MAX_REQUEST_BYTES} bytes")),
         )
         .await?;
         return Ok(());
@@ -264,7 +264,7 @@ async fn stream<S: Service, T: Queryable + serde::Serialize>(
         match rx.recv().await {
             // A `lost` record cannot be attributed: what it counts could have matched.
             Ok(e) if e.fields().verdict == "lost" || filter.matches(e.as_ref()) => {
-                write_line(w, e.as_ref()).await?
+                write_line(w, e.as_ref()).await?;
             }
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(n)) => {

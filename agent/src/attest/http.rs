@@ -110,27 +110,26 @@ fn handle<A: Source>(shared: &A, req: &Request<Incoming>) -> Response<Body> {
         );
     }
     let query = req.uri().query().unwrap_or("");
-    match (
+    if let (Some(p), Some(l)) = (
         query_param(query, "peer").and_then(unescape),
         query_param(query, "local").and_then(unescape),
     ) {
-        (Some(p), Some(l)) => match super::answer(shared, &p, &l) {
+        match super::answer(shared, &p, &l) {
             Ok(v) => respond(StatusCode::OK, &v),
             Err((code, msg)) => respond(
                 StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
                 &json!({"error": msg}),
             ),
-        },
-        _ => {
-            shared
-                .metrics()
-                .attest_bad_request
-                .fetch_add(1, Ordering::Relaxed);
-            respond(
-                StatusCode::BAD_REQUEST,
-                &json!({"error": "both `peer` and `local` query parameters are required"}),
-            )
         }
+    } else {
+        shared
+            .metrics()
+            .attest_bad_request
+            .fetch_add(1, Ordering::Relaxed);
+        respond(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": "both `peer` and `local` query parameters are required"}),
+        )
     }
 }
 

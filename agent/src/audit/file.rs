@@ -133,7 +133,7 @@ mod tests {
             }
         }
         assert!(!dir.join("audit.jsonl.4").exists());
-        seen.sort();
+        seen.sort_unstable();
         // The newest lines are all present and contiguous (older ones rotated out whole).
         let last = *seen.last().unwrap();
         assert_eq!(last, 199);

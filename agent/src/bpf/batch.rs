@@ -31,7 +31,7 @@ struct BatchAttr {
 
 /// Why a batch call stopped.
 #[derive(Debug)]
-pub enum BatchError {
+pub(super) enum BatchError {
     /// The kernel or this map type has no batch command: use single-key calls.
     Unsupported,
     /// The kernel refused an element after `done` succeeded.
@@ -61,7 +61,11 @@ fn unsupported(e: &std::io::Error) -> bool {
 }
 
 /// Writes `keys[i] → values[i]` for every `i` (`K` and `V` laid out as the map's key and value).
-pub fn update<K: Copy, V: Copy>(map: &MapData, keys: &[K], values: &[V]) -> Result<(), BatchError> {
+pub(super) fn update<K: Copy, V: Copy>(
+    map: &MapData,
+    keys: &[K],
+    values: &[V],
+) -> Result<(), BatchError> {
     assert_eq!(keys.len(), values.len());
     let fd = map.fd().as_fd().as_raw_fd() as u32;
     let mut done = 0;
@@ -91,7 +95,7 @@ pub fn update<K: Copy, V: Copy>(map: &MapData, keys: &[K], values: &[V]) -> Resu
 
 /// Removes every key of `keys`; keys already absent are skipped (the kernel stops a batch at the
 /// first missing key, so the rest of that chunk is retried past it).
-pub fn delete<K: Copy>(map: &MapData, keys: &[K]) -> Result<(), BatchError> {
+pub(super) fn delete<K: Copy>(map: &MapData, keys: &[K]) -> Result<(), BatchError> {
     let fd = map.fd().as_fd().as_raw_fd() as u32;
     let mut rest = keys;
     let mut done = 0;

@@ -49,7 +49,7 @@ fn in_child(f: fn(u32) -> i64, arg: u32) -> std::io::Result<Ended> {
     if pid == 0 {
         let ret = f(arg);
         let code = match ret {
-            r if r == -(libc::ENOSYS as i64) => 2,
+            r if r == -i64::from(libc::ENOSYS) => 2,
             r if r < 0 => 1,
             _ => 0,
         };
@@ -106,7 +106,7 @@ fn x32_getpid(_: u32) -> i64 {
     // SAFETY: getpid through the x32 numbering; no arguments.
     let r = unsafe { libc::syscall((compat::X32_BIT + 39) as libc::c_long) };
     if r < 0 {
-        -(std::io::Error::last_os_error().raw_os_error().unwrap_or(1) as i64)
+        -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(1))
     } else {
         r
     }
@@ -117,7 +117,12 @@ fn ia32_selftest(token: u32) -> i64 {
     // setsockopt(SELFTEST_FD, SOL_PACKET, PACKET_QDISC_BYPASS, token, 4): EBADF if not killed.
     int80(
         compat::I386_SETSOCKOPT,
-        [compat::SELFTEST_FD as u32 as u64, 263, 20, u64::from(token)],
+        [
+            u64::from(compat::SELFTEST_FD as u32),
+            263,
+            20,
+            u64::from(token),
+        ],
     )
 }
 

@@ -106,7 +106,11 @@ pub fn detect(
 
 /// The kernel feature a program needs (named when it fails to load or attach).
 pub fn needs(program: &str) -> &'static str {
-    use chokepoint_common::names::*;
+    use chokepoint_common::names::{
+        PROG_COMPAT_SYS, PROG_CONNECT4, PROG_CONNECT6, PROG_GETPEER4, PROG_LSM_SOCKET,
+        PROG_RECVMSG4, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SETSOCKOPT, PROG_SKB_EGRESS,
+        PROG_SKB_INGRESS, PROG_SOCK_CREATE, PROG_SOCK_OPS, PROG_TC_EGRESS,
+    };
     match program {
         PROG_SOCK_CREATE => "cgroup/sock_create with socket storage (Linux 5.2+)",
         PROG_LSM_SOCKET => "BPF LSM (CONFIG_BPF_LSM, `bpf` in lsm=, kernel BTF; Linux 5.7+)",

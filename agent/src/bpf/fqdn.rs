@@ -133,7 +133,7 @@ impl FqdnMaps {
     ) -> Result<(), MapsError> {
         let c = DnsCfg {
             host_netns,
-            pod_addr: pod_addr.map(|a| a.octets()).unwrap_or([0; 4]),
+            pod_addr: pod_addr.map_or([0; 4], |a| a.octets()),
             _pad: 0,
         };
         self.cfg.set(0, c, 0).map_err(m(names::DNSCFG))

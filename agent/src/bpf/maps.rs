@@ -60,7 +60,7 @@ pub struct IdentBinding {
 }
 
 pub(super) fn lpm(slot: u8, ident: u32, c: &Cidr) -> Key<[u8; LPM_DATA_LEN]> {
-    let k = LpmKey::new(slot, c.family(), ident, &c.bytes(), c.bits as u32);
+    let k = LpmKey::new(slot, c.family(), ident, &c.bytes(), u32::from(c.bits));
     Key::new(k.prefix_len, k.data)
 }
 

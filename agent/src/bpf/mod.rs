@@ -221,7 +221,9 @@ fn check_layout(bpffs: &Path) -> Result<bool, LoadError> {
             what: format!("missing maps: {}", missing.join(", ")),
         });
     }
-    use chokepoint_common::*;
+    use chokepoint_common::{
+        Config, FqdnKey, FqdnVal, GrantVal, IdentKey, IdentVal, LpmKey, RuleVal, names,
+    };
     let expect: [(&str, u32, u32); 5] = [
         (names::CONFIG, 4, size_of::<Config>() as u32),
         (
@@ -520,13 +522,14 @@ pub fn start(
             Program::CgroupSockopt(p) => p.load(),
             Program::SockOps(p) => p.load(),
             Program::RawTracePoint(p) => p.load(),
-            Program::Lsm(p) => match btf_ref {
-                Some(b) => p.load("socket_create", b),
-                None => {
+            Program::Lsm(p) => {
+                if let Some(b) = btf_ref {
+                    p.load("socket_create", b)
+                } else {
                     degraded.push((name.to_string(), "kernel BTF unavailable".to_string()));
                     continue;
                 }
-            },
+            }
             _ => return Err(perr(aya::programs::ProgramError::UnexpectedProgramType)),
         };
         if let Err(e) = load_result {
@@ -716,8 +719,8 @@ pub fn start(
         dns_answers,
         stats,
         attached,
-        features,
         degraded,
+        features,
         adopted,
     })
 }

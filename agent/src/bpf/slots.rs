@@ -53,7 +53,7 @@ impl PolicyMaps {
                 self.rules
                     .keys()
                     .filter_map(Result::ok)
-                    .filter(|k| k.data()[0] as u32 == slot)
+                    .filter(|k| u32::from(k.data()[0]) == slot)
                     .collect(),
             ),
         };
@@ -180,7 +180,7 @@ impl PolicyMaps {
                     cidr.family(),
                     id.id,
                     &cidr.bytes(),
-                    cidr.bits as u32,
+                    u32::from(cidr.bits),
                 )
                 .ingress();
                 keys.rules.push(Key::new(k.prefix_len, k.data));

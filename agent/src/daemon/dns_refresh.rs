@@ -36,7 +36,7 @@ impl Shared {
                 Err(e) => error!(error = %e, "applying re-resolved gateway addresses failed"),
             },
             Err(e) => {
-                warn!(error = %e, "re-resolving gateway host names failed; keeping the active generation")
+                warn!(error = %e, "re-resolving gateway host names failed; keeping the active generation");
             }
         }
     }

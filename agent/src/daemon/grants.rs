@@ -20,7 +20,7 @@ use crate::{
 pub fn task_id(task: &str) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in task.bytes() {
-        h ^= b as u64;
+        h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
     h.max(1)
@@ -42,13 +42,11 @@ pub fn parse_grant_dest(to: &str) -> Result<(Vec<Cidr>, crate::policy::parse::Po
         format!("{portproto}/tcp")
     };
     let spec = crate::policy::parse::parse_ports(&portproto)?[0];
-    let cidrs = match parse_cidr(host) {
-        Ok(c) => vec![c],
-        Err(_) => {
-            let ep =
-                crate::policy::parse::parse_endpoint(&format!("{host}:{}/tcp", spec.lo.max(1)))?;
-            ep.nets
-        }
+    let cidrs = if let Ok(c) = parse_cidr(host) {
+        vec![c]
+    } else {
+        let ep = crate::policy::parse::parse_endpoint(&format!("{host}:{}/tcp", spec.lo.max(1)))?;
+        ep.nets
     };
     Ok((cidrs, spec))
 }
@@ -140,7 +138,7 @@ impl Shared {
             to: to.clone(),
             task: task.clone(),
             task_id: task_id(&task),
-            expires_wall_ns: now + ttl_secs as u128 * 1_000_000_000,
+            expires_wall_ns: now + u128::from(ttl_secs) * 1_000_000_000,
             granted_at: util::rfc3339_ns(now),
         };
         grants.retain(|x| x.expires_wall_ns > now);
@@ -164,7 +162,7 @@ impl Shared {
             identity,
             to,
             task,
-            destinations: cidrs.iter().map(|c| c.to_string()).collect(),
+            destinations: cidrs.iter().map(std::string::ToString::to_string).collect(),
             ports: spec.to_string(),
             expires_at: util::rfc3339_ns(g.expires_wall_ns),
         };

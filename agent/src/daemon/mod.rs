@@ -284,8 +284,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         node: opts
             .kube
             .as_ref()
-            .map(|k| k.node_name.clone())
-            .unwrap_or_else(util::node_name),
+            .map_or_else(util::node_name, |k| k.node_name.clone()),
         maps: Mutex::new(policy),
         stats: Mutex::new(stats),
         attest: Mutex::new(attest),
@@ -318,7 +317,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         inventory: Mutex::new(inventory),
         inventory_dirty: AtomicBool::new(false),
         host_names,
-        dns_answers: Default::default(),
+        dns_answers: shared::DnsAnswerCounts::default(),
         fqdn: fqdn.clone(),
         backstop: Mutex::new(None),
         rearm,
@@ -437,8 +436,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             .lock()
             .expect("stats lock")
             .snapshot()
-            .map(|s| s.lost)
-            .unwrap_or(0);
+            .map_or(0, |s| s.lost);
         let baseline = shared
             .store
             .lock()
@@ -458,7 +456,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         let s = shared.clone();
         set.spawn(async move {
             let stats = s.metrics.http_attest.clone();
-            crate::attest::serve(s, crate::httpd::Listener::Unix(attest_listener), stats).await
+            crate::attest::serve(s, crate::httpd::Listener::Unix(attest_listener), stats).await;
         });
     }
     if let Some(l) = attest_tcp {

@@ -110,7 +110,7 @@ pub(crate) fn empty_policy() -> CompiledPolicy {
         gateways: Vec::new(),
         identities: Vec::new(),
         resolved: BTreeMap::new(),
-        unresolved_pods: Default::default(),
+        unresolved_pods: crate::policy::compiled::UnresolvedPods::default(),
         source: String::new(),
     }
 }

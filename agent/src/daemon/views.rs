@@ -274,7 +274,9 @@ impl Shared {
             records: RecordCounts {
                 delivered: m.delivered.load(Ordering::Relaxed),
                 lost: m.lost_kernel.load(Ordering::Relaxed) + m.lost_user.load(Ordering::Relaxed),
-                kernel_decisions: stats.as_ref().map(|s| s.emitted()),
+                kernel_decisions: stats
+                    .as_ref()
+                    .map(super::super::bpf::maps::StatsSnapshot::emitted),
             },
             version: env!("CARGO_PKG_VERSION").into(),
             node: self.node.clone(),
@@ -321,6 +323,10 @@ impl Shared {
     }
 
     /// `chokepoint policy show`.
+    #[allow(
+        clippy::unused_self,
+        reason = "a view of the daemon like its neighbours"
+    )]
     pub(crate) fn policy_show(&self, generation: u32, policy: &CompiledPolicy) -> PolicyShow {
         PolicyShow {
             generation,

@@ -35,7 +35,7 @@ impl Fqdn {
         let mut capped = 0usize;
         for &(addr, ttl) in addrs {
             let addr = crate::policy::parse::normalise(addr);
-            let life = Duration::from_secs(ttl as u64)
+            let life = Duration::from_secs(u64::from(ttl))
                 .max(self.settings.min_ttl)
                 .saturating_add(self.settings.grace);
             let expires = now.saturating_add(u64::try_from(life.as_nanos()).unwrap_or(u64::MAX));
@@ -56,10 +56,11 @@ impl Fqdn {
             }
             let list = table.entry(addr).or_default();
             for p in &patterns {
-                match list.iter_mut().find(|l| &l.pattern == p && l.name == qname) {
+                if let Some(l) = list.iter_mut().find(|l| &l.pattern == p && l.name == qname) {
                     // Never shortened by a later answer with a smaller TTL.
-                    Some(l) => l.expires_boot_ns = l.expires_boot_ns.max(expires),
-                    None => {
+                    l.expires_boot_ns = l.expires_boot_ns.max(expires);
+                } else {
+                    {
                         list.push(Learned {
                             identity: identity.to_string(),
                             pattern: p.clone(),
@@ -128,7 +129,7 @@ impl Fqdn {
         let mut gone: Vec<(String, IpAddr)> = Vec::new();
         let mut rewrite: Vec<(String, IpAddr)> = Vec::new();
         let mut n = 0u64;
-        for (ident, addrs) in inner.learned.iter_mut() {
+        for (ident, addrs) in &mut inner.learned {
             for (addr, list) in addrs.iter_mut() {
                 let before = list.len();
                 list.retain(|l| l.expires_boot_ns > now);

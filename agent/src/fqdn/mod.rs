@@ -141,7 +141,7 @@ fn own_netns_cookie() -> std::io::Result<u64> {
             libc::SOL_SOCKET,
             libc::SO_NETNS_COOKIE,
             std::ptr::from_mut(&mut cookie).cast(),
-            &mut len,
+            &raw mut len,
         )
     };
     if rc != 0 {
@@ -175,7 +175,7 @@ impl Fqdn {
                     }
                 }
                 Err(e) => {
-                    warn!(file = %settings.state_file.display(), error = %e, "unreadable learned-name table; the kernel's entries stay until their TTL but are not named")
+                    warn!(file = %settings.state_file.display(), error = %e, "unreadable learned-name table; the kernel's entries stay until their TTL but are not named");
                 }
             }
         }
@@ -228,7 +228,7 @@ impl Fqdn {
             }
             match proxy::bind(self.settings.pod_addr.is_some()) {
                 Ok(sock) => {
-                    let port = sock.local_addr().map(|a| a.port()).unwrap_or(0);
+                    let port = sock.local_addr().map_or(0, |a| a.port());
                     let me = self.clone();
                     let n2 = name.clone();
                     let task = tokio::spawn(async move { proxy::serve(me, n2, sock).await });
@@ -236,7 +236,7 @@ impl Fqdn {
                     inner.proxies.insert(name, ProxyHandle { port, task });
                 }
                 Err(e) => {
-                    warn!(identity = %name, error = %e, "DNS proxy bind failed: this identity's lookups get no answer")
+                    warn!(identity = %name, error = %e, "DNS proxy bind failed: this identity's lookups get no answer");
                 }
             }
         }

@@ -24,7 +24,7 @@ const MAX_MESSAGE: usize = 4096;
 
 /// Binds the proxy socket of one identity: on 127.0.0.1 (the daemon's namespace), or on every
 /// address when pods are served (they reach it at `--dns-proxy-pod-addr`).
-pub fn bind(pods: bool) -> std::io::Result<UdpSocket> {
+pub(super) fn bind(pods: bool) -> std::io::Result<UdpSocket> {
     let addr = if pods {
         Ipv4Addr::UNSPECIFIED
     } else {
@@ -36,7 +36,7 @@ pub fn bind(pods: bool) -> std::io::Result<UdpSocket> {
 }
 
 /// Serves one identity's lookups until the task is aborted.
-pub async fn serve(fqdn: Arc<Fqdn>, identity: String, sock: UdpSocket) {
+pub(super) async fn serve(fqdn: Arc<Fqdn>, identity: String, sock: UdpSocket) {
     let sock = Arc::new(sock);
     let mut buf = vec![0u8; MAX_MESSAGE];
     loop {
@@ -62,14 +62,11 @@ async fn answer(fqdn: &Fqdn, identity: &str, query: &[u8]) -> Option<Vec<u8>> {
     }
     let name = qname(&q)?;
     let upstream = fqdn.upstream(identity)?;
-    let raw = match forward(upstream, query, &q).await {
-        Some(r) => r,
-        None => {
-            fqdn.counters
-                .upstream_failures
-                .fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
+    let Some(raw) = forward(upstream, query, &q).await else {
+        fqdn.counters
+            .upstream_failures
+            .fetch_add(1, Ordering::Relaxed);
+        return None;
     };
     let resp = Message::from_vec(&raw).ok()?;
     if resp.metadata.response_code == ResponseCode::NoError {

@@ -52,7 +52,12 @@ impl Fqdn {
                         name: l.name.clone(),
                         addr: addr.to_string(),
                         ports: rule
-                            .map(|r| r.ports.iter().map(|p| p.to_string()).collect())
+                            .map(|r| {
+                                r.ports
+                                    .iter()
+                                    .map(std::string::ToString::to_string)
+                                    .collect()
+                            })
                             .unwrap_or_default(),
                         ttl_remaining_s: l.expires_boot_ns.saturating_sub(now) / 1_000_000_000,
                         expired: l.expires_boot_ns <= now,
@@ -88,7 +93,10 @@ impl Fqdn {
             "Addresses learned for toFQDN rules, per identity.",
         );
         for name in inner.idents.keys() {
-            let n = inner.learned.get(name).map_or(0, |a| a.len());
+            let n = inner
+                .learned
+                .get(name)
+                .map_or(0, std::collections::BTreeMap::len);
             learned.push(vec![("identity", name.clone())], Value::Int(n as u64));
         }
         let c = &self.counters;

@@ -96,7 +96,10 @@ pub fn is_uid(s: &str) -> bool {
 }
 
 fn kubelet_parts(prefix: &[&str], qos: Qos, uid: &str) -> Vec<String> {
-    let mut parts: Vec<String> = prefix.iter().map(|s| s.to_string()).collect();
+    let mut parts: Vec<String> = prefix
+        .iter()
+        .map(std::string::ToString::to_string)
+        .collect();
     parts.push("kubepods".into());
     if let Some(l) = qos.level() {
         parts.push(l.into());

@@ -230,7 +230,7 @@ mod tests {
     #[test]
     fn expressions() {
         let ex = |op: &str, vals: &[&str]| {
-            let vals: Vec<String> = vals.iter().map(|s| s.to_string()).collect();
+            let vals: Vec<String> = vals.iter().map(std::string::ToString::to_string).collect();
             Requirement::new("tier", op, &vals).unwrap()
         };
         let sel = |r| LabelMatch {

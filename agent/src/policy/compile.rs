@@ -68,7 +68,7 @@ pub fn compile_source_with(
         Ok(t) => t,
         Err(e) => {
             let upto = &source[..e.valid_up_to()];
-            let line = upto.iter().filter(|&&b| b == b'\n').count() as u32 + 1;
+            let line = upto.split(|&b| b == b'\n').count() as u32;
             let col = upto.iter().rev().take_while(|&&b| b != b'\n').count() as u32 + 1;
             return Err(fail(line, col, "document", format!("invalid UTF-8: {e}")));
         }
@@ -88,8 +88,7 @@ pub fn compile_source_with(
         Err(e) => {
             let (line, col) = e
                 .location()
-                .map(|l| (l.line() as u32, l.column() as u32))
-                .unwrap_or((1, 1));
+                .map_or((1, 1), |l| (l.line() as u32, l.column() as u32));
             let msg = e.to_string();
             let first = msg.lines().next().unwrap_or("invalid document").to_string();
             return Err(fail(line, col, "document", first));

@@ -57,7 +57,7 @@ pub fn diff_policies(old: &CompiledPolicy, new: &CompiledPolicy) -> PolicyDiff {
                     match o.entries.get(c) {
                         None => changes.push(format!("~ identity {}: + destination {c}", n.name)),
                         Some(oe) if oe != e => {
-                            changes.push(format!("~ identity {}: ports changed at {c}", n.name))
+                            changes.push(format!("~ identity {}: ports changed at {c}", n.name));
                         }
                         _ => {}
                     }

@@ -31,6 +31,7 @@ impl Cidr {
         }
     }
     /// This network truncated to `bits`.
+    #[must_use]
     pub fn truncate(&self, bits: u8) -> Cidr {
         Cidr {
             addr: mask(self.addr, bits),
@@ -58,7 +59,7 @@ pub fn normalise(addr: IpAddr) -> IpAddr {
             Some(v4) => IpAddr::V4(v4),
             None => addr,
         },
-        v4 => v4,
+        v4 @ IpAddr::V4(_) => v4,
     }
 }
 
@@ -78,7 +79,7 @@ fn mask(addr: IpAddr, bits: u8) -> IpAddr {
             let m = if bits == 0 {
                 0
             } else {
-                u32::MAX << (32 - bits as u32)
+                u32::MAX << (32 - u32::from(bits))
             };
             IpAddr::V4(Ipv4Addr::from(u32::from(a) & m))
         }
@@ -86,7 +87,7 @@ fn mask(addr: IpAddr, bits: u8) -> IpAddr {
             let m = if bits == 0 {
                 0
             } else {
-                u128::MAX << (128 - bits as u32)
+                u128::MAX << (128 - u32::from(bits))
             };
             IpAddr::V6(Ipv6Addr::from(u128::from(a) & m))
         }
@@ -111,7 +112,7 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
             let n: u32 = b
                 .parse()
                 .map_err(|_| format!("`{s}`: prefix length `{b}` is not a number"))?;
-            if n > max as u32 {
+            if n > u32::from(max) {
                 return Err(format!("`{s}`: prefix length {n} exceeds {max}"));
             }
             n as u8

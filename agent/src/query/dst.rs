@@ -29,17 +29,16 @@ pub fn parse_dst(s: &str) -> Result<DstFilter, QueryError> {
         (t, None)
     };
     // Host bits are allowed in a filter (10.1.2.3/24 means 10.1.2.0/24).
-    let net = match parse_cidr(net) {
-        Ok(c) => c,
-        Err(_) => {
-            let (ip, bits) = net.split_once('/').ok_or_else(bad)?;
-            let addr: IpAddr = ip.parse().map_err(|_| bad())?;
-            let bits: u8 = bits.parse().map_err(|_| bad())?;
-            if bits > if addr.is_ipv4() { 32 } else { 128 } {
-                return Err(bad());
-            }
-            Cidr { addr, bits }
+    let net = if let Ok(c) = parse_cidr(net) {
+        c
+    } else {
+        let (ip, bits) = net.split_once('/').ok_or_else(bad)?;
+        let addr: IpAddr = ip.parse().map_err(|_| bad())?;
+        let bits: u8 = bits.parse().map_err(|_| bad())?;
+        if bits > if addr.is_ipv4() { 32 } else { 128 } {
+            return Err(bad());
         }
+        Cidr { addr, bits }
     };
     let port = match port {
         Some(p) => Some(p.parse::<u16>().map_err(|_| bad())?),
@@ -61,7 +60,7 @@ fn split_endpoint(s: &str) -> Option<(IpAddr, u16)> {
 fn contains(net: &Cidr, ip: IpAddr) -> bool {
     let ip = match ip {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
+        v4 @ IpAddr::V4(_) => v4,
     };
     match (net.addr, ip) {
         (IpAddr::V4(n), IpAddr::V4(a)) => {

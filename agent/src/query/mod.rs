@@ -155,8 +155,8 @@ impl Query {
     }
 }
 
-fn eq(want: &Option<String>, have: Option<&str>) -> bool {
-    want.as_deref().is_none_or(|w| have == Some(w))
+fn eq(want: Option<&str>, have: Option<&str>) -> bool {
+    want.is_none_or(|w| have == Some(w))
 }
 
 impl Filter {
@@ -164,13 +164,13 @@ impl Filter {
     pub fn matches(&self, r: &dyn Queryable) -> bool {
         let f = r.fields();
         let q = &self.query;
-        if !(eq(&q.identity, f.identity)
-            && eq(&q.tenant, f.tenant)
-            && eq(&q.task, f.task)
-            && eq(&q.reason, Some(f.reason))
-            && eq(&q.verdict, Some(f.verdict))
-            && eq(&q.namespace, f.namespace)
-            && eq(&q.pod, f.pod))
+        if !(eq(q.identity.as_deref(), f.identity)
+            && eq(q.tenant.as_deref(), f.tenant)
+            && eq(q.task.as_deref(), f.task)
+            && eq(q.reason.as_deref(), Some(f.reason))
+            && eq(q.verdict.as_deref(), Some(f.verdict))
+            && eq(q.namespace.as_deref(), f.namespace)
+            && eq(q.pod.as_deref(), f.pod))
         {
             return false;
         }

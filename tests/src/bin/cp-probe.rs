@@ -167,7 +167,7 @@ fn sendmmsg(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
     for m in &mut msgs {
         m.msg_hdr.msg_name = std::ptr::from_mut(&mut ss).cast();
         m.msg_hdr.msg_namelen = len;
-        m.msg_hdr.msg_iov = &mut iov;
+        m.msg_hdr.msg_iov = &raw mut iov;
         m.msg_hdr.msg_iovlen = 1;
     }
     // SAFETY: sendmmsg(2) with valid headers.
@@ -237,7 +237,7 @@ fn uring_connect(dst: SocketAddr, payload: &str) -> std::io::Result<()> {
     unsafe {
         ring.submission()
             .push(&op)
-            .map_err(|_| std::io::Error::other("sq full"))?
+            .map_err(|_| std::io::Error::other("sq full"))?;
     };
     ring.submit_and_wait(1)?;
     let cqe = ring
@@ -260,7 +260,7 @@ fn csum(data: &[u8]) -> u16 {
         } else {
             u16::from_be_bytes([c[0], 0])
         };
-        sum += w as u32;
+        sum += u32::from(w);
     }
     while sum >> 16 != 0 {
         sum = (sum & 0xffff) + (sum >> 16);
@@ -332,7 +332,7 @@ fn packet(
     let fd = socket(
         libc::AF_PACKET,
         libc::SOCK_DGRAM,
-        (libc::ETH_P_IP as u16).to_be() as i32,
+        i32::from((libc::ETH_P_IP as u16).to_be()),
     )?;
     let how = std::env::var("CP_QDISC_BYPASS").unwrap_or_default();
     if let Some(entry) = compat::Entry::parse(&how) {
@@ -399,7 +399,7 @@ fn spoof_reply(port: u16, local: std::net::Ipv4Addr, peer: SocketAddr, payload: 
         let fd = socket(
             libc::AF_PACKET,
             libc::SOCK_DGRAM,
-            (libc::ETH_P_IP as u16).to_be() as i32,
+            i32::from((libc::ETH_P_IP as u16).to_be()),
         )?;
         let mut udp = Vec::new();
         udp.extend_from_slice(&pv4.port().to_be_bytes());
@@ -810,7 +810,7 @@ fn pin_cpu() {
         unsafe {
             let mut set: libc::cpu_set_t = zeroed();
             libc::CPU_SET(cpu, &mut set);
-            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set);
+            libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &raw const set);
         }
     }
 }
@@ -904,7 +904,7 @@ fn bench_client(mode: &str, dst: SocketAddr, secs: f64) -> serde_json::Value {
             while t0.elapsed() < dur {
                 let t = Instant::now();
                 if s.write_all(&req)
-                    .and_then(|_| s.read_exact(&mut resp))
+                    .and_then(|()| s.read_exact(&mut resp))
                     .is_err()
                 {
                     errors += 1;
@@ -919,12 +919,11 @@ fn bench_client(mode: &str, dst: SocketAddr, secs: f64) -> serde_json::Value {
             let mut chunk = vec![b'B'; 65536];
             chunk[0] = b'B';
             while t0.elapsed() < dur {
-                match s.write(&chunk) {
-                    Ok(w) => bytes += w as u64,
-                    Err(_) => {
-                        errors += 1;
-                        break;
-                    }
+                if let Ok(w) = s.write(&chunk) {
+                    bytes += w as u64;
+                } else {
+                    errors += 1;
+                    break;
                 }
             }
         }
@@ -1017,7 +1016,7 @@ fn main() {
             }
             let mut status = 0;
             // SAFETY: waitpid on our child.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
+            unsafe { libc::waitpid(pid, &raw mut status, 0) };
             json!({"ok": true, "forked": pid})
         }
         "exec" => {

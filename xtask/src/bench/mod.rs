@@ -43,7 +43,7 @@ const SERVER: &str = "10.210.0.2";
 const CONFIGS: [&str; 4] = ["none", "nft-linear", "nft-set", "chokepoint"];
 
 /// `cargo xtask bench --help`.
-pub const HELP: &str = "usage: cargo xtask bench [--quick] [--reps N] [--progs] [--soak [DURATION]]
+pub(crate) const HELP: &str = "usage: cargo xtask bench [--quick] [--reps N] [--progs] [--soak [DURATION]]
 
 Builds release binaries, then measures what enforcement costs (needs root): a client cgroup in one
 network namespace, a server in another, joined by veth. Configurations interleaved within every
@@ -133,7 +133,7 @@ fn stats(v: &[f64]) -> Value {
         return Value::Null;
     }
     let mut s = v.to_vec();
-    s.sort_by(|a, b| a.total_cmp(b));
+    s.sort_by(f64::total_cmp);
     let q = |p: f64| s[((s.len() as f64 - 1.0) * p).round() as usize];
     json!({"min": s[0], "median": q(0.5), "max": s[s.len() - 1], "q25": q(0.25), "q75": q(0.75), "p99": q(0.99), "n": s.len()})
 }
@@ -160,7 +160,7 @@ fn cpu_ticks(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-pub fn bench(rest: &[String]) -> anyhow::Result<()> {
+pub(crate) fn bench(rest: &[String]) -> anyhow::Result<()> {
     // `--soak 30m` is the same as `--soak=30m`.
     let rest: Vec<String> = {
         let mut v = Vec::new();
@@ -523,8 +523,7 @@ fn daemon_pid(d: &Daemon) -> u32 {
 fn chrono_stamp() -> String {
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+        .map_or(0, |d| d.as_secs());
     secs.to_string()
 }
 
@@ -533,9 +532,7 @@ fn machine() -> Value {
         .unwrap_or_default()
         .trim()
         .to_string();
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(0);
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let model = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|s| {

@@ -33,9 +33,7 @@ pub(super) fn parse_duration(s: &str) -> anyhow::Result<Duration> {
 }
 
 fn open_fds(pid: u32) -> u64 {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count() as u64)
-        .unwrap_or(0)
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
 }
 
 /// One soak sample: the daemon's RSS and fds, and its record counters.
