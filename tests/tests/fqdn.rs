@@ -375,13 +375,21 @@ fn daemon_kill_keeps_learned_addresses_until_their_ttl_and_lookups_fail_closed()
 
 #[test]
 fn a_restart_neither_drops_nor_extends_learned_addresses() {
-    let mut s = setup(6, &["--fqdn-grace", "0s"]);
+    // The TTL outlasts a restart, which loads every program again (tens of seconds under
+    // software emulation: `time_scale`).
+    let ttl = 6 * time_scale();
+    let mut s = setup(ttl, &["--fqdn-grace", "0s"]);
     let api = format!("{}:{OTHER_TCP}", dest(&s.sb, 0));
     let r = s.lookup(&s.a, false, "api.test", "A", "connect");
     assert!(ok(&r), "{r}");
     let learned_at = Instant::now();
     s.daemon.kill(libc::SIGKILL);
     s.daemon.spawn(None);
+    let ttl = Duration::from_secs(u64::from(ttl));
+    assert!(
+        learned_at.elapsed() < ttl,
+        "the restart took longer than the TTL ({ttl:?}): raise CP_TEST_TIME_SCALE"
+    );
     s.assert_reaches(&s.a, false, &api, "after restart, within TTL");
     let l = s.daemon.cli_json(&["fqdn", "--json"]);
     assert!(
@@ -390,7 +398,7 @@ fn a_restart_neither_drops_nor_extends_learned_addresses() {
             .is_some_and(|a| a.iter().any(|e| e["name"] == "api.test")),
         "restarted daemon does not name the learned address: {l}"
     );
-    std::thread::sleep(Duration::from_secs(7).saturating_sub(learned_at.elapsed()));
+    std::thread::sleep((ttl + Duration::from_secs(1)).saturating_sub(learned_at.elapsed()));
     s.assert_denied(&s.a, false, &api, "TTL passed after restart");
 }
 

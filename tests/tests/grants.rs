@@ -21,6 +21,9 @@ fn grant_expires_in_the_kernel_with_the_daemon_stopped() {
         &["tcp", &forbidden(&fx)],
         "before"
     )));
+    // Long enough for the attempts below under software emulation too (`time_scale`).
+    let ttl = Duration::from_secs(3 * u64::from(time_scale()));
+    let ttl_arg = format!("{}s", ttl.as_secs());
     let g = fx.daemon.cli_json(&[
         "grant",
         "--identity",
@@ -28,7 +31,7 @@ fn grant_expires_in_the_kernel_with_the_daemon_stopped() {
         "--to",
         &format!("{}:{OTHER_TCP}/tcp", fx.sb.forbidden4()),
         "--ttl",
-        "3s",
+        &ttl_arg,
         "--task",
         "T-expire",
         "--json",
@@ -46,8 +49,12 @@ fn grant_expires_in_the_kernel_with_the_daemon_stopped() {
     // The daemon goes away for good: nothing in userspace can expire the grant.
     fx.daemon.kill(libc::SIGKILL);
     let r = fx.attempt(false, &["tcp", &forbidden(&fx)], "still");
+    assert!(
+        granted_at.elapsed() < ttl,
+        "the test was slower than the grant's {ttl:?}: raise CP_TEST_TIME_SCALE"
+    );
     assert!(ok(&r), "grant lapsed early: {r}");
-    while granted_at.elapsed() < Duration::from_millis(3300) {
+    while granted_at.elapsed() < ttl + Duration::from_millis(300) {
         std::thread::sleep(Duration::from_millis(50));
     }
     let p = payload("expired");

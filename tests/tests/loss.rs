@@ -26,7 +26,8 @@ fn emitted_equals_delivered_plus_lost() {
     // Let the slow consumer drain what the ring buffer holds.
     let t0 = std::time::Instant::now();
     let (mut delivered, mut lost, mut emitted) = (0u64, 0u64, 0u64);
-    while t0.elapsed() < Duration::from_secs(60) {
+    // Under software emulation the consumer drains several times slower (`time_scale`).
+    while t0.elapsed() < Duration::from_secs(60 * u64::from(time_scale())) {
         let st = daemon.cli_json(&["status", "--json"]);
         delivered = st["records"]["delivered"].as_u64().unwrap_or(0);
         lost = st["records"]["lost"].as_u64().unwrap_or(0);

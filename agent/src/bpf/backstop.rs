@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use aya::programs::{SchedClassifier, TcAttachType, links::FdLink};
+use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions};
 use chokepoint_common::names;
 use tracing::{info, warn};
 
@@ -225,6 +225,11 @@ impl Backstop {
     }
 }
 
+/// Why the per-netns backstop cannot attach on a kernel without tcx (named in `status`).
+const NO_TCX: &str = "tcx links unavailable (Linux 6.6+): the per-netns TC backstop needs them; \
+     packet sockets are covered here by the BPF LSM where it is active, or by --tc-iface \
+     (clsact) on the interfaces it names";
+
 /// Attaches `prog` to `iface` (TC egress, tcx) and pins the link at `path`, replacing an older
 /// pin only once the new link is in place.
 fn attach(
@@ -232,7 +237,17 @@ fn attach(
     iface: &str,
     path: &Path,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let id = prog.attach(iface, TcAttachType::Egress)?;
+    // tcx explicitly: aya would fall back to a netlink filter without a clsact qdisc, and that
+    // filter (unlike a link) is not detached by unpinning.
+    let id = match prog.attach_with_options(
+        iface,
+        TcAttachType::Egress,
+        TcAttachOptions::TcxOrder(LinkOrder::default()),
+    ) {
+        Ok(id) => id,
+        Err(e) if super::tc::is_no_tcx(&e) => return Err(NO_TCX.into()),
+        Err(e) => return Err(e.into()),
+    };
     let link = FdLink::try_from(prog.take_link(id)?)?;
     let mut tmp = path.file_name().unwrap_or_default().to_os_string();
     tmp.push("_new");

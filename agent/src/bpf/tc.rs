@@ -78,7 +78,7 @@ pub enum Attach {
     Clsact(&'static str),
 }
 
-fn is_no_tcx(e: &ProgramError) -> bool {
+pub(super) fn is_no_tcx(e: &ProgramError) -> bool {
     let io = match e {
         ProgramError::SyscallError(s) => Some(&s.io_error),
         _ => None,
