@@ -15,8 +15,10 @@
 
 mod bed;
 mod floor;
+mod probe;
 mod progs;
 mod report;
+mod scale;
 mod soak;
 
 use std::{
@@ -27,23 +29,27 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use chokepoint_tests::{Cgroup, Daemon, in_cgroup, sh, unique};
+use chokepoint_tests::{Daemon, in_cgroup, sh};
 use serde_json::{Value, json};
 
 use self::{
     bed::{Bed, nft_ruleset, padding, policy},
+    probe::{chrono_stamp, cpu_ticks, daemon_pid, machine, rss_kib, syscall_rate},
     progs::{PROG_WINDOWS, policy_identities, prog_cost_windows, prog_table, prog_workload},
     report::markdown,
+    scale::scale_pass,
     soak::{parse_duration, soak},
 };
 
 const PORT: u16 = 7000;
 const CLIENT: &str = "10.210.0.1";
 const SERVER: &str = "10.210.0.2";
+/// The policy's identity limit (`agent/src/policy/compile.rs`): the largest scale case.
+const MAX_IDENTITIES: usize = 4_096;
 const CONFIGS: [&str; 4] = ["none", "nft-linear", "nft-set", "chokepoint"];
 
 /// `cargo xtask bench --help`.
-pub(crate) const HELP: &str = "usage: cargo xtask bench [--quick] [--reps N] [--progs] [--soak [DURATION]]
+pub(crate) const HELP: &str = "usage: cargo xtask bench [--quick] [--reps N] [--progs] [--scale] [--soak [DURATION]]
 
 Builds release binaries, then measures what enforcement costs (needs root): a client cgroup in one
 network namespace, a server in another, joined by veth. Configurations interleaved within every
@@ -51,13 +57,14 @@ repetition: none, nft-linear (N drop rules), nft-set (one rule over an interval 
 chokepoint (the daemon enforcing the client's identity, gateway plus N rules). Figures are ratios
 to `none` in the same repetition (median [min-max], `=noise` when the range spans 1), for
 N = 10, 1k, 100k; then per-program cost from kernel.bpf_stats (sockets of no identity and of an
-enforced identity, at 1 identity, 1,000 identities x 100 rules and 10,000 identities (selected cgroups)), policy change time, records delivered per second and
+enforced identity, at 1 identity, 1,000 identities x 100 rules and 4,096 identities (the policy limit; as many selected cgroups)), policy change time, records delivered per second and
 the daemon's footprint. Writes bench-results/bench-<time>.{json,md}.
 SIGINT/SIGTERM stop the run and clean up (daemon, namespaces, cgroups, bpf_stats).
 
   --quick   N = 10 only, 3 short repetitions (the CI smoke run; numbers are not judged)
   --reps N  repetitions per figure (default 30, --quick 3)
   --progs   the per-program (bpf_stats) pass only, N = 10 and 1 identity (about a minute)
+  --scale   the scale pass only: 1, 1,000 and 4,096 identities (the policy's limit)
   --soak [DURATION]
             mixed load for DURATION (90s, 30m, 1h; a plain number is minutes; default 30m): connects, UDP, denials, a policy apply every
             5 s and a `flows --follow` subscriber; daemon RSS, open fds and ring-buffer loss
@@ -113,21 +120,6 @@ impl Drop for BpfStats {
     }
 }
 
-/// `getppid` calls per second of this process for `secs`: what every syscall of the host pays
-/// for the compat syscall guard (`raw_tracepoint/sys_enter`) while it is attached.
-fn syscall_rate(secs: f64) -> f64 {
-    let t = Instant::now();
-    let mut n = 0u64;
-    while t.elapsed().as_secs_f64() < secs {
-        for _ in 0..1000 {
-            // SAFETY: getppid has no arguments and no side effects.
-            unsafe { libc::syscall(libc::SYS_getppid) };
-        }
-        n += 1000;
-    }
-    n as f64 / t.elapsed().as_secs_f64()
-}
-
 fn stats(v: &[f64]) -> Value {
     if v.is_empty() {
         return Value::Null;
@@ -136,28 +128,6 @@ fn stats(v: &[f64]) -> Value {
     s.sort_by(f64::total_cmp);
     let q = |p: f64| s[((s.len() as f64 - 1.0) * p).round() as usize];
     json!({"min": s[0], "median": q(0.5), "max": s[s.len() - 1], "q25": q(0.25), "q75": q(0.75), "p99": q(0.99), "n": s.len()})
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
-
-fn cpu_ticks(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = s.rsplit_once(')')?.1.to_string();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
-        })
-        .unwrap_or(0)
 }
 
 pub(crate) fn bench(rest: &[String]) -> anyhow::Result<()> {
@@ -179,6 +149,7 @@ pub(crate) fn bench(rest: &[String]) -> anyhow::Result<()> {
     };
     let mut quick = false;
     let mut progs_only = false;
+    let mut scale_only = false;
     let mut reps_arg: Option<usize> = None;
     for a in &rest {
         match a.as_str() {
@@ -193,6 +164,7 @@ pub(crate) fn bench(rest: &[String]) -> anyhow::Result<()> {
             }
             "--quick" => quick = true,
             "--progs" => progs_only = true,
+            "--scale" => scale_only = true,
             "--soak" => return soak(Duration::from_secs(30 * 60)),
             other if other.starts_with("--soak=") => {
                 return soak(parse_duration(&other["--soak=".len()..])?);
@@ -211,12 +183,14 @@ pub(crate) fn bench(rest: &[String]) -> anyhow::Result<()> {
         std::env::set_var("CHOKEPOINT_BIN", &bin);
         std::env::set_var("CP_PROBE_BIN", &probe);
     }
-    let sizes: Vec<usize> = if quick || progs_only {
+    let sizes: Vec<usize> = if scale_only {
+        vec![]
+    } else if quick || progs_only {
         vec![10]
     } else {
         vec![10, 1_000, 100_000]
     };
-    let reps = if progs_only {
+    let reps = if progs_only || scale_only {
         0
     } else if let Some(n) = reps_arg {
         n
@@ -343,8 +317,10 @@ pub(crate) fn bench(rest: &[String]) -> anyhow::Result<()> {
             }
             table[*metric] = m;
         }
-        // Separate pass: per-invocation cost from bpf_stats, and the daemon's footprint.
+        // Separate pass: per-invocation cost from bpf_stats, and the daemon's footprint, with no
+        // nft rules hooked (the last repetition's last configuration may have left them).
         check()?;
+        bed.nft(None);
         let d = Daemon::start(&doc, &[]);
         let pid = daemon_pid(&d);
         let rss = rss_kib(pid);
@@ -436,60 +412,14 @@ pub(crate) fn bench(rest: &[String]) -> anyhow::Result<()> {
         std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
         std::fs::write(dir.join(format!("bench-{stamp}.md")), markdown(&results))?;
     }
-    // Scale: the same per-program pass with one identity and with many (each its own cgroup, the
-    // gateway and its own rules), the enforced socket being one of them; the lookup cost should
-    // not move, the daemon's RSS is reported per size. 1,000 identities get 100 rules each, not
-    // 1,000: 1M rules exceed both the rules map (MAX_RULES, two generations) and the 50 MB
-    // document limit.
-    let mut per_count = json!({});
     let scales: &[(usize, usize)] = if progs_only {
         &[(1, 10)]
     } else if quick {
         &[(1, 10), (100, 10)]
     } else {
-        &[(1, 10), (1_000, 100), (10_000, 5)]
+        &[(1, 10), (1_000, 100), (MAX_IDENTITIES, 5)]
     };
-    for &(count, rules) in scales {
-        check()?;
-        eprintln!("bench: {count} identities x {rules} rules");
-        let pad = padding(rules);
-        let parent = Cgroup::new(&unique("cpbench-ids"));
-        for i in 1..count {
-            parent.child(&format!("i{i}"));
-        }
-        let doc = policy_identities(&bed.enforced.rel, &parent.rel, count, &pad);
-        let t = Instant::now();
-        let d = Daemon::start(&doc, &[]);
-        let start_s = t.elapsed().as_secs_f64();
-        let pid = daemon_pid(&d);
-        let cost = prog_table(&bed, &d, &gw, &udp, prog_secs)?;
-        // A policy change at this size (one identity's ports change): the CLI round trip.
-        let f = d.dir.join("scale.yaml");
-        std::fs::write(
-            &f,
-            doc.replacen(
-                "ports: [\"7000/udp\"]",
-                "ports: [\"7000/udp\", \"7100/tcp\"]",
-                1,
-            ),
-        )?;
-        let t = Instant::now();
-        let (ok, out, err) =
-            d.try_cli(&["policy", "apply", f.to_str().expect("utf8"), "-o", "json"]);
-        if !ok {
-            bail!("apply at {count} identities failed: {err}");
-        }
-        let change_s = t.elapsed().as_secs_f64();
-        let timing =
-            serde_json::from_str::<Value>(&out).unwrap_or(Value::Null)["timing_ms"].clone();
-        per_count[format!("{count}x{rules}")] = json!({
-            "identities": count,
-            "rules_each": rules,
-            "prog_cost": cost,
-            "daemon": {"rss_kib": rss_kib(pid), "start_and_apply_s": start_s, "change_s": change_s, "change_timing_ms": timing},
-        });
-        drop(d);
-    }
+    let per_count = scale_pass(&bed, &gw, &udp, prog_secs, scales)?;
     results["identities"] = per_count;
     std::fs::write(&json_path, serde_json::to_string_pretty(&results)?)?;
     std::fs::write(dir.join(format!("bench-{stamp}.md")), markdown(&results))?;
@@ -497,49 +427,4 @@ pub(crate) fn bench(rest: &[String]) -> anyhow::Result<()> {
     println!("{md}");
     println!("results: {}", json_path.display());
     Ok(())
-}
-
-fn daemon_pid(d: &Daemon) -> u32 {
-    // The daemon is the process holding its socket; find it through /proc.
-    let want = d.socket.to_string_lossy().to_string();
-    for e in std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .filter_map(Result::ok)
-    {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        if let Ok(cmd) = std::fs::read(format!("/proc/{pid}/cmdline")) {
-            let s = String::from_utf8_lossy(&cmd);
-            if s.contains("daemon") && s.contains(&want) {
-                return pid;
-            }
-        }
-    }
-    0
-}
-
-fn chrono_stamp() -> String {
-    let secs = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    secs.to_string()
-}
-
-fn machine() -> Value {
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-        .unwrap_or_default()
-        .trim()
-        .to_string();
-    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
-    let model = std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("model name"))
-                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
-        })
-        .unwrap_or_default();
-    json!({"kernel": kernel, "cpus": cpus, "cpu": model})
 }
