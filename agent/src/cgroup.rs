@@ -49,6 +49,7 @@ pub struct PathCache {
 }
 
 impl PathCache {
+    /// An empty cache of the cgroups under `root`.
     pub fn new(root: PathBuf) -> Self {
         Self {
             root,

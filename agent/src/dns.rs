@@ -19,6 +19,7 @@ pub struct DnsCache {
 }
 
 impl DnsCache {
+    /// An empty cache; addresses stay allowed for `grace` after they were last seen.
     pub fn new(grace: Duration) -> Self {
         Self {
             grace,

@@ -3,6 +3,8 @@
 //! tests use the parsers directly. `docs/architecture.md` shows the module map and what may
 //! depend on what.
 
+#![warn(missing_docs)]
+
 pub mod alerts;
 pub mod api;
 pub mod attest;

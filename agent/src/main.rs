@@ -3,6 +3,8 @@
 //! Exit codes (docs/cli.md): 0 ok, 1 failure (and `policy diff` with changes, `audit verify` on
 //! tampering), 2 usage error.
 
+#![warn(missing_docs)]
+
 use clap::{CommandFactory, Parser};
 
 use chokepoint_agent::{

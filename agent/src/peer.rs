@@ -7,8 +7,11 @@ use serde::{Deserialize, Serialize};
 /// The process behind an API request (or the daemon itself, for its own changes).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Who {
+    /// User id of the process.
     pub uid: Option<u32>,
+    /// Process id.
     pub pid: Option<u32>,
+    /// Command name (`/proc/PID/comm`).
     pub comm: Option<String>,
 }
 

@@ -13,12 +13,19 @@ use crate::util::write_atomic;
 /// Metadata of one applied generation.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct GenerationMeta {
+    /// The generation number.
     pub generation: u32,
+    /// The policy's `metadata.name`.
     pub name: String,
+    /// `sha256:<hex>` of the policy text.
     pub digest: String,
+    /// When it was applied (RFC 3339).
     pub applied_at: String,
+    /// User id of who applied it.
     pub by_uid: Option<u32>,
+    /// Process id of who applied it.
     pub by_pid: Option<u32>,
+    /// The generation active before it.
     pub previous: Option<u32>,
     /// `apply`, `rollback` or `startup`.
     pub action: String,
@@ -27,27 +34,40 @@ pub struct GenerationMeta {
 /// A task-scoped grant as stored.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct StoredGrant {
+    /// The identity granted.
     pub identity: String,
     /// As given: `HOST_OR_CIDR:PORT[/PROTO]`.
     pub to: String,
+    /// The task id the grant was made under.
     pub task: String,
+    /// The kernel's task number: a hash of `task`.
     pub task_id: u64,
     /// Wall-clock expiry, ns since the epoch.
     pub expires_wall_ns: u128,
+    /// When it was granted (RFC 3339).
     pub granted_at: String,
 }
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    /// A state file or the directory could not be read or written.
     #[error("state dir {path}: {source}")]
     Io {
+        /// The path.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A state file does not parse.
     #[error("state file {path} is corrupt: {why}")]
-    Corrupt { path: PathBuf, why: String },
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
 /// The state directory.

@@ -13,26 +13,43 @@ use crate::{audit::FlowRecord, util};
 /// One alert.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Alert {
+    /// When the alert was emitted (RFC 3339, UTC, nanoseconds): the window's close.
     pub time: String,
+    /// The node the attempts were seen on.
     pub node: String,
+    /// `critical`, `high` or `warning` (see [`severity`]).
     pub severity: String,
+    /// The identity that made the attempts.
     pub identity: Option<String>,
+    /// The identity's tenant.
     pub tenant: Option<String>,
+    /// Task id of the grant in force at the first attempt.
     pub task: Option<String>,
+    /// The destination tried (`ip:port`).
     pub dst: Option<String>,
+    /// The flow record's reason (why it was denied or would have been).
     pub reason: String,
+    /// `deny`, or `audit` for an identity in audit mode.
     pub verdict: String,
+    /// Attempts in the window.
     pub count: u64,
+    /// Time of the first attempt in the window (RFC 3339).
     pub first_seen: String,
+    /// Time of the last attempt in the window (RFC 3339).
     pub last_seen: String,
+    /// Policy generation of the first attempt.
     pub policy_generation: u32,
+    /// Process id of the first attempt's task.
     pub pid: Option<u32>,
+    /// Command name of the first attempt's task.
     pub comm: Option<String>,
     /// On Kubernetes: the pod of the first attempt.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// On Kubernetes: the pod's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// On Kubernetes: the pod's service account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<String>,
 }
@@ -60,6 +77,7 @@ pub fn severity(reason: &str, verdict: &str) -> &'static str {
 }
 
 impl Deduper {
+    /// An empty window of length `window`.
     pub fn new(window: Duration) -> Self {
         Self {
             window,

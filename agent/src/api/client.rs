@@ -15,20 +15,26 @@ use crate::policy::error::PolicyError;
 /// Client errors.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
+    /// The socket could not be connected.
     #[error("cannot reach the daemon at {path} (is `chokepoint daemon` running?)")]
     Connect {
+        /// The API socket's path.
         path: String,
+        /// Why the connect failed.
         #[source]
         source: std::io::Error,
     },
+    /// Reading from or writing to the connected socket failed.
     #[error("talking to the daemon: {0}")]
     Io(#[from] std::io::Error),
+    /// A response line that does not decode.
     #[error("the daemon sent an unreadable response: {0}")]
     Protocol(String),
     /// The policy sent did not validate: every problem, positioned (printed one per line as
     /// `file:line:col: field: message`).
     #[error(transparent)]
     Policy(PolicyError),
+    /// The daemon refused the request; its message.
     #[error("{0}")]
     Daemon(String),
 }

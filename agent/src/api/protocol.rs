@@ -17,60 +17,90 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum Request {
+    /// The daemon's status.
     Status,
+    /// The identities of the active generation.
     Identities,
+    /// The active policy.
     PolicyShow,
+    /// Compile a policy and make it the active generation.
     PolicyApply {
+        /// The file name the policy came from (for positions in errors).
         file: String,
+        /// The policy document.
         source: String,
     },
+    /// Compile a policy and say how it differs from the active one, changing nothing.
     PolicyDiff {
+        /// The file name the policy came from (for positions in errors).
         file: String,
+        /// The policy document.
         source: String,
     },
+    /// The generations kept, newest first.
     PolicyHistory,
+    /// Make an earlier generation active again.
     PolicyRollback {
+        /// The generation to go back to; none for the one before the active one.
         generation: Option<u32>,
     },
     /// Flow records; `filter` is applied by the daemon (`identity` and `verdict` at the top
     /// level are the protocol's first form and still accepted).
     Flows {
+        /// Keep streaming new records after the buffered ones.
         #[serde(default)]
         follow: bool,
+        /// Which records to send.
         #[serde(default)]
         filter: crate::query::Query,
+        /// Only this identity (first protocol form).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         identity: Option<String>,
+        /// Only this verdict (first protocol form).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         verdict: Option<String>,
     },
     /// Alerts, filtered like flows.
     Alerts {
+        /// Keep streaming new alerts after the buffered ones.
         #[serde(default)]
         follow: bool,
+        /// Which alerts to send.
         #[serde(default)]
         filter: crate::query::Query,
     },
     /// The shadow-integration inventory.
     Inventory {
+        /// Only this identity.
         #[serde(default)]
         identity: Option<String>,
     },
+    /// Let an identity reach a destination for a time, under a task id.
     Grant {
+        /// The identity granted.
         identity: String,
+        /// The destination, as `chokepoint grant --to` takes it.
         to: String,
+        /// How long the grant lasts, in seconds.
         ttl_secs: u64,
+        /// The task id the grant is recorded and revoked under.
         task: String,
     },
+    /// Remove every grant of a task.
     Revoke {
+        /// The task id.
         task: String,
     },
+    /// Who is behind a live gateway connection.
     Attest {
+        /// The client's address as the gateway sees it (`ip:port`).
         peer: String,
+        /// The gateway endpoint's address (`ip:port`).
         local: String,
     },
     /// Names learned for toFQDN rules.
     Fqdn {
+        /// Only this identity.
         #[serde(default)]
         identity: Option<String>,
     },
@@ -79,14 +109,19 @@ pub enum Request {
 /// Why a request line was rejected before it reached a handler.
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum DecodeError {
+    /// The line is not JSON; the parser's message.
     #[error("request is not valid JSON: {0}")]
     Json(String),
+    /// The line is JSON but not an object.
     #[error("request must be a JSON object")]
     NotObject,
+    /// The object has no `v` field.
     #[error("request has no protocol version `v` (this daemon speaks v{VERSION})")]
     NoVersion,
+    /// A `v` this daemon does not speak; the value sent.
     #[error("unsupported protocol version {0} (this daemon speaks v{VERSION})")]
     Version(String),
+    /// The command is unknown or its fields are wrong; the decoder's message.
     #[error("unknown or malformed command: {0}")]
     Command(String),
 }

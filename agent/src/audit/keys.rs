@@ -18,16 +18,27 @@ pub const PUBLIC_KEY_FILE: &str = "audit-key.pub";
 /// Errors of the key store and the chain.
 #[derive(Debug, thiserror::Error)]
 pub enum ChainError {
+    /// The key file could not be read or written.
     #[error("audit signing key {path}: {source}")]
     Key {
+        /// The key file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The key file holds no valid key.
     #[error("audit signing key {path} is corrupt: {why}")]
-    KeyCorrupt { path: PathBuf, why: String },
+    KeyCorrupt {
+        /// The key file.
+        path: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A record did not serialise as a non-empty JSON object.
     #[error("a record must serialise as a non-empty JSON object")]
     NotObject,
+    /// A record did not serialise.
     #[error("serialising a record: {0}")]
     Json(#[from] serde_json::Error),
 }

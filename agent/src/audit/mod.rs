@@ -16,7 +16,9 @@ pub use sink::{AuditEvent, AuditSink, Transform, append_field};
 /// A record with the schema version in front (for records whose type has no `schema` field).
 #[derive(serde::Serialize)]
 pub struct Versioned<'a, T: serde::Serialize> {
+    /// The record schema version.
     pub schema: u32,
+    /// The record, its fields after `schema`.
     #[serde(flatten)]
     pub record: &'a T,
 }

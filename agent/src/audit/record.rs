@@ -11,26 +11,47 @@ pub const SCHEMA_VERSION: u32 = 1;
 /// One flow record (DESIGN.md §5).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct FlowRecord {
+    /// The record schema version ([`SCHEMA_VERSION`]).
     pub schema: u32,
+    /// Time of the kernel decision (RFC 3339, UTC, nanoseconds).
     pub time: String,
+    /// `NODE_NAME` or the host name.
     pub node: String,
+    /// The identity, from the generation the decision was made under.
     pub identity: Option<String>,
+    /// The identity's tenant.
     pub tenant: Option<String>,
+    /// Task id of the grant that allowed the flow.
     pub task: Option<String>,
+    /// The socket's cgroup, relative to `--cgroup-root`.
     pub cgroup: Option<String>,
+    /// Process id of the task that made the decision (per packet: the socket's creator).
     pub pid: Option<u32>,
+    /// Command name of that task.
     pub comm: Option<String>,
+    /// User id of that task.
     pub uid: Option<u32>,
+    /// Address family, 4 or 6 (after IPv4-mapped normalisation).
     pub family: Option<u8>,
+    /// `tcp`, `udp`, `icmp`, …; for refused sockets `raw`, `packet` or `afN/type`.
     pub proto: Option<String>,
+    /// Source `ip:port` (known for per-packet decisions).
     pub src: Option<String>,
+    /// Destination `ip:port` (`[ip]:port` for IPv6).
     pub dst: Option<String>,
+    /// `allow`, `deny`, `audit` or `lost`.
     pub verdict: String,
+    /// Why (`gateway`, `rule`, `grant`, `not_gateway`, …; `docs/records.md` lists them).
     pub reason: String,
+    /// The hook that decided (`connect4`, `sendmsg6`, `skb`, …).
     pub hook: Option<String>,
+    /// The generation the decision was made under.
     pub policy_generation: u32,
+    /// The rule that matched: `gateway:NAME` or `allow[i]: reason`.
     pub rule: Option<String>,
+    /// The kernel socket cookie (the join key with the gateway's logs).
     pub socket_cookie: Option<u64>,
+    /// `enforce` or `audit`.
     pub mode: Option<String>,
     /// For `verdict: "lost"`: how many records were lost.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -41,8 +62,10 @@ pub struct FlowRecord {
     /// On Kubernetes: the pod's namespace, name and service account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// On Kubernetes: the pod's name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
+    /// On Kubernetes: the pod's service account.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<String>,
 }
@@ -50,16 +73,24 @@ pub struct FlowRecord {
 /// The pod behind a cgroup (Kubernetes).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodRef {
+    /// The pod's namespace.
     pub namespace: String,
+    /// The pod's name.
     pub pod: String,
+    /// The pod's service account.
     pub service_account: String,
 }
 
 /// What enrichment needs to know about the identities of a generation.
 pub trait Names {
+    /// Name and tenant of identity number `ident` (1-based) in generation `generation`.
     fn identity(&self, generation: u32, ident: u32) -> Option<(String, Option<String>)>;
+    /// The `rule` field for a decision of `ident` in `generation` with `reason` and rule index
+    /// `rule`.
     fn rule(&self, generation: u32, ident: u32, reason: u8, rule: u32) -> Option<String>;
+    /// The task id behind the kernel's task number `task` (a hash of the id).
     fn task(&self, task: u64) -> Option<String>;
+    /// The path of cgroup `id`, relative to the cgroup root.
     fn cgroup(&mut self, id: u64) -> Option<String>;
     /// The looked-up name that allowed `addr` under a `toFQDN` rule.
     fn fqdn_name(&self, _identity: &str, _addr: std::net::IpAddr, _rule: u32) -> Option<String> {

@@ -28,10 +28,13 @@ pub enum Tampering {
 /// The first problem found.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Problem {
+    /// The file the problem is in.
     pub file: PathBuf,
     /// 1-based line number in `file`.
     pub line: usize,
+    /// What kind of tampering it shows.
     pub kind: Tampering,
+    /// What was found, for people.
     pub message: String,
 }
 
@@ -58,23 +61,31 @@ pub struct Summary {
     pub files: Vec<PathBuf>,
     /// Chained lines (records and checkpoints).
     pub records: u64,
+    /// Signed checkpoints.
     pub checkpoints: u64,
+    /// Sequence number of the first chained line.
     pub first_seq: Option<u64>,
+    /// Sequence number of the last chained line.
     pub last_seq: Option<u64>,
     /// Lines after the last checkpoint (protected by the chain only until the next one).
     pub unsigned_tail: u64,
+    /// Id of the public key the checkpoints were verified with.
     pub key_id: String,
 }
 
 /// Errors that are not tampering (unreadable input).
 #[derive(Debug, thiserror::Error)]
 pub enum VerifyError {
+    /// A file could not be read.
     #[error("{path}: {source}")]
     Read {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// No files were given.
     #[error("no audit log files given")]
     NoFiles,
 }

@@ -21,9 +21,12 @@ use tracing::{info, warn};
 /// Errors of the backstop.
 #[derive(Debug, thiserror::Error)]
 pub enum BackstopError {
+    /// The pinned TC program could not be opened.
     #[error("the TC program is not pinned at {path}: {source}")]
     Program {
+        /// Where it should be pinned.
         path: PathBuf,
+        /// Why it could not be opened.
         #[source]
         source: aya::programs::ProgramError,
     },

@@ -16,17 +16,25 @@ fn m(map: &'static str) -> impl FnOnce(aya::maps::MapError) -> MapsError {
 /// One (rule, ports) allowance of a learned address.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Allowance {
+    /// Rule index of the `toFQDN` rule within the identity.
     pub rule: u32,
+    /// First port allowed.
     pub port_lo: u16,
+    /// Last port allowed, inclusive.
     pub port_hi: u16,
+    /// IP protocol number, or `PROTO_ANY`.
     pub proto: u8,
+    /// Nanoseconds since boot (`CLOCK_BOOTTIME`) when the allowance expires.
     pub expires_boot_ns: u64,
 }
 
 /// The `toFQDN` maps.
 pub struct FqdnMaps {
+    /// `CP_FQDN`: addresses learned per identity, with their allowances.
     pub learned: HashMap<MapData, FqdnKey, FqdnVal>,
+    /// `CP_DNSPX`: identity id to the port of the DNS proxy serving it.
     pub proxies: HashMap<MapData, u32, DnsProxy>,
+    /// `CP_DNSCFG`: where the DNS proxy listens.
     pub cfg: Array<MapData, DnsCfg>,
 }
 

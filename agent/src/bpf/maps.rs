@@ -14,23 +14,36 @@ use crate::policy::parse::Cidr;
 /// Errors writing policy into the kernel.
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
+    /// A map operation failed.
     #[error("map operation on {map} failed: {source}")]
     Map {
+        /// The map's name.
         map: &'static str,
+        /// aya's error.
         #[source]
         source: MapError,
     },
+    /// A batch update stopped part way.
     #[error("batch write to {map} failed after {done} entries: {source}")]
     Batch {
+        /// The map's name.
         map: &'static str,
+        /// Entries written before it stopped.
         done: usize,
+        /// The system call's error.
         #[source]
         source: std::io::Error,
     },
+    /// A destination prefix already holds the most grants it can (`MAX_GRANT_ENTRIES`).
     #[error(
         "grant for task `{task}` to {dest}: more than {MAX_GRANT_ENTRIES} grants at one destination prefix"
     )]
-    GrantsFull { task: String, dest: String },
+    GrantsFull {
+        /// The task id of the grant refused.
+        task: String,
+        /// The destination prefix.
+        dest: String,
+    },
 }
 
 pub(super) fn m(map: &'static str) -> impl FnOnce(MapError) -> MapsError {
@@ -39,9 +52,13 @@ pub(super) fn m(map: &'static str) -> impl FnOnce(MapError) -> MapsError {
 
 /// The policy maps the agent writes.
 pub struct PolicyMaps {
+    /// `CP_CONFIG`: active slot, generation and epoch.
     pub config: Array<MapData, Config>,
+    /// `CP_IDENT`: cgroup id (per slot) to identity.
     pub ident: HashMap<MapData, IdentKey, IdentVal>,
+    /// `CP_RULES`: gateway endpoints and allow rules (per slot and identity).
     pub rules: LpmTrie<MapData, [u8; LPM_DATA_LEN], RuleVal>,
+    /// `CP_GRANTS`: task-scoped grants with their expiry.
     pub grants: LpmTrie<MapData, [u8; LPM_DATA_LEN], GrantVal>,
     /// Keys this process wrote into each slot; `None` until known (after an adoption the slot is
     /// cleared by walking the maps once).
@@ -54,8 +71,11 @@ pub struct PolicyMaps {
 /// One cgroup an identity covers in a generation.
 #[derive(Clone, Debug)]
 pub struct IdentBinding {
+    /// The cgroup's id (its inode number in cgroupfs).
     pub cgroup_id: u64,
+    /// Identity id (1-based).
     pub ident: u32,
+    /// `MODE_ENFORCE` or `MODE_AUDIT`.
     pub mode: u8,
 }
 
@@ -155,18 +175,27 @@ impl PolicyMaps {
 /// A grant as the maps need it.
 #[derive(Clone, Debug)]
 pub struct GrantSpec {
+    /// Identity id (1-based).
     pub ident: u32,
+    /// The destination prefix.
     pub cidr: Cidr,
+    /// First port granted.
     pub port_lo: u16,
+    /// Last port granted, inclusive.
     pub port_hi: u16,
+    /// IP protocol number, or `PROTO_ANY`.
     pub proto: u8,
+    /// The kernel's task number: a hash of the task id (never 0).
     pub task: u64,
+    /// The task id as given.
     pub task_name: String,
+    /// Nanoseconds since boot (`CLOCK_BOOTTIME`) when the grant expires.
     pub expires_boot_ns: u64,
 }
 
 /// Kernel-side counters.
 pub struct Stats {
+    /// `CP_STATS`: per-CPU u64 counters, indexed by `stat_index`.
     pub map: PerCpuArray<MapData, u64>,
 }
 
@@ -224,6 +253,7 @@ pub fn event_addr(family: u8, bytes: &[u8; 16]) -> IpAddr {
 
 /// The attestation map: live gateway connections of identities.
 pub struct Attest {
+    /// `CP_ATTEST`: 4-tuple as the gateway sees it to the identity behind it.
     pub map: HashMap<MapData, AttestKey, AttestVal>,
 }
 

@@ -64,44 +64,68 @@ const ADDED_MAPS: [&str; 4] = [names::ACCEPT, names::REPLY, names::DNSANS, names
 /// Errors of the loader.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The binary holds no eBPF object.
     #[error("this binary was built without its eBPF object (AYA_BUILD_SKIP); rebuild without it")]
     NoObject,
+    /// The bpffs directory could not be made ready.
     #[error("cannot prepare bpffs at {path}: {source}")]
     Bpffs {
+        /// The directory.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// aya could not load the object.
     #[error("loading the eBPF object failed: {0}")]
     Ebpf(#[from] aya::EbpfError),
+    /// A program failed to load or attach.
     #[error("program {name} (needs {}): {source}", features::needs(name))]
     Program {
+        /// The program's name.
         name: String,
+        /// aya's error.
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// A map is missing or of the wrong type.
     #[error("map {name}: {source}")]
     Map {
+        /// The map's name.
         name: String,
+        /// aya's error.
         #[source]
         source: aya::maps::MapError,
     },
+    /// A map, program or link could not be pinned.
     #[error("pin {path}: {source}")]
     Pin {
+        /// The pin path.
         path: PathBuf,
+        /// Why.
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The maps pinned by an earlier install have another layout than this build's.
     #[error(
         "the pinned maps under {dir} do not match this build's layout ({what}); refusing to touch them (enforcement stays as pinned). Run `chokepoint uninstall` to remove them"
     )]
-    LayoutMismatch { dir: PathBuf, what: String },
+    LayoutMismatch {
+        /// The pin directory.
+        dir: PathBuf,
+        /// What differs.
+        what: String,
+    },
+    /// The cgroup root could not be opened.
     #[error("cgroup root {path}: {source}")]
     Cgroup {
+        /// The cgroup root.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The first policy could not be written into the maps.
     #[error("writing the initial policy failed: {0}")]
     Fill(#[from] maps::MapsError),
 }
@@ -109,8 +133,11 @@ pub enum LoadError {
 /// State of one attached program.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct Attached {
+    /// The program's name.
     pub program: String,
+    /// What it is attached to: the cgroup root, or a network interface.
     pub target: String,
+    /// Where its link is pinned.
     pub pin: PathBuf,
     /// `kept` (adopted as pinned), `attached` (new), `replaced` (new program, old link replaced).
     pub how: &'static str,
@@ -118,13 +145,19 @@ pub struct Attached {
 
 /// The loaded kernel side.
 pub struct Kernel {
+    /// The policy maps.
     pub policy: PolicyMaps,
+    /// The attestation map.
     pub attest: maps::Attest,
+    /// The `toFQDN` maps.
     pub fqdn: fqdn::FqdnMaps,
+    /// `CP_EVENTS`, the flow records; `None` once the consumer has taken it.
     pub events: Option<RingBuf<MapData>>,
     /// DNS answers of identities (host names for the inventory) and their loss counter.
     pub dns_answers: Option<(RingBuf<MapData>, PerCpuArray<MapData, u64>)>,
+    /// The kernel-side counters.
     pub stats: Stats,
+    /// Every program attached (or kept as pinned).
     pub attached: Vec<Attached>,
     /// Programs that could not attach (e.g. no BPF LSM): name → reason.
     pub degraded: Vec<(String, String)>,

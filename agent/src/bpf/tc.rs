@@ -40,6 +40,7 @@ pub enum TcMode {
 }
 
 impl TcMode {
+    /// The mode's name as the status shows it (`tcx`, `clsact`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Tcx => "tcx",

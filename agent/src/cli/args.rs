@@ -21,6 +21,7 @@ pub struct Cli {
     /// /run/chokepoint/chokepoint.sock). Accepted before or after the subcommand.
     #[arg(long, global = true, env = "CHOKEPOINT_SOCKET", value_name = "PATH")]
     pub socket: Option<PathBuf>,
+    /// The subcommand.
     #[command(subcommand)]
     pub cmd: Command,
 }
@@ -115,6 +116,7 @@ impl QueryArgs {
     }
 }
 
+/// The subcommands of `chokepoint`.
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Load and attach the kernel programs, apply policy, serve the API and metrics.
@@ -125,18 +127,21 @@ pub enum Command {
     /// Validate, apply, show, diff, list and roll back policy.
     #[command(after_help = "Example:\n  chokepoint policy apply policy.yaml")]
     Policy {
+        /// The policy subcommand.
         #[command(subcommand)]
         cmd: PolicyCmd,
     },
     /// Programs attached, generation, mode per identity, health.
     #[command(after_help = "Example:\n  chokepoint status -o json")]
     Status {
+        /// Output format.
         #[command(flatten)]
         out: OutputArgs,
     },
     /// Identities and the cgroups they currently cover.
     #[command(after_help = "Example:\n  chokepoint identities -o json")]
     Identities {
+        /// Output format.
         #[command(flatten)]
         out: OutputArgs,
     },
@@ -148,8 +153,10 @@ pub enum Command {
         /// Stream new records as they arrive (a `lost` line reports any the stream missed).
         #[arg(long)]
         follow: bool,
+        /// Which records.
         #[command(flatten)]
         query: QueryArgs,
+        /// Output format.
         #[command(flatten)]
         out: OutputArgs,
     },
@@ -161,8 +168,10 @@ pub enum Command {
         /// Stream new alerts as they are raised (a `lost` line reports any the stream missed).
         #[arg(long)]
         follow: bool,
+        /// Which alerts.
         #[command(flatten)]
         query: QueryArgs,
+        /// Output format.
         #[command(flatten)]
         out: OutputArgs,
     },
@@ -183,6 +192,7 @@ pub enum Command {
         /// The task id the grant belongs to (revoke with `chokepoint revoke --task`).
         #[arg(long)]
         task: String,
+        /// Output format.
         #[command(flatten)]
         out: OutputArgs,
     },
@@ -192,6 +202,7 @@ pub enum Command {
         /// The task whose grants are removed.
         #[arg(long)]
         task: String,
+        /// Output format.
         #[command(flatten)]
         out: OutputArgs,
     },
@@ -206,6 +217,7 @@ pub enum Command {
         /// The gateway endpoint's address.
         #[arg(long)]
         local: String,
+        /// Output format.
         #[command(flatten)]
         out: OutputArgs,
     },
@@ -215,12 +227,14 @@ pub enum Command {
         /// Only this identity.
         #[arg(long, value_name = "NAME")]
         identity: Option<String>,
+        /// Output format.
         #[command(flatten)]
         out: OutputArgs,
     },
     /// The audit log's tamper evidence.
     #[command(after_help = "Example:\n  chokepoint audit verify /var/log/chokepoint/audit.jsonl*")]
     Audit {
+        /// The audit subcommand.
         #[command(subcommand)]
         cmd: AuditCmd,
     },
@@ -273,16 +287,22 @@ pub enum AuditCmd {
         /// The daemon's state dir, where the public key is.
         #[arg(long, value_name = "DIR", default_value = "/var/lib/chokepoint")]
         state_dir: PathBuf,
+        /// Output format.
         #[command(flatten)]
         out: OutputArgs,
     },
 }
 
+/// A record verdict to filter on.
 #[derive(Clone, Copy, Debug, ValueEnum)]
 pub enum VerdictArg {
+    /// Allowed.
     Allow,
+    /// Denied.
     Deny,
+    /// Would have been denied (audit mode).
     Audit,
+    /// Records lost (how many in `count`).
     Lost,
 }
 
@@ -298,6 +318,7 @@ impl VerdictArg {
     }
 }
 
+/// The subcommands of `chokepoint policy`.
 #[derive(Subcommand, Debug)]
 pub enum PolicyCmd {
     /// Exit 0, or print every problem as file:line:col: field: message.
@@ -316,12 +337,14 @@ pub enum PolicyCmd {
     Apply {
         /// The policy document.
         file: PathBuf,
+        /// Output format.
         #[command(flatten)]
         out: OutputArgs,
     },
     /// The active policy and its generation.
     #[command(after_help = "Example:\n  chokepoint policy show -o json")]
     Show {
+        /// Output format.
         #[command(flatten)]
         out: OutputArgs,
     },
@@ -330,12 +353,14 @@ pub enum PolicyCmd {
     Diff {
         /// The candidate policy document.
         file: PathBuf,
+        /// Output format.
         #[command(flatten)]
         out: OutputArgs,
     },
     /// Every applied generation.
     #[command(after_help = "Example:\n  chokepoint policy history")]
     History {
+        /// Output format.
         #[command(flatten)]
         out: OutputArgs,
     },
@@ -346,6 +371,7 @@ pub enum PolicyCmd {
     Rollback {
         /// The generation to restore.
         generation: Option<u32>,
+        /// Output format.
         #[command(flatten)]
         out: OutputArgs,
     },

@@ -10,7 +10,9 @@ use serde::Deserialize;
 #[derive(Clone, Copy, Debug, ValueEnum, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum LogFormat {
+    /// Human-readable lines.
     Text,
+    /// One JSON object per line.
     Json,
 }
 
@@ -95,6 +97,7 @@ pub struct DaemonArgs {
     /// 10 minutes after they leave the answer).
     #[arg(long)]
     pub dns_refresh: Option<String>,
+    /// The `toFQDN` options.
     #[command(flatten)]
     pub fqdn: crate::fqdn::cli::FqdnArgs,
     /// Kubernetes: resolve `selector.pod` from the API server (a watcher of this node's pods and

@@ -33,9 +33,13 @@ pub struct FqdnArgs {
 /// Resolved `toFQDN` options of the daemon.
 #[derive(Clone, Debug)]
 pub struct FqdnOptions {
+    /// The address pods' lookups are redirected to (`--dns-proxy-pod-addr`).
     pub pod_addr: Option<Ipv4Addr>,
+    /// Shortest lifetime of a learned address, whatever the answer's TTL.
     pub min_ttl: Duration,
+    /// Time a learned address stays allowed after its TTL.
     pub grace: Duration,
+    /// Most learned addresses per identity.
     pub max_per_identity: usize,
 }
 
@@ -81,6 +85,7 @@ pub struct FqdnCmd {
     /// Only this identity.
     #[arg(long, value_name = "NAME")]
     pub identity: Option<String>,
+    /// Output format.
     #[command(flatten)]
     pub out: OutputArgs,
 }

@@ -61,24 +61,30 @@ pub struct Settings {
     /// An address of this host that pods reach (their namespaces' sockets are redirected there);
     /// `None`: only identities in the daemon's network namespace are served.
     pub pod_addr: Option<Ipv4Addr>,
+    /// Shortest lifetime of a learned address, whatever the answer's TTL.
     pub min_ttl: Duration,
+    /// Time a learned address stays allowed after its TTL.
     pub grace: Duration,
+    /// Most learned addresses per identity; past it an `fqdn_cap` record is written.
     pub max_per_identity: usize,
     /// `<state-dir>/fqdn.json`.
     pub state_file: PathBuf,
     /// The audit log (cap records).
     pub audit: AuditSink,
+    /// This node's name (for the records).
     pub node: String,
 }
 
 /// One learned (address, rule, name) of an identity, as kept and persisted.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Learned {
+    /// The identity that looked the name up.
     pub identity: String,
     /// The `toFQDN` pattern of the rule (rules are matched by pattern after a policy change).
     pub pattern: String,
     /// The name the identity looked up.
     pub name: String,
+    /// The address the answer held.
     pub addr: IpAddr,
     /// Boot-clock expiry (ns), as the kernel checks it.
     pub expires_boot_ns: u64,

@@ -35,14 +35,18 @@ pub struct Destination {
     pub ports: BTreeSet<String>,
     /// Reasons the attempts were refused (`not_gateway`, `dns_resolver`, …).
     pub reasons: BTreeSet<String>,
+    /// Attempts refused.
     pub attempts: u64,
+    /// Time of the first attempt (RFC 3339).
     pub first_seen: String,
+    /// Time of the last attempt (RFC 3339).
     pub last_seen: String,
 }
 
 /// The destinations of one identity.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct IdentityEntry {
+    /// The identity's tenant.
     pub tenant: Option<String>,
     /// Keyed by address.
     pub destinations: BTreeMap<String, Destination>,
@@ -54,22 +58,30 @@ pub struct IdentityEntry {
 /// The whole inventory (what `inventory.json` holds).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Inventory {
+    /// Format version of the file (1).
     pub version: u32,
+    /// Keyed by identity name.
     pub identities: BTreeMap<String, IdentityEntry>,
 }
 
 /// Errors loading or saving the inventory.
 #[derive(Debug, thiserror::Error)]
 pub enum InventoryError {
+    /// The file could not be read or written.
     #[error("inventory {path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The file is not a valid inventory.
     #[error("inventory {path} is corrupt: {source}")]
     Corrupt {
+        /// The file.
         path: PathBuf,
+        /// The parser's error.
         #[source]
         source: serde_json::Error,
     },
@@ -77,6 +89,7 @@ pub enum InventoryError {
 
 /// Host names learned from the sanctioned resolver's answers (identity, address → name).
 pub trait HostNames {
+    /// The name `identity` resolved to `addr`, if one was seen.
     fn host_of(&self, identity: &str, addr: &str) -> Option<String>;
 }
 

@@ -14,15 +14,20 @@ use std::{fs, path::Path};
 /// The kubelet cgroup driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Driver {
+    /// Pod cgroups as `kubepods/<qos>/pod<uid>` directories.
     Cgroupfs,
+    /// Pod cgroups as systemd slices (`kubepods-<qos>-pod<uid>.slice`).
     Systemd,
 }
 
 /// A pod's QoS class (`status.qosClass`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Qos {
+    /// Requests equal limits for every container.
     Guaranteed,
+    /// Some requests or limits, not Guaranteed.
     Burstable,
+    /// No requests or limits.
     BestEffort,
 }
 
@@ -50,8 +55,11 @@ impl Qos {
 /// A container runtime, as seen in a container cgroup's name or a `containerID` URI.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Runtime {
+    /// containerd.
     Containerd,
+    /// CRI-O.
     Crio,
+    /// Docker (cri-dockerd).
     Docker,
 }
 
@@ -60,7 +68,9 @@ pub enum Runtime {
 pub struct PodCgroup {
     /// The pod UID, with dashes (as in `metadata.uid`).
     pub uid: String,
+    /// The pod's QoS class (which level of the tree it is under).
     pub qos: Qos,
+    /// The cgroup driver the path's form shows.
     pub driver: Driver,
     /// Path of the pod cgroup relative to the cgroup root, without leading `/`.
     pub path: String,
@@ -80,6 +90,7 @@ pub struct ContainerCgroup {
 /// What a cgroup path says about pods.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Parsed {
+    /// The pod cgroup.
     pub pod: PodCgroup,
     /// The container directory directly under the pod, when the path goes below the pod.
     pub container: Option<ContainerCgroup>,

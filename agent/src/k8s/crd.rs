@@ -33,14 +33,18 @@ pub struct EgressPolicyStatus {
 #[derive(Clone, Debug, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Condition {
+    /// The condition type (`Accepted`).
     #[serde(rename = "type")]
     pub type_: String,
     /// `True`, `False` or `Unknown`.
     pub status: String,
+    /// A CamelCase reason for the status (e.g. `InvalidPolicy`).
     pub reason: String,
+    /// What happened, for people.
     pub message: String,
     /// RFC 3339.
     pub last_transition_time: String,
+    /// The `metadata.generation` the condition is about.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }

@@ -55,6 +55,7 @@ pub fn default_prefixes() -> Vec<Vec<String>> {
 
 /// Resolves pod identities to pod cgroups.
 pub struct PodBinder {
+    /// The pods of this node, from the watcher.
     pub cache: Arc<PodCache>,
     prefixes: Vec<Vec<String>>,
     /// The daemon's own cgroup (relative to the root): its pod is never bound.
@@ -67,8 +68,11 @@ pub struct PodBinder {
 /// One pod cgroup and what it is bound to.
 #[derive(Clone, Debug)]
 pub struct PodBinding {
+    /// The identity the cgroup is bound to.
     pub binding: IdentBinding,
+    /// Path of the pod cgroup relative to the cgroup root.
     pub path: String,
+    /// The pod, when the cache knows it.
     pub pod: Option<Arc<PodInfo>>,
 }
 
@@ -81,6 +85,7 @@ fn own_cgroup() -> Option<String> {
 }
 
 impl PodBinder {
+    /// A binder over `cache`; pod cgroups are searched under `root` below each of `prefixes`.
     pub fn new(cache: Arc<PodCache>, root: &Path, prefixes: Vec<Vec<String>>) -> PodBinder {
         let at_start = cgroups::scan(root, &prefixes)
             .into_iter()

@@ -10,10 +10,30 @@ use serde::Serialize;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(tag = "operator", rename_all = "PascalCase")]
 pub enum Requirement {
-    In { key: String, values: Vec<String> },
-    NotIn { key: String, values: Vec<String> },
-    Exists { key: String },
-    DoesNotExist { key: String },
+    /// The label is set to one of `values`.
+    In {
+        /// The label key.
+        key: String,
+        /// The values allowed.
+        values: Vec<String>,
+    },
+    /// The label is unset or set to none of `values`.
+    NotIn {
+        /// The label key.
+        key: String,
+        /// The values refused.
+        values: Vec<String>,
+    },
+    /// The label is set.
+    Exists {
+        /// The label key.
+        key: String,
+    },
+    /// The label is not set.
+    DoesNotExist {
+        /// The label key.
+        key: String,
+    },
 }
 
 impl Requirement {
@@ -57,6 +77,7 @@ impl Requirement {
 /// A label selector: every requirement must hold (empty selects everything).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct LabelMatch {
+    /// The requirements, ANDed.
     pub requirements: Vec<Requirement>,
 }
 
@@ -79,6 +100,7 @@ impl LabelMatch {
         Ok(LabelMatch { requirements })
     }
 
+    /// Whether `labels` meet every requirement.
     pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
         self.requirements.iter().all(|r| r.matches(labels))
     }
@@ -88,7 +110,9 @@ impl LabelMatch {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub enum NamespaceMatch {
+    /// The namespace of this name.
     Name(String),
+    /// Namespaces whose labels match.
     Selector(LabelMatch),
 }
 
@@ -96,18 +120,26 @@ pub enum NamespaceMatch {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodMatch {
+    /// Which namespaces.
     pub namespace: NamespaceMatch,
+    /// The pod labels required.
     pub labels: LabelMatch,
+    /// The service account required, if any.
     pub service_account: Option<String>,
 }
 
 /// What the matcher needs to know about a pod.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PodInfo {
+    /// `metadata.uid`.
     pub uid: String,
+    /// `metadata.namespace`.
     pub namespace: String,
+    /// `metadata.name`.
     pub name: String,
+    /// `metadata.labels`.
     pub labels: BTreeMap<String, String>,
+    /// `spec.serviceAccountName`.
     pub service_account: String,
     /// Container id → container name (init, regular and ephemeral containers).
     pub containers: BTreeMap<String, String>,

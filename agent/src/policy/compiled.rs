@@ -16,7 +16,9 @@ use crate::k8s::selector::PodMatch;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
+    /// Bypasses fail.
     Enforce,
+    /// Everything passes; would-be denials are recorded with verdict `audit`.
     Audit,
 }
 
@@ -35,8 +37,11 @@ impl Mode {
 pub struct CompiledIdentity {
     /// Kernel identity id (1-based position in the document).
     pub id: u32,
+    /// `identities[].name`.
     pub name: String,
+    /// `identities[].tenant`.
     pub tenant: Option<String>,
+    /// `identities[].mode` (enforce by default).
     pub mode: Mode,
     /// Selector path relative to the cgroup root, without leading or trailing `/` (empty for a
     /// pod selector).
@@ -48,6 +53,7 @@ pub struct CompiledIdentity {
     /// (`spec.defaults.unresolvedPods`); not written in the document.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub unresolved: bool,
+    /// Names of the gateways the identity may use (`egress.gateways`).
     pub gateways: Vec<String>,
     /// Labels of the allow rules, by rule index.
     pub rules: Vec<String>,
@@ -89,6 +95,7 @@ impl CompiledIdentity {
 pub struct FqdnRule {
     /// Rule index within the identity.
     pub rule: u32,
+    /// The name or `*.suffix` pattern of `toFQDN`.
     pub pattern: FqdnPattern,
     /// The ports it allows at every learned address.
     #[serde(skip)]
@@ -98,16 +105,19 @@ pub struct FqdnRule {
 /// A compiled policy: what one generation holds.
 #[derive(Clone, Debug, Serialize)]
 pub struct CompiledPolicy {
+    /// `metadata.name`.
     pub name: String,
     /// `sha256:<hex>` of the source text.
     pub digest: String,
     /// Gateway names, by gateway index.
     pub gateways: Vec<String>,
+    /// The identities, in document order (position + 1 is the kernel id).
     pub identities: Vec<CompiledIdentity>,
     /// Gateway host names and the addresses compiled in for them.
     pub resolved: BTreeMap<String, Vec<std::net::IpAddr>>,
     /// `spec.defaults.unresolvedPods`.
     pub unresolved_pods: UnresolvedPods,
+    /// The document as applied.
     #[serde(skip)]
     pub source: String,
 }

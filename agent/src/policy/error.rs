@@ -9,16 +9,22 @@ use serde_saphyr::Spanned;
 /// One validation problem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Problem {
+    /// Line of the offending value in the document.
     pub line: u32,
+    /// Column of the offending value.
     pub column: u32,
+    /// Path of the field (e.g. `spec.identities[0].selector`).
     pub field: String,
+    /// What is wrong.
     pub message: String,
 }
 
 /// Every problem of a document.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct PolicyError {
+    /// The document's file name (as given).
     pub file: String,
+    /// Every problem found.
     pub problems: Vec<Problem>,
 }
 

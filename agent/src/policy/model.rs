@@ -13,9 +13,13 @@ use serde_saphyr::Spanned;
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PolicyDoc {
+    /// `chokepoint.dev/v1alpha1`.
     pub api_version: Spanned<String>,
+    /// `EgressPolicy`.
     pub kind: Spanned<String>,
+    /// `metadata`.
     pub metadata: Metadata,
+    /// `spec`.
     pub spec: Spec,
 }
 
@@ -23,7 +27,9 @@ pub struct PolicyDoc {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Metadata {
+    /// The policy's name.
     pub name: Spanned<String>,
+    /// Free-form labels.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
 }
@@ -33,10 +39,13 @@ pub struct Metadata {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
+    /// The sanctioned gateways.
     #[serde(default)]
     pub gateways: Vec<Gateway>,
+    /// The workload identities and what each may reach.
     #[schemars(with = "Vec<Identity>")]
     pub identities: Spanned<Vec<Identity>>,
+    /// Settings for all identities.
     #[serde(default)]
     pub defaults: Option<Defaults>,
 }
@@ -57,8 +66,11 @@ pub struct Defaults {
 #[derive(JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum UnresolvedPods {
+    /// The gateways of every pod identity.
     GatewayOnly,
+    /// Nothing.
     Deny,
+    /// Everything.
     Allow,
 }
 
@@ -66,8 +78,11 @@ pub enum UnresolvedPods {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Gateway {
+    /// The gateway's name (what `egress.gateways` refers to).
     #[schemars(with = "String")]
     pub name: Spanned<String>,
+    /// Where it listens: `IP:PORT/PROTO`, `CIDR:PORT/PROTO`, `[IPv6]:PORT/PROTO` or
+    /// `HOST:PORT/PROTO`.
     #[schemars(with = "Vec<String>")]
     pub endpoints: Spanned<Vec<Spanned<String>>>,
 }
@@ -76,18 +91,24 @@ pub struct Gateway {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Identity {
+    /// The identity's name (in records, alerts and metrics).
     #[schemars(with = "String")]
     pub name: Spanned<String>,
+    /// A tenant, carried into records and alerts.
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub tenant: Option<Spanned<String>>,
+    /// `enforce` (default) or `audit`.
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub mode: Option<Spanned<String>>,
+    /// Which processes are the identity: a cgroup path or a pod selector.
     #[schemars(with = "Selector")]
     pub selector: Spanned<Selector>,
+    /// What the identity may reach.
     #[serde(default)]
     pub egress: Egress,
+    /// Who may open connections to the identity.
     #[serde(default)]
     #[schemars(with = "Option<Ingress>")]
     pub ingress: Option<Spanned<Ingress>>,
@@ -107,9 +128,11 @@ pub struct Ingress {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Selector {
+    /// A cgroup directory under `--cgroup-root`: every process in it or below it.
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub cgroup_path: Option<Spanned<String>>,
+    /// Pods on this node (needs `chokepoint daemon --kube`).
     #[serde(default)]
     #[schemars(with = "Option<PodSelector>")]
     pub pod: Option<Spanned<PodSelector>>,
@@ -120,14 +143,19 @@ pub struct Selector {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PodSelector {
+    /// Only pods of this namespace.
     #[serde(default)]
     pub namespace: Option<String>,
+    /// Only pods of namespaces whose labels match.
     #[serde(default)]
     pub namespace_selector: Option<LabelSelector>,
+    /// Pod labels that must be set to these values.
     #[serde(default)]
     pub match_labels: BTreeMap<String, String>,
+    /// Pod label requirements.
     #[serde(default)]
     pub match_expressions: Vec<LabelExpression>,
+    /// Only pods running as this service account.
     #[serde(default)]
     pub service_account: Option<String>,
 }
@@ -136,8 +164,10 @@ pub struct PodSelector {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct LabelSelector {
+    /// Labels that must be set to these values.
     #[serde(default)]
     pub match_labels: BTreeMap<String, String>,
+    /// Label requirements.
     #[serde(default)]
     pub match_expressions: Vec<LabelExpression>,
 }
@@ -146,9 +176,11 @@ pub struct LabelSelector {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LabelExpression {
+    /// The label key.
     pub key: String,
     /// `In`, `NotIn`, `Exists` or `DoesNotExist`.
     pub operator: String,
+    /// The values (for `In` and `NotIn`).
     #[serde(default)]
     pub values: Vec<String>,
 }
@@ -157,9 +189,11 @@ pub struct LabelExpression {
 #[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Egress {
+    /// Names from `spec.gateways` the identity may use.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub gateways: Vec<Spanned<String>>,
+    /// Other destinations the identity may reach.
     #[serde(default)]
     #[schemars(with = "Vec<AllowRule>")]
     pub allow: Vec<Spanned<AllowRule>>,
@@ -169,6 +203,7 @@ pub struct Egress {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AllowRule {
+    /// An IP or CIDR (v4 or v6).
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub to: Option<Spanned<String>>,
@@ -176,9 +211,11 @@ pub struct AllowRule {
     #[serde(default, rename = "toFQDN")]
     #[schemars(with = "Option<String>")]
     pub to_fqdn: Option<Spanned<String>>,
+    /// `PORT/PROTO`, `LO-HI/PROTO`, `*/PROTO` or `PORT`; none means every port and protocol.
     #[serde(default)]
     #[schemars(with = "Vec<String>")]
     pub ports: Vec<Spanned<String>>,
+    /// Why the rule exists (shown in the records' `rule`).
     #[serde(default)]
     pub reason: Option<String>,
 }

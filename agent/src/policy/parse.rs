@@ -140,8 +140,11 @@ pub fn parse_cidr(s: &str) -> Result<Cidr, String> {
 /// A port range with a protocol.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct PortSpec {
+    /// First port.
     pub lo: u16,
+    /// Last port, inclusive.
     pub hi: u16,
+    /// IP protocol number, or `PROTO_ANY`.
     pub proto: u8,
 }
 
@@ -259,8 +262,11 @@ pub fn system_resolve(host: &str, port: u16) -> Result<Vec<IpAddr>, String> {
 /// to), a port and a protocol.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
+    /// The networks.
     pub nets: Vec<Cidr>,
+    /// The port.
     pub port: u16,
+    /// IP protocol number.
     pub proto: u8,
     /// The host name, when the endpoint was given by name.
     pub host: Option<String>,

@@ -8,7 +8,9 @@ use crate::policy::parse::{Cidr, parse_cidr};
 /// The destination part of a filter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DstFilter {
+    /// The destination address must be in this prefix.
     pub net: Cidr,
+    /// And have this port, when given.
     pub port: Option<u16>,
 }
 

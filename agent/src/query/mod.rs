@@ -18,28 +18,37 @@ use crate::{alerts::Alert, audit::FlowRecord};
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct Query {
+    /// Entries from this time on: a duration back from now (`10m`) or RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
+    /// Entries up to this time: a duration back from now or RFC 3339.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<String>,
     /// Only the most recent N matching entries (with `follow`: the backlog printed first).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<usize>,
+    /// Only this identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// Only this tenant.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// Only this grant task id.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
+    /// Only this reason.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     /// `CIDR[:PORT]`: `10.0.0.0/8`, `10.0.0.5:443`, `[fd00::/64]:443`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dst: Option<String>,
+    /// Only this verdict.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub verdict: Option<String>,
+    /// Only this Kubernetes namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    /// Only this pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<String>,
 }
@@ -47,12 +56,21 @@ pub struct Query {
 /// A query that cannot be applied.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum QueryError {
+    /// `--since` or `--until` is neither a duration nor an RFC 3339 time.
     #[error("--{flag} `{value}`: expected a duration (30s, 10m, 2h) or an RFC 3339 time")]
-    Time { flag: &'static str, value: String },
+    Time {
+        /// The flag.
+        flag: &'static str,
+        /// The value given.
+        value: String,
+    },
+    /// `--dst` is not `CIDR[:PORT]`; the value given.
     #[error("--dst `{0}`: expected CIDR[:PORT], e.g. 10.0.0.0/8, 10.0.0.5:443 or [fd00::/64]:443")]
     Dst(String),
+    /// `--since` is after `--until`.
     #[error("--since is after --until")]
     Empty,
+    /// `--last` is 0.
     #[error("--last must be at least 1")]
     Last,
 }
@@ -61,28 +79,42 @@ pub enum QueryError {
 pub struct Filter {
     /// Wall-clock ns bounds (inclusive).
     pub since_ns: Option<u128>,
+    /// Upper bound, wall-clock ns since the epoch (inclusive).
     pub until_ns: Option<u128>,
+    /// Only the most recent N matching entries.
     pub last: Option<usize>,
+    /// The query as given.
     pub query: Query,
+    /// The parsed `dst` filter.
     pub dst: Option<DstFilter>,
 }
 
 /// The fields a filter looks at.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Fields<'a> {
+    /// Time (RFC 3339).
     pub time: &'a str,
+    /// Identity.
     pub identity: Option<&'a str>,
+    /// Tenant.
     pub tenant: Option<&'a str>,
+    /// Grant task id.
     pub task: Option<&'a str>,
+    /// Reason.
     pub reason: &'a str,
+    /// Destination (`ip:port`).
     pub dst: Option<&'a str>,
+    /// Verdict.
     pub verdict: &'a str,
+    /// Kubernetes namespace.
     pub namespace: Option<&'a str>,
+    /// Pod name.
     pub pod: Option<&'a str>,
 }
 
 /// Something `flows`/`alerts` can filter.
 pub trait Queryable {
+    /// The fields of this entry.
     fn fields(&self) -> Fields<'_>;
 }
 
