@@ -65,12 +65,12 @@ pub struct Defaults {
 /// so that a bad value gets a line and column).
 #[derive(JsonSchema)]
 #[serde(rename_all = "kebab-case")]
+// Doc comments on the variants would turn the schema's `enum` into a `oneOf`: the values are
+// described on `Defaults::unresolved_pods`.
+#[allow(missing_docs)]
 pub enum UnresolvedPods {
-    /// The gateways of every pod identity.
     GatewayOnly,
-    /// Nothing.
     Deny,
-    /// Everything.
     Allow,
 }
 
