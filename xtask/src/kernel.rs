@@ -74,7 +74,8 @@ mount -t devtmpfs dev /newroot/dev
 mkdir -p /newroot/dev/pts /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts
 mount -t tmpfs shm /newroot/dev/shm
-mount -t tmpfs tmp /newroot/tmp
+# /tmp stays the overlay's (writes land in the tmpfs upper): a tmpfs here would hide a
+# workspace that lives under /tmp (a CI clone), and with it the binaries and run.sh.
 mount -t tmpfs run /newroot/run
 mount -t cgroup2 cgroup2 /newroot/sys/fs/cgroup
 mount -t securityfs securityfs /newroot/sys/kernel/security
