@@ -397,18 +397,44 @@ pub fn probe(cgroup: Option<&Path>, netns: Option<&Netns>, args: &[&str], payloa
     v
 }
 
-fn wait_timeout(mut child: Child, t: Duration) -> std::process::Output {
+fn wait_timeout(child: Child, t: Duration) -> std::process::Output {
+    run_bounded(child, t).0
+}
+
+/// Waits up to `t` for `child` (draining its pipes meanwhile, so a chatty child never blocks on
+/// a full pipe), kills it when it outlives `t`, and returns what it printed and whether it had
+/// to be killed.
+pub fn run_bounded(mut child: Child, t: Duration) -> (std::process::Output, bool) {
+    fn drain<R: std::io::Read + Send + 'static>(p: Option<R>) -> std::thread::JoinHandle<Vec<u8>> {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut p) = p {
+                let _ = p.read_to_end(&mut v);
+            }
+            v
+        })
+    }
+    let o = drain(child.stdout.take());
+    let e = drain(child.stderr.take());
     let start = Instant::now();
-    loop {
-        if let Ok(Some(_)) = child.try_wait() {
-            return child.wait_with_output().expect("output");
+    let mut killed = false;
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break status;
         }
         if start.elapsed() > t {
+            killed = true;
             let _ = child.kill();
-            return child.wait_with_output().expect("output");
+            break child.wait().expect("wait");
         }
         std::thread::sleep(Duration::from_millis(10));
-    }
+    };
+    let out = std::process::Output {
+        status,
+        stdout: o.join().unwrap_or_default(),
+        stderr: e.join().unwrap_or_default(),
+    };
+    (out, killed)
 }
 
 /// True when the probe reported success.
@@ -918,12 +944,24 @@ impl Daemon {
 
     /// Runs the CLI against this daemon: (success, stdout, stderr).
     pub fn try_cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(chokepoint_bin())
+        let child = Command::new(chokepoint_bin())
             .args(args)
             .arg("--socket")
             .arg(&self.socket)
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
             .expect("cli");
+        // Bounded: the CLI gives up after its own 60 s; a CLI that outlives that is a hang.
+        let limit = Duration::from_secs(90 * u64::from(time_scale()));
+        let (out, killed) = run_bounded(child, limit);
+        assert!(
+            !killed,
+            "chokepoint {} did not finish within {} s\ndaemon log:\n{}",
+            args.join(" "),
+            limit.as_secs(),
+            self.log_text()
+        );
         (
             out.status.success(),
             String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -9,6 +9,10 @@ mod demo;
 mod image;
 mod kernel;
 mod setup;
+mod testrun;
+
+/// The guest runner tallies its libtest output the same way.
+pub(crate) use testrun::tally;
 
 use std::{
     path::{Path, PathBuf},
@@ -19,6 +23,11 @@ use anyhow::{Context, bail};
 
 /// The eBPF toolchain (must match `agent/build.rs`): its LLVM major equals bpf-linker's.
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-19";
+
+/// How long the unit tests may run before the run is ended (`CP_TEST_DEADLINE_SECS` overrides).
+const UNIT_DEADLINE: std::time::Duration = std::time::Duration::from_secs(15 * 60);
+/// How long the privileged suite may run (about 20 minutes on a 2-core machine, 33 under load).
+const PRIVILEGED_DEADLINE: std::time::Duration = std::time::Duration::from_secs(40 * 60);
 
 /// One line per command, for `cargo xtask --help`.
 const COMMANDS: &str =
@@ -184,55 +193,6 @@ fn lint() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Parses `test result: ok. N passed; M failed; …` lines.
-fn tally(output: &str) -> (u64, u64, u64) {
-    let mut t = (0, 0, 0);
-    for l in output.lines() {
-        let Some(rest) = l.trim().strip_prefix("test result: ") else {
-            continue;
-        };
-        for part in rest.split(';') {
-            let mut w = part.split_whitespace().rev();
-            let (Some(what), Some(n)) = (w.next(), w.next()) else {
-                continue;
-            };
-            let n: u64 = n.parse().unwrap_or(0);
-            match what {
-                "passed" => t.0 += n,
-                "failed" => t.1 += n,
-                "ignored" => t.2 += n,
-                _ => {}
-            }
-        }
-    }
-    t
-}
-
-fn cargo_test(args: &[&str], envs: &[(&str, &Path)]) -> anyhow::Result<(bool, String)> {
-    let mut cmd = Command::new("cargo");
-    // Every test binary runs even when an earlier one fails, so the summary is complete.
-    cmd.args(["test", "--no-fail-fast"])
-        .args(args)
-        .current_dir(root());
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().context("spawning cargo test")?;
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    print!("{stdout}");
-    eprint!(
-        "{}",
-        stderr
-            .lines()
-            .filter(|l| !l.contains("chokepoint-agent@"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
-    eprintln!();
-    Ok((out.status.success(), stdout))
-}
-
 /// Runs each cargo-fuzz target for a bounded time (installs cargo-fuzz when missing).
 fn fuzz() -> anyhow::Result<()> {
     let have = Command::new("cargo")
@@ -289,7 +249,7 @@ fn test(rest: &[String]) -> anyhow::Result<()> {
         return kernel_matrix(host, &guests, filter, &bin, &probe, &variant);
     }
     println!("== unit tests (agent, common, xtask)");
-    let (unit_ok, unit_out) = cargo_test(
+    let unit = testrun::cargo_test(
         &[
             "--workspace",
             "--exclude",
@@ -298,6 +258,7 @@ fn test(rest: &[String]) -> anyhow::Result<()> {
             "chokepoint-ebpf",
         ],
         &[],
+        testrun::deadline(UNIT_DEADLINE),
     )?;
     println!("== privileged integration tests (real kernel, cgroups, network namespaces)");
     // The Kubernetes tests need the apiserver built once on this machine (`setup --kube`).
@@ -323,7 +284,7 @@ fn test(rest: &[String]) -> anyhow::Result<()> {
             }
         }
     };
-    let (int_ok, int_out) = cargo_test(
+    let int = testrun::cargo_test(
         &args,
         &[
             ("CHOKEPOINT_BIN", &bin),
@@ -332,13 +293,14 @@ fn test(rest: &[String]) -> anyhow::Result<()> {
             ("CP_KUBE_APISERVER", apiserver),
             ("CP_IMAGE", Path::new(image.unwrap_or(image::IMAGE))),
         ],
+        testrun::deadline(PRIVILEGED_DEADLINE),
     )?;
     let mut fuzz_ok = true;
     if rest.iter().any(|a| a == "--fuzz") {
         fuzz_ok = fuzz().map_err(|e| eprintln!("fuzz: {e:#}")).is_ok();
     }
-    let (p1, f1, i1) = tally(&unit_out);
-    let (p2, f2, i2) = tally(&int_out);
+    let (p1, f1, i1) = testrun::tally(&unit.stdout);
+    let (p2, f2, i2) = testrun::tally(&int.stdout);
     println!("\n== summary: unit {p1} passed, {f1} failed; privileged {p2} passed, {f2} failed");
     if kube_skipped {
         println!(
@@ -351,7 +313,7 @@ fn test(rest: &[String]) -> anyhow::Result<()> {
         f1 + f2,
         i1 + i2
     );
-    if !(unit_ok && int_ok && fuzz_ok) {
+    if !(unit.ok && int.ok && fuzz_ok) {
         bail!("tests failed");
     }
     Ok(())
@@ -380,7 +342,7 @@ fn kernel_matrix(
             );
             args.extend(["--skip", "kube_"]);
         }
-        let (ok, out) = cargo_test(
+        let run = testrun::cargo_test(
             &args,
             &[
                 ("CHOKEPOINT_BIN", bin),
@@ -388,9 +350,10 @@ fn kernel_matrix(
                 ("CHOKEPOINT_BIN_VARIANT", variant),
                 ("CP_KUBE_APISERVER", apiserver),
             ],
+            testrun::deadline(PRIVILEGED_DEADLINE),
         )?;
-        let (p, f, i) = tally(&out);
-        let ok = ok && p > 0;
+        let (p, f, i) = testrun::tally(&run.stdout);
+        let ok = run.ok && p > 0;
         all_ok &= ok;
         lines.push(format!(
             "kernel host ({}): {p} passed, {f} failed, {i} skipped; {} in {:.0} s",

@@ -1,6 +1,6 @@
 //! The client side of the local API (used by the CLI).
 
-use std::path::Path;
+use std::{path::Path, time::Duration};
 
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
@@ -34,10 +34,18 @@ pub enum ClientError {
     /// `file:line:col: field: message`).
     #[error(transparent)]
     Policy(PolicyError),
+    /// The daemon accepted the connection but sent no answer in time (it is wedged or overloaded).
+    #[error("the daemon did not answer within {} s", RESPONSE_TIMEOUT.as_secs())]
+    Timeout,
     /// The daemon refused the request; its message.
     #[error("{0}")]
     Daemon(String),
 }
+
+/// How long a request waits for the daemon's answer. The slowest answer is a large policy
+/// apply (about a second at 100k rules), so a wedged daemon is told apart from a busy one;
+/// a `--follow` stream's later lines are not bounded.
+pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A connected client.
 pub struct Client {
@@ -69,11 +77,13 @@ impl Client {
 
     /// Sends a request and returns the result as JSON (or the daemon's error).
     pub async fn call_value(&mut self, req: &Request) -> Result<serde_json::Value, ClientError> {
-        self.writer.write_all(&encode(req)).await?;
-        let line = self
-            .next_line()
-            .await?
-            .ok_or_else(|| ClientError::Protocol("connection closed before a response".into()))?;
+        let line = tokio::time::timeout(RESPONSE_TIMEOUT, async {
+            self.writer.write_all(&encode(req)).await?;
+            self.next_line().await
+        })
+        .await
+        .map_err(|_| ClientError::Timeout)??
+        .ok_or_else(|| ClientError::Protocol("connection closed before a response".into()))?;
         let resp: Response =
             serde_json::from_str(&line).map_err(|e| ClientError::Protocol(e.to_string()))?;
         if resp.ok {
