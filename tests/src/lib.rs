@@ -37,6 +37,7 @@ use std::{
 pub mod kube;
 pub mod kube_node;
 pub mod kubelet;
+pub mod sweep;
 
 use serde_json::Value;
 
@@ -91,6 +92,7 @@ pub fn require_privileges() {
         out.is_ok_and(|o| o.status.success()),
         "iproute2 (`ip`) is not installed; `cargo xtask setup` installs it"
     );
+    sweep::stale_once();
 }
 
 /// The cgroup v2 mount (from /proc/self/mountinfo).
