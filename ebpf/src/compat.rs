@@ -60,16 +60,21 @@ enum Risk {
 
 #[inline(always)]
 fn reg(regs: usize, off: usize) -> u64 {
+    // SAFETY: `bpf_probe_read_kernel` checks the address itself and fails (here: `u64::MAX`)
+    // on a bad one; `regs` is the tracepoint's `struct pt_regs *` argument.
     unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.unwrap_or(u64::MAX)
 }
 
 #[inline(always)]
 fn in_ia32_syscall() -> bool {
+    // SAFETY: the helper takes no arguments; the pointer it answers is only read through
+    // `bpf_probe_read_kernel` below.
     let task = unsafe { bpf_get_current_task() } as usize;
     if task == 0 {
         return false;
     }
     // Unreadable: judged as compat (the caller then still needs a compat syscall number).
+    // SAFETY: a probe read: the helper checks the address and fails on a bad one.
     unsafe { bpf_probe_read_kernel((task + TASK_TI_STATUS) as *const u32) }
         .map_or(true, |s| s & TS_COMPAT != 0)
 }
@@ -120,23 +125,29 @@ fn classify(nr: u64, regs: usize) -> (Risk, u64, u64) {
     }
 }
 
+// Private: aya's macro exports the program under its own name (`no_mangle`, in its section).
 #[raw_tracepoint(tracepoint = "sys_enter")]
-pub fn cp_compat_sys(ctx: RawTracePointContext) -> i32 {
+fn cp_compat_sys(ctx: RawTracePointContext) -> i32 {
     let nr: u64 = ctx.arg(1);
     let regs: usize = ctx.arg(0);
     let (risk, fd, optval) = classify(nr, regs);
     if risk == Risk::None {
         return 0;
     }
-    let token = unsafe { core::ptr::read_volatile(&CP_SELFTEST_TOKEN) };
+    // SAFETY: a read of an aligned static the daemon sets at load (before any program runs) and
+    // never writes again; volatile so the compiler keeps the load of the patched value.
+    let token = unsafe { core::ptr::read_volatile(&raw const CP_SELFTEST_TOKEN) };
     if fd as u32 == compat::SELFTEST_FD as u32 && optval as u32 == token {
         // The daemon's start check (a child of its own asking to be killed): proves that this
         // program sees compat syscalls on this kernel. Any process may ask this of itself only.
+        // SAFETY: a plain signal number; the helper signals the current task only.
         unsafe { bpf_send_signal(SIGKILL) };
         return 0;
     }
     let Some(cfg) = config() else { return 0 };
+    // SAFETY: the helper takes no arguments and only reads the current task's cgroup.
     let cgid = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: a plain integer level; the helper answers 0 for one out of range.
     let id = resolve(&cfg, cgid, |l| unsafe {
         bpf_get_current_ancestor_cgroup_id(l)
     });
@@ -145,6 +156,7 @@ pub fn cp_compat_sys(ctx: RawTracePointContext) -> i32 {
     }
     let dec = denied(&id, reason::RAW_SOCKET);
     if dec.verdict == verdict::DENY {
+        // SAFETY: a plain signal number; the helper signals the current task only.
         unsafe { bpf_send_signal(SIGKILL) };
     }
     record(dec.verdict, dec.reason, |ev| {

@@ -6,7 +6,7 @@ use aya_ebpf::{
     bindings::{
         BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SK_STORAGE_GET_F_CREATE,
     },
-    helpers::{bpf_ktime_get_boot_ns, generated::bpf_sk_storage_get},
+    helpers::generated::bpf_sk_storage_get,
 };
 use chokepoint_common::{
     CgCache, Config, EVENTS_BYTES, Event, IdentKey, LPM_DATA_LEN, LPM_HEADER_BITS,
@@ -14,27 +14,28 @@ use chokepoint_common::{
     STAT_LOST, SockTag, kind, reason, stat_index, verdict,
 };
 
-use crate::maps::{
-    CP_CGSLOTS, CP_CONFIG, CP_EVENTS, CP_GRANTS, CP_IDENT, CP_RULES, CP_SKTAG, CP_STATS,
+use crate::{
+    helpers::now_ns,
+    maps::{CP_CGSLOTS, CP_CONFIG, CP_EVENTS, CP_GRANTS, CP_IDENT, CP_RULES, CP_SKTAG, CP_STATS},
 };
 
 /// A destination as a hook sees it.
 #[derive(Clone, Copy)]
-pub struct Dest {
+pub(crate) struct Dest {
     /// 4 or 6 (after IPv4-mapped IPv6 normalisation).
-    pub family: u8,
+    pub(crate) family: u8,
     /// IP protocol number.
-    pub proto: u8,
+    pub(crate) proto: u8,
     /// Destination port, host order (0 when the protocol has none).
-    pub port: u16,
+    pub(crate) port: u16,
     /// Address; IPv4 in the first four bytes.
-    pub addr: [u8; 16],
+    pub(crate) addr: [u8; 16],
 }
 
 impl Dest {
     /// Normalises `::ffff:a.b.c.d` to IPv4.
     #[inline(always)]
-    pub fn normalise(&mut self) {
+    pub(crate) fn normalise(&mut self) {
         if self.family == 6 {
             let a = &self.addr;
             let mapped = a[0] == 0
@@ -64,23 +65,31 @@ impl Dest {
 
 /// Result of a decision.
 #[derive(Clone, Copy)]
-pub struct Decision {
-    pub verdict: u8,
-    pub reason: u8,
-    pub rule: u32,
-    pub task: u64,
-    pub expires_ns: u64,
+pub(crate) struct Decision {
+    /// `chokepoint_common::verdict` code.
+    pub(crate) verdict: u8,
+    /// `chokepoint_common::reason` code.
+    pub(crate) reason: u8,
+    /// The allow rule that matched (0 for none).
+    pub(crate) rule: u32,
+    /// The grant's task (0 unless a grant allowed it).
+    pub(crate) task: u64,
+    /// The grant's expiry on the boot clock (0 unless a grant allowed it).
+    pub(crate) expires_ns: u64,
 }
 
 /// Identity of a socket or task.
 #[derive(Clone, Copy)]
-pub struct Ident {
-    pub ident: u32,
-    pub mode: u8,
+pub(crate) struct Ident {
+    /// The identity (0: none, the task is not enforced).
+    pub(crate) ident: u32,
+    /// `MODE_*` of the identity.
+    pub(crate) mode: u8,
 }
 
 impl Ident {
-    pub const NONE: Ident = Ident {
+    /// Not an identity of the policy.
+    pub(crate) const NONE: Ident = Ident {
         ident: 0,
         mode: MODE_NONE,
     };
@@ -89,17 +98,20 @@ impl Ident {
 /// Reads the configuration word once; every lookup of one decision uses this copy, so a decision
 /// sees one generation whole.
 #[inline(always)]
-pub fn config() -> Option<Config> {
+pub(crate) fn config() -> Option<Config> {
     CP_CONFIG.get(0).copied()
 }
 
 /// Resolves the identity of a cgroup: the cache first, then a walk over the cgroup's ancestors.
 /// `ancestor(level)` returns the id of the ancestor at `level` (0 past the cgroup's depth).
 #[inline(always)]
-pub fn resolve<F: Fn(i32) -> u64>(cfg: &Config, cgroup_id: u64, ancestor: F) -> Ident {
+pub(crate) fn resolve<F: Fn(i32) -> u64>(cfg: &Config, cgroup_id: u64, ancestor: F) -> Ident {
     let epoch = cfg.epoch();
     let cache = CP_CGSLOTS.get_ptr_mut(CgCache::slot(cgroup_id));
     if let Some(c) = cache {
+        // SAFETY: `get_ptr_mut` answered a pointer into the array's value for this index, which
+        // the verifier has bounds-checked; two CPUs writing one slot at once is caught by the
+        // slot's checksum (`CgCache::hit`).
         let c = unsafe { &*c };
         if c.hit(cgroup_id, epoch) {
             return Ident {
@@ -121,6 +133,8 @@ pub fn resolve<F: Fn(i32) -> u64>(cfg: &Config, cgroup_id: u64, ancestor: F) -> 
             slot,
             _pad: 0,
         };
+        // SAFETY: the value is plain integers, read at once; the daemon writes identities only
+        // into the slot no live generation reads, then flips the config word.
         if let Some(v) = unsafe { CP_IDENT.get(key) } {
             found = Ident {
                 ident: v.ident,
@@ -131,6 +145,8 @@ pub fn resolve<F: Fn(i32) -> u64>(cfg: &Config, cgroup_id: u64, ancestor: F) -> 
         level += 1;
     }
     if let Some(c) = cache {
+        // SAFETY: the same verifier-checked pointer into the array as above; a concurrent write
+        // of the slot by another CPU fails the checksum and is resolved afresh.
         unsafe { *c = CgCache::new(cgroup_id, epoch, found.ident, found.mode) };
     }
     found
@@ -192,7 +208,7 @@ fn deny_reason(d: &Dest) -> u8 {
 /// The policy decision: gateway endpoint, allow rule, grant, or deny. Audit mode turns a deny
 /// into `audit`.
 #[inline(always)]
-pub fn decide(cfg: &Config, id: &Ident, d: &Dest) -> Decision {
+pub(crate) fn decide(cfg: &Config, id: &Ident, d: &Dest) -> Decision {
     let slot = cfg.slot() as u8;
     let key = lpm_key(slot, d, id.ident);
     if let Some(v) = CP_RULES.get(&key) {
@@ -220,7 +236,7 @@ pub fn decide(cfg: &Config, id: &Ident, d: &Dest) -> Decision {
     }
     let gkey = lpm_key(0, d, id.ident);
     if let Some(g) = CP_GRANTS.get(&gkey) {
-        let now = unsafe { bpf_ktime_get_boot_ns() };
+        let now = now_ns();
         let mut i = 0;
         while i < MAX_GRANT_ENTRIES {
             let e = &g.entries[i];
@@ -249,7 +265,7 @@ pub fn decide(cfg: &Config, id: &Ident, d: &Dest) -> Decision {
 
 /// A deny for `id` with `why`, or `audit` when the identity is in audit mode.
 #[inline(always)]
-pub fn denied(id: &Ident, why: u8) -> Decision {
+pub(crate) fn denied(id: &Ident, why: u8) -> Decision {
     Decision {
         verdict: if id.mode == MODE_AUDIT {
             verdict::AUDIT
@@ -265,13 +281,16 @@ pub fn denied(id: &Ident, why: u8) -> Decision {
 
 /// Gets (optionally creating) the socket tag of `sk` (a `struct bpf_sock *`-compatible pointer).
 #[inline(always)]
-pub fn sock_tag(sk: *mut c_void, create: bool) -> *mut SockTag {
+pub(crate) fn sock_tag(sk: *mut c_void, create: bool) -> *mut SockTag {
     let flags = if create {
-        BPF_SK_STORAGE_GET_F_CREATE as u64
+        u64::from(BPF_SK_STORAGE_GET_F_CREATE)
     } else {
         0
     };
     let map = ptr::from_ref(&CP_SKTAG).cast_mut().cast::<c_void>();
+    // SAFETY: `map` is the socket-storage map this object defines and `sk` a socket pointer the
+    // hook got from the kernel (the verifier refuses any other pointer type); no initial value
+    // is passed, so the helper zero-fills a created entry.
     unsafe { bpf_sk_storage_get(map, sk, ptr::null_mut(), flags) }.cast::<SockTag>()
 }
 
@@ -288,6 +307,8 @@ const BUILD_VARIANT: Option<u8> = match option_env!("CHOKEPOINT_BUILD_VARIANT") 
 #[inline(always)]
 fn count(index: u32) {
     if let Some(p) = CP_STATS.get_ptr_mut(index) {
+        // SAFETY: a verifier-checked pointer to this CPU's counter; a program runs to completion
+        // on its CPU, so no other writer touches it meanwhile.
         unsafe { *p += 1 };
     }
 }
@@ -308,15 +329,15 @@ const WAKE_BAND: u64 = 1024;
 /// the mark would cost every record an interrupt).
 #[inline(always)]
 fn wakeup_flags(verdict_code: u8) -> u64 {
-    let pending = CP_EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let pending = CP_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
     if (pending >= WAKE_AT[0] && pending < WAKE_AT[0] + WAKE_BAND)
         || (pending >= WAKE_AT[1] && pending < WAKE_AT[1] + WAKE_BAND)
     {
-        BPF_RB_FORCE_WAKEUP as u64
+        u64::from(BPF_RB_FORCE_WAKEUP)
     } else if verdict_code == verdict::DENY || verdict_code == verdict::AUDIT {
         0
     } else {
-        BPF_RB_NO_WAKEUP as u64
+        u64::from(BPF_RB_NO_WAKEUP)
     }
 }
 
@@ -324,7 +345,7 @@ fn wakeup_flags(verdict_code: u8) -> u64 {
 /// stack): the slot is zeroed, `verdict`/`reason` set, then `fill` writes the rest. A failed
 /// reserve is counted, never silent.
 #[inline(always)]
-pub fn record<F: FnOnce(&mut Event)>(verdict_code: u8, reason_code: u8, fill: F) {
+pub(crate) fn record<F: FnOnce(&mut Event)>(verdict_code: u8, reason_code: u8, fill: F) {
     count(stat_index(verdict_code, reason_code));
     if let Some(v) = BUILD_VARIANT {
         count(stat_index(0, v));
@@ -332,7 +353,10 @@ pub fn record<F: FnOnce(&mut Event)>(verdict_code: u8, reason_code: u8, fill: F)
     match CP_EVENTS.reserve::<Event>(0) {
         Some(mut slot) => {
             let p = slot.as_mut_ptr();
+            // SAFETY: `p` is the reserved ring slot, sized and aligned for one `Event` and ours
+            // alone until submitted; zeroing it first makes every field initialised.
             unsafe { ptr::write_bytes(p, 0, 1) };
+            // SAFETY: the same slot, now fully initialised and still exclusively ours.
             let ev = unsafe { &mut *p };
             ev.time_ns = now_ns();
             ev.verdict = verdict_code;
@@ -346,7 +370,7 @@ pub fn record<F: FnOnce(&mut Event)>(verdict_code: u8, reason_code: u8, fill: F)
 
 /// True when the cached verdict in `tag` covers `d` under the current epoch.
 #[inline(always)]
-pub fn cache_covers(tag: &SockTag, epoch: u32, d: &Dest, port_known: bool) -> bool {
+pub(crate) fn cache_covers(tag: &SockTag, epoch: u32, d: &Dest, port_known: bool) -> bool {
     tag.verdict_epoch == epoch
         && tag.family == d.family
         && tag.proto == d.proto
@@ -357,7 +381,7 @@ pub fn cache_covers(tag: &SockTag, epoch: u32, d: &Dest, port_known: bool) -> bo
 /// True when `tag` holds an allowed verdict for the same destination (any epoch): a re-decision
 /// that now denies is a revocation, and one that still allows is the same flow.
 #[inline(always)]
-pub fn same_flow_was_allowed(tag: &SockTag, d: &Dest) -> bool {
+pub(crate) fn same_flow_was_allowed(tag: &SockTag, d: &Dest) -> bool {
     tag.verdict_epoch != 0
         && tag.verdict != verdict::DENY
         && tag.family == d.family
@@ -368,7 +392,7 @@ pub fn same_flow_was_allowed(tag: &SockTag, d: &Dest) -> bool {
 
 /// Stores a decision in the socket's cache.
 #[inline(always)]
-pub fn cache_store(tag: &mut SockTag, epoch: u32, d: &Dest, dec: &Decision) {
+pub(crate) fn cache_store(tag: &mut SockTag, epoch: u32, d: &Dest, dec: &Decision) {
     tag.verdict_epoch = epoch;
     tag.family = d.family;
     tag.proto = d.proto;
@@ -381,15 +405,9 @@ pub fn cache_store(tag: &mut SockTag, epoch: u32, d: &Dest, dec: &Decision) {
     tag.grant_expires_ns = dec.expires_ns;
 }
 
-/// The boot-clock time in ns.
-#[inline(always)]
-pub fn now_ns() -> u64 {
-    unsafe { bpf_ktime_get_boot_ns() }
-}
-
 /// True for protocols whose header starts with 16-bit source and destination ports
 /// (TCP, UDP, SCTP, UDP-Lite).
 #[inline(always)]
-pub fn has_ports(proto: u8) -> bool {
+pub(crate) fn has_ports(proto: u8) -> bool {
     proto == 6 || proto == 17 || proto == 132 || proto == 136
 }

@@ -15,13 +15,13 @@ use crate::{
 };
 
 /// The DNS port.
-pub const DNS_PORT: u16 = 53;
+pub(crate) const DNS_PORT: u16 = 53;
 /// A DNS header is 12 bytes: anything shorter is not an answer.
 const DNS_HEADER: u32 = 12;
 
 /// Copies the UDP payload at `payload` (offset in the packet) to the answer ring.
 #[inline(always)]
-pub fn capture(
+pub(crate) fn capture(
     skb: &SkBuff,
     cfg: &Config,
     id: &Ident,
@@ -31,6 +31,7 @@ pub fn capture(
     payload: usize,
 ) {
     let raw: *mut __sk_buff = skb.skb;
+    // SAFETY: `skb.skb` is the program's context pointer, valid for the whole run.
     let total = unsafe { (*raw).len };
     let off = payload as u32;
     if total <= off {
@@ -45,11 +46,15 @@ pub fn capture(
     }
     let Some(mut slot) = CP_DNSANS.reserve::<DnsAnswer>(0) else {
         if let Some(c) = CP_DNSLOST.get_ptr_mut(0) {
+            // SAFETY: a verifier-checked pointer to this CPU's counter; a program runs to
+            // completion on its CPU, so no other writer touches it meanwhile.
             unsafe { *c += 1 };
         }
         return;
     };
     let a = slot.as_mut_ptr();
+    // SAFETY: `a` is the reserved ring slot, sized and aligned for one `DnsAnswer` and ours
+    // alone until submitted; writing through the raw pointer initialises its header fields.
     unsafe {
         (*a).generation = cfg.generation();
         (*a).ident = id.ident;
@@ -62,6 +67,8 @@ pub fn capture(
     // The verifier needs the length's bounds where the helper is called (1..=512): for
     // `len` in 12..=512 this is `len`, in a form whose range the verifier can follow.
     let n = ((len - 1) & (DNSANS_DATA as u32 - 1)) + 1;
+    // SAFETY: the context pointer, and a destination inside the reserved slot whose length `n`
+    // (1..=DNSANS_DATA) fits `data`; the helper bounds-checks the packet side.
     let rc = unsafe {
         bpf_skb_load_bytes(
             raw.cast(),
@@ -74,6 +81,7 @@ pub fn capture(
         slot.discard(0);
         return;
     }
+    // SAFETY: the same reserved slot, still ours until `submit`.
     unsafe { (*a).len = n as u16 };
     slot.submit(0);
 }

@@ -29,6 +29,8 @@ mod dnsans;
 #[cfg(target_arch = "bpf")]
 mod fqdn;
 #[cfg(target_arch = "bpf")]
+mod helpers;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod reply;

@@ -14,8 +14,6 @@
 use core::ffi::c_void;
 
 use aya_ebpf::{
-    bindings::__sk_buff,
-    helpers::generated::{bpf_get_socket_cookie, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
     macros::cgroup_skb,
     programs::{SkBuffContext, SockOpsContext, sk_buff::SkBuff},
 };
@@ -25,11 +23,9 @@ use chokepoint_common::{
 };
 
 use crate::{
-    decide::{
-        Decision, Dest, Ident, cache_covers, config, decide, denied, now_ns, record, resolve,
-        sock_tag,
-    },
+    decide::{Decision, Dest, Ident, cache_covers, config, decide, denied, record, resolve, sock_tag},
     dnsans,
+    helpers::{now_ns, skb_ancestor_cgroup_id, skb_cgroup_id, skb_cookie, skb_ethertype, skb_sock},
     maps::{CP_ACCEPT, CP_REPLY, CP_RULES},
 };
 
@@ -112,7 +108,7 @@ fn parse(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Hdr> {
 /// True when `ingress.allowFrom` of `id` admits `addr` (the ingress key space of the rules
 /// trie; an identity without `allowFrom` has `0.0.0.0/0` and `::/0` there).
 #[inline(always)]
-pub fn ingress_allows(cfg: &Config, id: &Ident, family: u8, addr: &[u8; 16]) -> bool {
+pub(crate) fn ingress_allows(cfg: &Config, id: &Ident, family: u8, addr: &[u8; 16]) -> bool {
     let idb = id.ident.to_be_bytes();
     let mut data = [0u8; LPM_DATA_LEN];
     data[0] = cfg.slot() as u8;
@@ -130,7 +126,7 @@ pub fn ingress_allows(cfg: &Config, id: &Ident, family: u8, addr: &[u8; 16]) -> 
 
 /// The decision of an allowed reply.
 #[inline(always)]
-pub fn reply_decision() -> Decision {
+pub(crate) fn reply_decision() -> Decision {
     Decision {
         verdict: verdict::ALLOW,
         reason: reason::REPLY,
@@ -146,14 +142,14 @@ pub fn reply_decision() -> Decision {
 fn refuse(
     cfg: &Config,
     id: &Ident,
-    raw: *mut __sk_buff,
+    skb: &SkBuff,
     cgid: u64,
     h: &Hdr,
     hook_code: u8,
 ) -> bool {
     let dec = denied(id, reason::INGRESS_DENIED);
     record(dec.verdict, dec.reason, |ev| {
-        ev.cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
+        ev.cookie = skb_cookie(skb);
         ev.cgroup_id = cgid;
         ev.ident = id.ident;
         ev.generation = cfg.generation();
@@ -169,40 +165,39 @@ fn refuse(
     dec.verdict != verdict::DENY
 }
 
+// Private: aya's macro exports the program under its own name (`no_mangle`, in its section).
 #[cgroup_skb(ingress)]
-pub fn cp_skb_ingress(ctx: SkBuffContext) -> i32 {
-    if try_ingress(&ctx.skb) { 1 } else { 0 }
+fn cp_skb_ingress(ctx: SkBuffContext) -> i32 {
+    i32::from(try_ingress(&ctx.skb))
 }
 
 #[inline(always)]
 fn try_ingress(skb: &SkBuff) -> bool {
     let Some(cfg) = config() else { return true };
-    let raw: *mut __sk_buff = skb.skb;
-    let sk = unsafe { (*raw).__bindgen_anon_2.sk };
+    let sk = skb_sock(skb);
     if sk.is_null() {
         return true;
     }
-    let cgid = unsafe { bpf_skb_cgroup_id(raw) };
+    let cgid = skb_cgroup_id(skb);
     if cgid == 0 {
         return true;
     }
-    let id = resolve(&cfg, cgid, |l| unsafe {
-        bpf_skb_ancestor_cgroup_id(raw, l)
-    });
+    let id = resolve(&cfg, cgid, |l| skb_ancestor_cgroup_id(skb, l));
     if id.ident == 0 {
         return true;
     }
-    let ethertype = u16::from_be(unsafe { (*raw).protocol } as u16);
+    let ethertype = skb_ethertype(skb);
     // Inbound traffic that cannot be parsed is not egress: the egress hooks judge any answer.
     let Some(h) = parse(skb, 0, ethertype) else {
         return true;
     };
     if h.proto == PROTO_TCP {
+        // SAFETY: a non-null socket pointer from the context; the verifier checks the access.
         if h.flags & (TCP_SYN | TCP_ACK) != TCP_SYN || unsafe { (*sk).state } != TCP_LISTEN {
             return true;
         }
         if !ingress_allows(&cfg, &id, h.family, &h.src) {
-            return refuse(&cfg, &id, raw, cgid, &h, hook::SKB_INGRESS);
+            return refuse(&cfg, &id, skb, cgid, &h, hook::SKB_INGRESS);
         }
         let mut val = AcceptVal {
             seen_ns: now_ns(),
@@ -213,6 +208,8 @@ fn try_ingress(skb: &SkBuff) -> bool {
         };
         let tag = sock_tag(sk.cast::<c_void>(), false);
         if !tag.is_null() {
+            // SAFETY: a non-null socket-storage pointer stays valid while the program holds
+            // the socket (the whole run).
             let t = unsafe { &*tag };
             if t.cgroup_id != 0 {
                 val.cgroup_id = t.cgroup_id;
@@ -243,6 +240,7 @@ fn try_ingress(skb: &SkBuff) -> bool {
     };
     let tag = sock_tag(sk.cast::<c_void>(), false);
     if !tag.is_null() {
+        // SAFETY: a non-null socket-storage pointer, valid for the run (as above).
         let t = unsafe { &*tag };
         if t.verdict == verdict::ALLOW && cache_covers(t, cfg.epoch(), &peer, true) {
             // The answer of a peer this socket is allowed to send to.
@@ -253,7 +251,7 @@ fn try_ingress(skb: &SkBuff) -> bool {
         }
     }
     let key = ReplyKey {
-        cookie: unsafe { bpf_get_socket_cookie(raw.cast()) },
+        cookie: skb_cookie(skb),
         addr: h.src,
         port: h.sport,
         family: h.family,
@@ -261,6 +259,8 @@ fn try_ingress(skb: &SkBuff) -> bool {
         _pad: 0,
     };
     if let Some(e) = CP_REPLY.get_ptr_mut(key) {
+        // SAFETY: a pointer into the map's element, valid during the run (RCU); a racing
+        // writer of the same word can only store another recent time.
         unsafe { (*e).seen_ns = now_ns() };
         return true;
     }
@@ -271,7 +271,7 @@ fn try_ingress(skb: &SkBuff) -> bool {
         return true;
     }
     if !ingress_allows(&cfg, &id, h.family, &h.src) {
-        return refuse(&cfg, &id, raw, cgid, &h, hook::SKB_INGRESS);
+        return refuse(&cfg, &id, skb, cgid, &h, hook::SKB_INGRESS);
     }
     let val = ReplyVal {
         seen_ns: now_ns(),
@@ -287,30 +287,30 @@ fn try_ingress(skb: &SkBuff) -> bool {
 /// request socket, else whether it passes (its peer is admitted by `ingress.allowFrom`). Request
 /// sockets exist only for SYNs the kernel received, so a workload cannot make one up.
 #[inline(always)]
-pub fn synack(
+pub(crate) fn synack(
     cfg: &Config,
     skb: &SkBuff,
     l3: usize,
     ethertype: u16,
     hook_code: u8,
 ) -> Option<bool> {
-    let raw: *mut __sk_buff = skb.skb;
-    let sk = unsafe { (*raw).__bindgen_anon_2.sk };
+    let sk = skb_sock(skb);
     if sk.is_null() {
         return None;
     }
     // At TC the packet's socket is the request socket; `cgroup_skb` runs such packets with the
     // listener in its place. A listening socket sends nothing else (no data, no RST).
+    // SAFETY: a non-null socket pointer from the context; the verifier checks the access.
     let state = unsafe { (*sk).state };
     if state != TCP_NEW_SYN_RECV && state != TCP_LISTEN {
         return None;
     }
     // The listener's cgroup (the helper goes from the request socket to its listener).
-    let cgid = unsafe { bpf_skb_cgroup_id(raw) };
+    let cgid = skb_cgroup_id(skb);
     if cgid == 0 {
         return Some(true);
     }
-    let id = resolve(cfg, cgid, |l| unsafe { bpf_skb_ancestor_cgroup_id(raw, l) });
+    let id = resolve(cfg, cgid, |l| skb_ancestor_cgroup_id(skb, l));
     if id.ident == 0 {
         return Some(true);
     }
@@ -332,14 +332,14 @@ pub fn synack(
         dst: h.src,
         l4: h.l4,
     };
-    Some(refuse(cfg, &id, raw, cgid, &peer_view, hook_code))
+    Some(refuse(cfg, &id, skb, cgid, &peer_view, hook_code))
 }
 
 /// The verdict for a packet of an accepted TCP socket to its peer: `None` when the socket is
 /// not one, else (verdict, reason, record it). Recorded once per flow; a change of
 /// `ingress.allowFrom` (any new epoch) is checked again.
 #[inline(always)]
-pub fn passive(cfg: &Config, id: &Ident, t: &mut SockTag, d: &Dest) -> Option<(u8, u8, bool)> {
+pub(crate) fn passive(cfg: &Config, id: &Ident, t: &mut SockTag, d: &Dest) -> Option<(u8, u8, bool)> {
     if t.passive != 1 || d.proto != PROTO_TCP {
         return None;
     }
@@ -369,7 +369,7 @@ pub fn passive(cfg: &Config, id: &Ident, t: &mut SockTag, d: &Dest) -> Option<(u
 /// A UDP datagram of socket `cookie` to `d`: `Some(first)` when `d` sent to this socket within
 /// [`REPLY_WINDOW_NS`] and `ingress.allowFrom` still admits it (`first`: not recorded yet).
 #[inline(always)]
-pub fn udp_reply(cfg: &Config, id: &Ident, cookie: u64, d: &Dest) -> Option<bool> {
+pub(crate) fn udp_reply(cfg: &Config, id: &Ident, cookie: u64, d: &Dest) -> Option<bool> {
     if d.proto != PROTO_UDP {
         return None;
     }
@@ -382,6 +382,9 @@ pub fn udp_reply(cfg: &Config, id: &Ident, cookie: u64, d: &Dest) -> Option<bool
         _pad: 0,
     };
     let e = CP_REPLY.get_ptr_mut(key)?;
+    // SAFETY: a pointer into the map's element, valid during the run (RCU); the fields are
+    // plain integers, and a racing update of the same peer's entry writes the same kind of
+    // values.
     let e = unsafe { &mut *e };
     if now_ns().saturating_sub(e.seen_ns) > REPLY_WINDOW_NS {
         return None;
@@ -428,7 +431,7 @@ fn norm(a: [u8; 16]) -> (u8, [u8; 16]) {
 /// that already has a verdict went through connect (a simultaneous open reaches this callback
 /// too) and stays an egress socket.
 #[inline(always)]
-pub fn accepted(ctx: &SockOpsContext) {
+pub(crate) fn accepted(ctx: &SockOpsContext) {
     let mut key = FlowKey {
         peer_port: u16::from_be((ctx.remote_port() >> 16) as u16),
         local_port: ctx.local_port() as u16,
@@ -445,15 +448,20 @@ pub fn accepted(ctx: &SockOpsContext) {
         key.peer_addr = peer;
         key.local_addr = local;
     }
+    // SAFETY: plain integers, copied at once; the entry is written only by `cp_skb_ingress` for
+    // the SYN of this very 4-tuple.
     let Some(v) = (unsafe { CP_ACCEPT.get(key) }).copied() else {
         return;
     };
     let _ = CP_ACCEPT.remove(key);
+    // SAFETY: `ctx.ops` is the program's context pointer, valid for the whole run; `sk` is the
+    // member of the union set in an established callback.
     let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
     if sk.is_null() {
         return;
     }
     let existing = sock_tag(sk.cast::<c_void>(), false);
+    // SAFETY: a non-null socket-storage pointer, valid for the run.
     if !existing.is_null() && unsafe { (*existing).verdict_epoch } != 0 {
         return;
     }
@@ -461,6 +469,8 @@ pub fn accepted(ctx: &SockOpsContext) {
     if tag.is_null() {
         return;
     }
+    // SAFETY: a non-null socket-storage pointer, valid for the run; the socket was just
+    // established, so its own syscalls do not run meanwhile.
     let t = unsafe { &mut *tag };
     t.cgroup_id = v.cgroup_id;
     t.pid_tgid = v.pid_tgid;

@@ -7,15 +7,17 @@ use core::ffi::c_void;
 
 use aya_ebpf::{
     bindings::__sk_buff,
-    helpers::generated::{bpf_get_socket_cookie, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id},
     macros::{cgroup_skb, classifier},
     programs::{SkBuffContext, TcContext, sk_buff::SkBuff},
 };
 use chokepoint_common::{Config, SockTag, hook, reason, verdict};
 
-use crate::decide::{
-    Dest, Ident, cache_covers, cache_store, config, decide, denied, has_ports, now_ns, record,
-    resolve, same_flow_was_allowed, sock_tag,
+use crate::{
+    decide::{
+        Dest, Ident, cache_covers, cache_store, config, decide, denied, has_ports, record, resolve,
+        same_flow_was_allowed, sock_tag,
+    },
+    helpers::{now_ns, skb_ancestor_cgroup_id, skb_cgroup_id, skb_cookie, skb_ethertype, skb_sock},
 };
 
 const ETH_P_IP: u16 = 0x0800;
@@ -88,9 +90,15 @@ fn parse(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Pkt> {
     Some(p)
 }
 
-/// Reads `N` bytes at `p` (packet memory the caller has bounds-checked).
+/// Reads `N` bytes at `p`.
+///
+/// # Safety
+///
+/// `[p, p + N)` lies in the packet's linear data: the caller has compared it against
+/// `data_end` (which the verifier also checks for every access).
 #[inline(always)]
 unsafe fn bytes<const N: usize>(p: usize) -> [u8; N] {
+    // SAFETY: in bounds by the caller's contract; unaligned, as packet headers are.
     unsafe { core::ptr::read_unaligned(p as *const [u8; N]) }
 }
 
@@ -100,7 +108,9 @@ unsafe fn bytes<const N: usize>(p: usize) -> [u8; N] {
 #[inline(always)]
 fn parse_direct(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Pkt> {
     let raw: *mut __sk_buff = skb.skb;
+    // SAFETY: `raw` is the program's context pointer, valid for the whole run.
     let start = unsafe { (*raw).data } as usize;
+    // SAFETY: as above.
     let end = unsafe { (*raw).data_end } as usize;
     let mut p = Pkt {
         dst: Dest {
@@ -119,6 +129,7 @@ fn parse_direct(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Pkt> {
             return None;
         }
         let h = start + l3;
+        // SAFETY: `h + 20 <= end` was checked above.
         let [vihl] = unsafe { bytes::<1>(h) };
         if vihl >> 4 != 4 {
             return None;
@@ -127,14 +138,18 @@ fn parse_direct(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Pkt> {
         if ihl < 20 {
             return None;
         }
+        // SAFETY: within the 20 bytes checked above.
         let frag = u16::from_be_bytes(unsafe { bytes::<2>(h + 6) });
         if frag & 0x1fff != 0 {
             // Not a first fragment: no ports; the helper path handles it.
             return None;
         }
+        // SAFETY: within the 20 bytes checked above.
         let [proto] = unsafe { bytes::<1>(h + 9) };
         p.dst.proto = proto;
+        // SAFETY: within the 20 bytes checked above.
         let s: [u8; 4] = unsafe { bytes(h + 12) };
+        // SAFETY: within the 20 bytes checked above.
         let d: [u8; 4] = unsafe { bytes(h + 16) };
         p.saddr[..4].copy_from_slice(&s);
         p.dst.addr[..4].copy_from_slice(&d);
@@ -144,14 +159,18 @@ fn parse_direct(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Pkt> {
             return None;
         }
         let h = start + l3;
+        // SAFETY: `h + 40 <= end` was checked above.
         let [v] = unsafe { bytes::<1>(h) };
         if v >> 4 != 6 {
             return None;
         }
         p.dst.family = 6;
+        // SAFETY: within the 40 bytes checked above.
         let [proto] = unsafe { bytes::<1>(h + 6) };
         p.dst.proto = proto;
+        // SAFETY: bytes 8..24, within the 40 checked above.
         p.saddr = unsafe { bytes(h + 8) };
+        // SAFETY: bytes 24..40, within the 40 checked above.
         p.dst.addr = unsafe { bytes(h + 24) };
         l4 = h + 40;
     } else {
@@ -161,6 +180,7 @@ fn parse_direct(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Pkt> {
         if l4 + 4 > end {
             return None;
         }
+        // SAFETY: `l4 + 4 <= end` was checked just above.
         let ports: [u8; 4] = unsafe { bytes(l4) };
         p.sport = u16::from_be_bytes([ports[0], ports[1]]);
         p.dst.port = u16::from_be_bytes([ports[2], ports[3]]);
@@ -183,8 +203,7 @@ struct Outcome {
 #[inline(always)]
 fn handle(skb: &SkBuff, l3: usize, ethertype: u16, hook_code: u8) -> bool {
     let Some(cfg) = config() else { return true };
-    let raw: *mut __sk_buff = skb.skb;
-    let sk = unsafe { (*raw).__bindgen_anon_2.sk };
+    let sk = skb_sock(skb);
     if sk.is_null() {
         // Not from a local socket (forwarded, or kernel-generated without a socket).
         return true;
@@ -194,20 +213,21 @@ fn handle(skb: &SkBuff, l3: usize, ethertype: u16, hook_code: u8) -> bool {
     }
     let epoch = cfg.epoch();
     let mut tag_ptr = sock_tag(sk.cast::<c_void>(), false);
+    // SAFETY: a non-null socket-storage pointer stays valid while the program holds the socket
+    // (the whole run).
     let id = if !tag_ptr.is_null() && unsafe { (*tag_ptr).ident_epoch } == epoch {
+        // SAFETY: as above.
         let t = unsafe { &*tag_ptr };
         Ident {
             ident: t.ident,
             mode: t.mode,
         }
     } else {
-        let cgid = unsafe { bpf_skb_cgroup_id(raw) };
+        let cgid = skb_cgroup_id(skb);
         if cgid == 0 {
             return true;
         }
-        let id = resolve(&cfg, cgid, |l| unsafe {
-            bpf_skb_ancestor_cgroup_id(raw, l)
-        });
+        let id = resolve(&cfg, cgid, |l| skb_ancestor_cgroup_id(skb, l));
         if id.ident == 0 {
             return true;
         }
@@ -215,6 +235,7 @@ fn handle(skb: &SkBuff, l3: usize, ethertype: u16, hook_code: u8) -> bool {
             tag_ptr = sock_tag(sk.cast::<c_void>(), true);
         }
         if !tag_ptr.is_null() {
+            // SAFETY: a non-null socket-storage pointer, valid for the run (as above).
             let t = unsafe { &mut *tag_ptr };
             if t.cgroup_id == 0 {
                 t.cgroup_id = cgid;
@@ -245,11 +266,11 @@ fn handle(skb: &SkBuff, l3: usize, ethertype: u16, hook_code: u8) -> bool {
                 emit: true,
             }
         }
-        Some(p) => judge(&cfg, &id, tag_ptr, p, raw),
+        Some(p) => judge(&cfg, &id, tag_ptr, p, skb),
     };
     if out.emit {
         record(out.verdict, out.reason, |ev| {
-            ev.cookie = unsafe { bpf_get_socket_cookie(raw.cast()) };
+            ev.cookie = skb_cookie(skb);
             ev.ident = id.ident;
             ev.generation = cfg.generation();
             ev.rule = out.rule;
@@ -257,6 +278,7 @@ fn handle(skb: &SkBuff, l3: usize, ethertype: u16, hook_code: u8) -> bool {
             ev.hook = hook_code;
             ev.mode = id.mode;
             if !tag_ptr.is_null() {
+                // SAFETY: a non-null socket-storage pointer, valid for the run.
                 let t = unsafe { &*tag_ptr };
                 ev.cgroup_id = t.cgroup_id;
                 ev.pid_tgid = t.pid_tgid;
@@ -284,10 +306,12 @@ fn judge(
     id: &Ident,
     tag_ptr: *mut SockTag,
     pkt: &Pkt,
-    raw: *mut __sk_buff,
+    skb: &SkBuff,
 ) -> Outcome {
     let epoch = cfg.epoch();
     if !tag_ptr.is_null() {
+        // SAFETY: a non-null socket-storage pointer stays valid while the program holds the
+        // socket (the whole run).
         let t = unsafe { &mut *tag_ptr };
         if let Some((verdict, reason, emit)) = crate::reply::passive(cfg, id, t, &pkt.dst) {
             return Outcome {
@@ -300,13 +324,7 @@ fn judge(
         }
         // A cached UDP reply holds only while its peer's window is open.
         let reply_open = t.reason != reason::REPLY
-            || crate::reply::udp_reply(
-                cfg,
-                id,
-                unsafe { bpf_get_socket_cookie(raw.cast()) },
-                &pkt.dst,
-            )
-            .is_some();
+            || crate::reply::udp_reply(cfg, id, skb_cookie(skb), &pkt.dst).is_some();
         if reply_open && cache_covers(t, epoch, &pkt.dst, pkt.port_known) {
             if t.verdict == verdict::ALLOW {
                 if t.reason == reason::GRANT && t.grant_expires_ns <= now_ns() {
@@ -344,17 +362,13 @@ fn judge(
     let mut first_of_flow = true;
     let mut reply_first = None;
     if dec.verdict != verdict::ALLOW {
-        reply_first = crate::reply::udp_reply(
-            cfg,
-            id,
-            unsafe { bpf_get_socket_cookie(raw.cast()) },
-            &pkt.dst,
-        );
+        reply_first = crate::reply::udp_reply(cfg, id, skb_cookie(skb), &pkt.dst);
         if reply_first.is_some() {
             dec = crate::reply::reply_decision();
         }
     }
     if !tag_ptr.is_null() {
+        // SAFETY: a non-null socket-storage pointer, valid for the run (as above).
         let t = unsafe { &mut *tag_ptr };
         if same_flow_was_allowed(t, &pkt.dst) {
             if dec.verdict == verdict::ALLOW {
@@ -383,18 +397,16 @@ fn judge(
     }
 }
 
+// The entry points are private: aya's macros export them under their own names (`no_mangle`,
+// in the program's section), as aya's own test programs do.
 #[cgroup_skb(egress)]
-pub fn cp_skb_egress(ctx: SkBuffContext) -> i32 {
-    let proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
-    if handle(&ctx.skb, 0, proto, hook::SKB) {
-        1
-    } else {
-        0
-    }
+fn cp_skb_egress(ctx: SkBuffContext) -> i32 {
+    let proto = skb_ethertype(&ctx.skb);
+    i32::from(handle(&ctx.skb, 0, proto, hook::SKB))
 }
 
 #[classifier]
-pub fn cp_tc_egress(ctx: TcContext) -> i32 {
+fn cp_tc_egress(ctx: TcContext) -> i32 {
     let Ok(ethertype) = ctx.skb.load::<u16>(12) else {
         return TC_ACT_UNSPEC;
     };

@@ -4,16 +4,16 @@
 
 use aya_ebpf::{
     EbpfContext,
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
     macros::{cgroup_sock, lsm},
     programs::{LsmContext, SockContext},
 };
 use chokepoint_common::{hook, reason, verdict};
 
-use crate::decide::{Ident, config, denied, record, resolve, sock_tag};
+use crate::{
+    decide::{Ident, config, denied, record, resolve, sock_tag},
+    helpers::{current_ancestor_cgroup_id, current_cgroup_id},
+};
 
 const AF_UNIX: i32 = 1;
 const AF_INET: i32 = 2;
@@ -28,10 +28,8 @@ const EPERM: i32 = 1;
 /// Identity of the current task.
 #[inline(always)]
 fn current_ident(cfg: &chokepoint_common::Config) -> (u64, Ident) {
-    let cgid = unsafe { bpf_get_current_cgroup_id() };
-    let id = resolve(cfg, cgid, |level| unsafe {
-        bpf_get_current_ancestor_cgroup_id(level)
-    });
+    let cgid = current_cgroup_id();
+    let id = resolve(cfg, cgid, current_ancestor_cgroup_id);
     (cgid, id)
 }
 
@@ -69,16 +67,19 @@ fn socket_record(
 }
 
 #[cgroup_sock(sock_create)]
-pub fn cp_sock_create(ctx: SockContext) -> i32 {
+fn cp_sock_create(ctx: SockContext) -> i32 {
     let Some(cfg) = config() else { return 1 };
     let (cgid, id) = current_ident(&cfg);
     if id.ident == 0 {
         return 1;
     }
+    // SAFETY: `ctx.sock` is the program's context pointer, valid for the whole run.
     let sk = unsafe { &*ctx.sock };
     let (family, ty, proto) = (sk.family as i32, sk.type_ as i32, sk.protocol as i32);
     let tag = sock_tag(ctx.as_ptr(), true);
     if !tag.is_null() {
+        // SAFETY: a non-null socket-storage pointer stays valid while the program holds the
+        // socket (the whole run); the socket is being created, so nothing else writes it.
         let t = unsafe { &mut *tag };
         t.cgroup_id = cgid;
         t.pid_tgid = bpf_get_current_pid_tgid();
@@ -109,7 +110,7 @@ pub fn cp_sock_create(ctx: SockContext) -> i32 {
 }
 
 #[lsm(hook = "socket_create")]
-pub fn cp_lsm_socket(ctx: LsmContext) -> i32 {
+fn cp_lsm_socket(ctx: LsmContext) -> i32 {
     let family: i32 = ctx.arg(0);
     let ty: i32 = ctx.arg::<i32>(1) & SOCK_TYPE_MASK;
     let proto: i32 = ctx.arg(2);

@@ -4,12 +4,7 @@
 //! (`sendto`, `sendmsg`, `sendmmsg`).
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id, bpf_get_socket_cookie,
-        },
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
     macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
@@ -19,24 +14,29 @@ use crate::decide::{
     Dest, Ident, cache_covers, cache_store, config, decide, has_ports, record, resolve,
     same_flow_was_allowed,
 };
-use crate::maps::CP_SKTAG;
+use crate::{
+    helpers::{current_ancestor_cgroup_id, current_cgroup_id, sock_addr_cookie},
+    maps::CP_SKTAG,
+};
 
 #[inline(always)]
 fn handle(ctx: &SockAddrContext, v6: bool, hook_code: u8) -> i32 {
     let Some(cfg) = config() else { return 1 };
     let epoch = cfg.epoch();
+    // SAFETY: `ctx.sock_addr` is the program's context pointer, valid for the whole run.
     let sa = unsafe { &*ctx.sock_addr };
+    // SAFETY: the context of a `cgroup/sock_addr` program carries the socket the helper needs.
     let tag_ptr = unsafe { CP_SKTAG.get_ptr_mut(ctx) };
-    let cur_cgid = unsafe { bpf_get_current_cgroup_id() };
+    let cur_cgid = current_cgroup_id();
 
     // Identity: the socket's tag when it is current; else resolve. A socket created in another
     // cgroup (passed fd) keeps its creator's identity.
     let mut cgid = cur_cgid;
     let id = if tag_ptr.is_null() {
-        resolve(&cfg, cur_cgid, |l| unsafe {
-            bpf_get_current_ancestor_cgroup_id(l)
-        })
+        resolve(&cfg, cur_cgid, current_ancestor_cgroup_id)
     } else {
+        // SAFETY: a non-null socket-storage pointer stays valid while the program holds the
+        // socket (the whole run); the socket's own syscall is the only writer meanwhile.
         let t = unsafe { &mut *tag_ptr };
         if t.ident_epoch == epoch {
             cgid = t.cgroup_id;
@@ -45,9 +45,7 @@ fn handle(ctx: &SockAddrContext, v6: bool, hook_code: u8) -> i32 {
                 mode: t.mode,
             }
         } else if t.tagged == 0 || t.cgroup_id == cur_cgid {
-            let id = resolve(&cfg, cur_cgid, |l| unsafe {
-                bpf_get_current_ancestor_cgroup_id(l)
-            });
+            let id = resolve(&cfg, cur_cgid, current_ancestor_cgroup_id);
             t.ident_epoch = epoch;
             t.ident = id.ident;
             t.mode = id.mode;
@@ -66,8 +64,10 @@ fn handle(ctx: &SockAddrContext, v6: bool, hook_code: u8) -> i32 {
         return 1;
     }
     let tag_ptr = if tag_ptr.is_null() {
+        // SAFETY: as for `get_ptr_mut` above; no initial value, so a new entry is zero-filled.
         let p = unsafe { CP_SKTAG.get_or_insert_ptr_mut(ctx, None) };
         if !p.is_null() {
+            // SAFETY: a non-null socket-storage pointer, valid for the run (as above).
             let t = unsafe { &mut *p };
             t.cgroup_id = cur_cgid;
             t.pid_tgid = bpf_get_current_pid_tgid();
@@ -117,7 +117,7 @@ fn handle(ctx: &SockAddrContext, v6: bool, hook_code: u8) -> i32 {
     // A UDP answer to a peer that sent to this socket first.
     let mut reply_first = None;
     if dec.verdict != verdict::ALLOW {
-        let cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+        let cookie = sock_addr_cookie(ctx);
         reply_first = crate::reply::udp_reply(&cfg, &id, cookie, &d);
         if reply_first.is_some() {
             dec = crate::reply::reply_decision();
@@ -131,6 +131,7 @@ fn handle(ctx: &SockAddrContext, v6: bool, hook_code: u8) -> i32 {
         crate::fqdn::redirect(ctx, &id, &d, &dec).unwrap_or(d)
     };
     if !tag_ptr.is_null() {
+        // SAFETY: a non-null socket-storage pointer, valid for the run (as above).
         let t = unsafe { &mut *tag_ptr };
         // Whatever this socket was, it is now one the workload opens itself.
         t.passive = 0;
@@ -146,7 +147,7 @@ fn handle(ctx: &SockAddrContext, v6: bool, hook_code: u8) -> i32 {
     }
     if dec.verdict != verdict::ALLOW || first_of_flow {
         record(dec.verdict, dec.reason, |ev| {
-            ev.cookie = unsafe { bpf_get_socket_cookie(ctx.sock_addr.cast()) };
+            ev.cookie = sock_addr_cookie(ctx);
             ev.cgroup_id = cgid;
             ev.pid_tgid = bpf_get_current_pid_tgid();
             ev.uid_gid = bpf_get_current_uid_gid();
@@ -163,25 +164,27 @@ fn handle(ctx: &SockAddrContext, v6: bool, hook_code: u8) -> i32 {
             ev.mode = id.mode;
         });
     }
-    if dec.verdict == verdict::DENY { 0 } else { 1 }
+    i32::from(dec.verdict != verdict::DENY)
 }
 
+// The entry points are private: aya's macros export them under their own names (`no_mangle`,
+// in the program's section), as aya's own test programs do.
 #[cgroup_sock_addr(connect4)]
-pub fn cp_connect4(ctx: SockAddrContext) -> i32 {
+fn cp_connect4(ctx: SockAddrContext) -> i32 {
     handle(&ctx, false, hook::CONNECT4)
 }
 
 #[cgroup_sock_addr(connect6)]
-pub fn cp_connect6(ctx: SockAddrContext) -> i32 {
+fn cp_connect6(ctx: SockAddrContext) -> i32 {
     handle(&ctx, true, hook::CONNECT6)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
-pub fn cp_sendmsg4(ctx: SockAddrContext) -> i32 {
+fn cp_sendmsg4(ctx: SockAddrContext) -> i32 {
     handle(&ctx, false, hook::SENDMSG4)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
-pub fn cp_sendmsg6(ctx: SockAddrContext) -> i32 {
+fn cp_sendmsg6(ctx: SockAddrContext) -> i32 {
     handle(&ctx, true, hook::SENDMSG6)
 }

@@ -18,7 +18,8 @@ use aya_ebpf::{
 use chokepoint_common::{AttestKey, AttestVal, reason, verdict};
 
 use crate::{
-    decide::{config, now_ns, sock_tag},
+    decide::{config, sock_tag},
+    helpers::now_ns,
     maps::CP_ATTEST,
 };
 
@@ -73,10 +74,12 @@ fn key(ctx: &SockOpsContext) -> AttestKey {
 }
 
 #[sock_ops]
-pub fn cp_sock_ops(ctx: SockOpsContext) -> u32 {
+fn cp_sock_ops(ctx: SockOpsContext) -> u32 {
     let op = ctx.op();
     if op == BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB {
         let Some(cfg) = config() else { return 1 };
+        // SAFETY: `ctx.ops` is the program's context pointer, valid for the whole run; `sk` is
+        // the member of the union set in an established callback.
         let sk = unsafe { (*ctx.ops).__bindgen_anon_2.sk };
         if sk.is_null() {
             return 1;
@@ -85,6 +88,8 @@ pub fn cp_sock_ops(ctx: SockOpsContext) -> u32 {
         if tag.is_null() {
             return 1;
         }
+        // SAFETY: a non-null socket-storage pointer stays valid while the program holds the
+        // socket (the whole run).
         let t = unsafe { &*tag };
         if t.ident == 0
             || t.verdict != verdict::ALLOW
@@ -94,6 +99,7 @@ pub fn cp_sock_ops(ctx: SockOpsContext) -> u32 {
         }
         let val = AttestVal {
             since_ns: now_ns(),
+            // SAFETY: the context pointer of a `sockops` program, which the helper takes.
             cookie: unsafe { bpf_get_socket_cookie(ctx.ops.cast()) },
             cgroup_id: t.cgroup_id,
             pid_tgid: t.pid_tgid,

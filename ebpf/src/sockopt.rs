@@ -4,23 +4,24 @@
 //! register its memory and rings; its frames skip TC too). Everything else passes untouched.
 
 use aya_ebpf::{
-    helpers::{
-        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid,
-        generated::{bpf_get_current_ancestor_cgroup_id, bpf_get_current_cgroup_id},
-    },
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_get_current_uid_gid},
     macros::cgroup_sockopt,
     programs::SockoptContext,
 };
 use chokepoint_common::{hook, reason, verdict};
 
-use crate::decide::{config, denied, record, resolve};
+use crate::{
+    decide::{config, denied, record, resolve},
+    helpers::{current_ancestor_cgroup_id, current_cgroup_id},
+};
 
 const SOL_PACKET: i32 = 263;
 const SOL_XDP: i32 = 283;
 const PACKET_QDISC_BYPASS: i32 = 20;
 
 #[cgroup_sockopt(setsockopt)]
-pub fn cp_setsockopt(ctx: SockoptContext) -> i32 {
+fn cp_setsockopt(ctx: SockoptContext) -> i32 {
+    // SAFETY: `ctx.sockopt` is the program's context pointer, valid for the whole run.
     let so = unsafe { &*ctx.sockopt };
     let (level, optname) = (so.level, so.optname);
     let skips_tc = (level == SOL_PACKET && optname == PACKET_QDISC_BYPASS) || level == SOL_XDP;
@@ -28,17 +29,17 @@ pub fn cp_setsockopt(ctx: SockoptContext) -> i32 {
         return 1;
     }
     let Some(cfg) = config() else { return 1 };
-    let cgid = unsafe { bpf_get_current_cgroup_id() };
-    let id = resolve(&cfg, cgid, |l| unsafe {
-        bpf_get_current_ancestor_cgroup_id(l)
-    });
+    let cgid = current_cgroup_id();
+    let id = resolve(&cfg, cgid, current_ancestor_cgroup_id);
     if id.ident == 0 {
         return 1;
     }
+    // SAFETY: `sk` is the only member of this union in `bpf_sockopt` (the context's socket).
     let sk = unsafe { so.__bindgen_anon_1.sk };
     let family = if sk.is_null() {
         0
     } else {
+        // SAFETY: a non-null socket pointer from the context; the verifier checks the access.
         unsafe { (*sk).family }
     };
     let dec = denied(&id, reason::RAW_SOCKET);
@@ -53,5 +54,5 @@ pub fn cp_setsockopt(ctx: SockoptContext) -> i32 {
         ev.sock_family = family as u8;
         ev.mode = id.mode;
     });
-    if dec.verdict == verdict::DENY { 0 } else { 1 }
+    i32::from(dec.verdict != verdict::DENY)
 }
