@@ -4,9 +4,7 @@
 //! and `cgroup/recvmsg4` (5.2), which restores the resolver as the source of the proxy's replies.
 
 use aya_ebpf::{
-    helpers::generated::bpf_get_netns_cookie,
-    macros::cgroup_sock_addr,
-    programs::SockAddrContext,
+    helpers::generated::bpf_get_netns_cookie, macros::cgroup_sock_addr, programs::SockAddrContext,
 };
 use chokepoint_common::{
     DnsOrig, FqdnKey, MAX_FQDN_ENTRIES, PROTO_ANY, PROTO_UDP, reason, verdict,
@@ -78,7 +76,12 @@ pub(crate) fn allow(id: &Ident, d: &Dest) -> Option<Decision> {
 /// rewrites the destination in `ctx` and remembers the resolver under the socket's cookie.
 /// Returns the destination the packets will carry (for the socket's cached verdict).
 #[inline(always)]
-pub(crate) fn redirect(ctx: &SockAddrContext, id: &Ident, d: &Dest, dec: &Decision) -> Option<Dest> {
+pub(crate) fn redirect(
+    ctx: &SockAddrContext,
+    id: &Ident,
+    d: &Dest,
+    dec: &Decision,
+) -> Option<Dest> {
     if dec.verdict == verdict::DENY
         || dec.reason != reason::RULE
         || d.family != 4

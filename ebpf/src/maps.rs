@@ -18,10 +18,12 @@ use chokepoint_common::{
 pub(crate) static CP_CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 #[map]
-pub(crate) static CP_IDENT: HashMap<IdentKey, IdentVal> = HashMap::with_max_entries(MAX_IDENT_CGROUPS, 0);
+pub(crate) static CP_IDENT: HashMap<IdentKey, IdentVal> =
+    HashMap::with_max_entries(MAX_IDENT_CGROUPS, 0);
 
 #[map]
-pub(crate) static CP_RULES: LpmTrie<[u8; LPM_DATA_LEN], RuleVal> = LpmTrie::with_max_entries(MAX_RULES, 0);
+pub(crate) static CP_RULES: LpmTrie<[u8; LPM_DATA_LEN], RuleVal> =
+    LpmTrie::with_max_entries(MAX_RULES, 0);
 
 #[map]
 pub(crate) static CP_GRANTS: LpmTrie<[u8; LPM_DATA_LEN], GrantVal> =
@@ -44,10 +46,12 @@ pub(crate) static CP_ATTEST: LruHashMap<AttestKey, AttestVal> =
     LruHashMap::with_max_entries(ATTEST_SIZE, 0);
 
 #[map]
-pub(crate) static CP_ACCEPT: LruHashMap<FlowKey, AcceptVal> = LruHashMap::with_max_entries(ACCEPT_SIZE, 0);
+pub(crate) static CP_ACCEPT: LruHashMap<FlowKey, AcceptVal> =
+    LruHashMap::with_max_entries(ACCEPT_SIZE, 0);
 
 #[map]
-pub(crate) static CP_REPLY: LruHashMap<ReplyKey, ReplyVal> = LruHashMap::with_max_entries(REPLY_SIZE, 0);
+pub(crate) static CP_REPLY: LruHashMap<ReplyKey, ReplyVal> =
+    LruHashMap::with_max_entries(REPLY_SIZE, 0);
 
 #[map]
 pub(crate) static CP_FQDN: HashMap<FqdnKey, FqdnVal> = HashMap::with_max_entries(MAX_FQDN, 0);
@@ -59,7 +63,8 @@ pub(crate) static CP_DNSPX: HashMap<u32, DnsProxy> = HashMap::with_max_entries(M
 pub(crate) static CP_DNSCFG: Array<DnsCfg> = Array::with_max_entries(1, 0);
 
 #[map]
-pub(crate) static CP_DNSORIG: LruHashMap<u64, DnsOrig> = LruHashMap::with_max_entries(DNSORIG_SIZE, 0);
+pub(crate) static CP_DNSORIG: LruHashMap<u64, DnsOrig> =
+    LruHashMap::with_max_entries(DNSORIG_SIZE, 0);
 
 #[map]
 pub(crate) static CP_DNSANS: RingBuf = RingBuf::with_byte_size(DNSANS_BYTES, 0);

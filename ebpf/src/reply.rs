@@ -23,7 +23,9 @@ use chokepoint_common::{
 };
 
 use crate::{
-    decide::{Decision, Dest, Ident, cache_covers, config, decide, denied, record, resolve, sock_tag},
+    decide::{
+        Decision, Dest, Ident, cache_covers, config, decide, denied, record, resolve, sock_tag,
+    },
     dnsans,
     helpers::{now_ns, skb_ancestor_cgroup_id, skb_cgroup_id, skb_cookie, skb_ethertype, skb_sock},
     maps::{CP_ACCEPT, CP_REPLY, CP_RULES},
@@ -139,14 +141,7 @@ pub(crate) fn reply_decision() -> Decision {
 /// Records a peer refused by `ingress.allowFrom` (`src` is the peer); returns true to pass
 /// (audit mode).
 #[inline(always)]
-fn refuse(
-    cfg: &Config,
-    id: &Ident,
-    skb: &SkBuff,
-    cgid: u64,
-    h: &Hdr,
-    hook_code: u8,
-) -> bool {
+fn refuse(cfg: &Config, id: &Ident, skb: &SkBuff, cgid: u64, h: &Hdr, hook_code: u8) -> bool {
     let dec = denied(id, reason::INGRESS_DENIED);
     record(dec.verdict, dec.reason, |ev| {
         ev.cookie = skb_cookie(skb);
@@ -339,7 +334,12 @@ pub(crate) fn synack(
 /// not one, else (verdict, reason, record it). Recorded once per flow; a change of
 /// `ingress.allowFrom` (any new epoch) is checked again.
 #[inline(always)]
-pub(crate) fn passive(cfg: &Config, id: &Ident, t: &mut SockTag, d: &Dest) -> Option<(u8, u8, bool)> {
+pub(crate) fn passive(
+    cfg: &Config,
+    id: &Ident,
+    t: &mut SockTag,
+    d: &Dest,
+) -> Option<(u8, u8, bool)> {
     if t.passive != 1 || d.proto != PROTO_TCP {
         return None;
     }

@@ -301,13 +301,7 @@ fn handle(skb: &SkBuff, l3: usize, ethertype: u16, hook_code: u8) -> bool {
 /// The verdict for a parsed packet: the socket's cached verdict when it covers the packet under
 /// the current epoch, a full decision otherwise.
 #[inline(always)]
-fn judge(
-    cfg: &Config,
-    id: &Ident,
-    tag_ptr: *mut SockTag,
-    pkt: &Pkt,
-    skb: &SkBuff,
-) -> Outcome {
+fn judge(cfg: &Config, id: &Ident, tag_ptr: *mut SockTag, pkt: &Pkt, skb: &SkBuff) -> Outcome {
     let epoch = cfg.epoch();
     if !tag_ptr.is_null() {
         // SAFETY: a non-null socket-storage pointer stays valid while the program holds the
