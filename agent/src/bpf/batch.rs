@@ -56,8 +56,35 @@ fn call(cmd: libc::c_long, attr: &mut BatchAttr) -> Result<(), std::io::Error> {
     }
 }
 
+impl BatchAttr {
+    /// A batch over `keys` (and `values`, for an update) of the map `map_fd`.
+    fn new<K, V>(map_fd: u32, keys: &[K], values: Option<&[V]>) -> Self {
+        Self {
+            keys: keys.as_ptr() as u64,
+            values: values.map_or(0, |v| v.as_ptr() as u64),
+            count: keys.len() as u32,
+            map_fd,
+            ..Self::default()
+        }
+    }
+}
+
 fn unsupported(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524))
+}
+
+/// Why a batch call that failed with `e` stopped, after `done` keys of earlier calls and
+/// `count` (the kernel's count) of this one: no batch support when the very first call did
+/// nothing and the kernel refused the command itself, else a refused element.
+fn stopped(e: std::io::Error, done: usize, count: u32) -> BatchError {
+    if done == 0 && count == 0 && unsupported(&e) {
+        BatchError::Unsupported
+    } else {
+        BatchError::Failed {
+            done: done + count as usize,
+            source: e,
+        }
+    }
 }
 
 /// Writes `keys[i] → values[i]` for every `i` (`K` and `V` laid out as the map's key and value).
@@ -70,24 +97,10 @@ pub(super) fn update<K: Copy, V: Copy>(
     let fd = map.fd().as_fd().as_raw_fd() as u32;
     let mut done = 0;
     for (k, v) in keys.chunks(CHUNK).zip(values.chunks(CHUNK)) {
-        let mut attr = BatchAttr {
-            keys: k.as_ptr() as u64,
-            values: v.as_ptr() as u64,
-            count: k.len() as u32,
-            map_fd: fd,
-            ..Default::default()
-        };
+        let mut attr = BatchAttr::new(fd, k, Some(v));
         match call(BPF_MAP_UPDATE_BATCH, &mut attr) {
             Ok(()) => done += k.len(),
-            Err(e) if done == 0 && attr.count == 0 && unsupported(&e) => {
-                return Err(BatchError::Unsupported);
-            }
-            Err(source) => {
-                return Err(BatchError::Failed {
-                    done: done + attr.count as usize,
-                    source,
-                });
-            }
+            Err(e) => return Err(stopped(e, done, attr.count)),
         }
     }
     Ok(())
@@ -101,12 +114,7 @@ pub(super) fn delete<K: Copy>(map: &MapData, keys: &[K]) -> Result<(), BatchErro
     let mut done = 0;
     while !rest.is_empty() {
         let n = rest.len().min(CHUNK);
-        let mut attr = BatchAttr {
-            keys: rest.as_ptr() as u64,
-            count: n as u32,
-            map_fd: fd,
-            ..Default::default()
-        };
+        let mut attr = BatchAttr::new::<K, K>(fd, &rest[..n], None);
         match call(BPF_MAP_DELETE_BATCH, &mut attr) {
             Ok(()) => {
                 done += n;
@@ -118,15 +126,7 @@ pub(super) fn delete<K: Copy>(map: &MapData, keys: &[K]) -> Result<(), BatchErro
                 done += skip;
                 rest = &rest[skip.min(rest.len())..];
             }
-            Err(e) if done == 0 && attr.count == 0 && unsupported(&e) => {
-                return Err(BatchError::Unsupported);
-            }
-            Err(source) => {
-                return Err(BatchError::Failed {
-                    done: done + attr.count as usize,
-                    source,
-                });
-            }
+            Err(e) => return Err(stopped(e, done, attr.count)),
         }
     }
     Ok(())

@@ -9,8 +9,9 @@
 //! This file is the supervisor ([`run`]); each job has its own file: [`shared`] (the state the
 //! tasks share), [`generations`] (apply, bind, reconcile), [`grants`], [`dns_refresh`],
 //! [`cgroup_watch`], [`views`] (status, identities, gauges), [`enrich`], [`records`] (the ring
-//! consumer), [`alerting`], [`housekeeping`], [`handlers`] (API commands) and [`services`] (what
-//! the API, metrics and attestation servers read).
+//! consumer), [`alerting`], [`housekeeping`], [`handlers`] (API commands), [`services`] (what
+//! the API, metrics and attestation servers read), [`startup`] (what is opened before the kernel
+//! is touched) and [`kube`] (the Kubernetes sources).
 
 mod alerting;
 mod backstop;
@@ -22,6 +23,7 @@ mod generations;
 mod grants;
 mod handlers;
 mod housekeeping;
+mod kube;
 mod records;
 mod services;
 mod shared;
@@ -64,24 +66,15 @@ use crate::{
 
 /// Runs the daemon until SIGINT/SIGTERM.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
-    let Endpoints {
-        _state_lock,
-        listener,
-        attest_listener,
-        attest_tcp,
-        metrics_listener,
-        webhook,
-        store,
-        audit,
-        alert_log,
-    } = Endpoints::open(&opts).await?;
+    // Held whole until the daemon returns (the state lock among them); tasks take their parts.
+    let ep = Endpoints::open(&opts).await?;
     let dns = crate::dns::DnsCache::new(crate::dns::DEFAULT_GRACE);
     let StartGenerations {
         current,
         start_gen,
         start_policy,
         generations,
-    } = StartGenerations::load(&store, &dns, &opts)?;
+    } = StartGenerations::load(&ep.store, &dns, &opts)?;
     // Wakes the cgroup watcher (re-arm on policy and pod changes).
     let rearm = Arc::new(
         rustix::event::eventfd(
@@ -91,21 +84,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         .context("creating the cgroup watcher's eventfd")?,
     );
     // Kubernetes: the client and the pod cache exist before anything binds.
-    let (kube_client, pods) = match &opts.kube {
-        Some(k) => {
-            let client = crate::k8s::client().await.context(
-                "configuring the Kubernetes client (KUBECONFIG, or the pod's ServiceAccount)",
-            )?;
-            let wake = rearm.clone();
-            let cache = Arc::new(crate::k8s::pods::PodCache::new(move || {
-                cgroup_watch::wake(&wake);
-            }));
-            let binder =
-                crate::k8s::PodBinder::new(cache, &opts.cgroup_root, k.cgroup_prefixes.clone());
-            (Some(client), Some(Arc::new(binder)))
-        }
-        None => (None, None),
+    let kube = match &opts.kube {
+        Some(k) => Some(kube::Kube::connect(&opts, k, &rearm).await?),
+        None => None,
     };
+    let pods = kube.as_ref().map(|k| k.binder.clone());
     let bindings = bind(&opts.cgroup_root, &start_policy, pods.as_deref());
 
     // Load/adopt. A fresh install is filled before any program attaches.
@@ -165,7 +148,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             grace: opts.fqdn.grace,
             max_per_identity: opts.fqdn.max_per_identity,
             state_file: opts.state_dir.join("fqdn.json"),
-            audit: audit.clone(),
+            audit: ep.audit.clone(),
             node: util::node_name(),
         },
         fqdn,
@@ -183,7 +166,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         maps: Mutex::new(policy),
         stats: Mutex::new(stats),
         attest: Mutex::new(attest),
-        store: Mutex::new(store),
+        store: Mutex::new(ep.store),
         active: RwLock::new(Active {
             generation: start_gen,
             policy: start_policy.clone(),
@@ -202,8 +185,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             metrics.cgroup_names.clone(),
         ),
         metrics,
-        audit: audit.clone(),
-        alert_log: alert_log.clone(),
+        audit: ep.audit.clone(),
+        alert_log: ep.alert_log.clone(),
         degraded,
         features,
         webhook: Arc::new(WebhookStats::default()),
@@ -230,49 +213,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
 
     let mut set = tokio::task::JoinSet::new();
-    if let (Some(client), Some(binder), Some(k)) = (&kube_client, &pods, &opts.kube) {
-        set.spawn(crate::k8s::pods::run(
-            client.clone(),
-            k.node_name.clone(),
-            binder.cache.clone(),
-        ));
-        // A policy with pod identities waits for the first list (apply checks it too).
-        let t0 = std::time::Instant::now();
-        while !binder.cache.synced() && t0.elapsed() < crate::k8s::SYNC_TIMEOUT {
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
-        if !binder.cache.synced() {
-            warn!(
-                "the pod watcher has not listed this node's pods yet; pod identities bind when it has"
-            );
-        }
-        if let Some(name) = &k.policy {
-            let s = shared.clone();
-            let apply = Arc::new(move |label: String, doc: String| {
-                use crate::k8s::policy_source::Outcome;
-                let p = match compile_cached(&s.dns, &label, doc.as_bytes()) {
-                    Ok(p) => p,
-                    Err(e) => return Outcome::Rejected(e.to_string()),
-                };
-                let (generation, digest) = {
-                    let a = s.active.read().expect("active lock");
-                    (a.generation, a.policy.digest.clone())
-                };
-                if p.digest == digest {
-                    return Outcome::Unchanged(generation);
-                }
-                match s.apply(p, "kubernetes", &crate::peer::Who::daemon()) {
-                    Ok(g) => Outcome::Applied(g),
-                    Err(e) => Outcome::Rejected(format!("{e:#}")),
-                }
-            });
-            set.spawn(crate::k8s::policy_source::run(
-                client.clone(),
-                name.clone(),
-                k.node_name.clone(),
-                apply,
-            ));
-        }
+    if let (Some(kube), Some(k)) = (&kube, &opts.kube) {
+        kube.spawn(&mut set, &shared, k).await;
     }
 
     // --policy: apply when it differs from the active generation.
@@ -286,7 +228,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     }
 
     // Consumers before anything else can produce records for them.
-    for (what, sink) in [("audit log", audit), ("alert log", alert_log)] {
+    for (what, sink) in [("audit log", ep.audit), ("alert log", ep.alert_log)] {
         set.spawn(async move {
             if let Err(e) = sink.run_sync().await {
                 error!(error = %e, "{what}: fsync failed");
@@ -294,7 +236,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         });
     }
     let (alert_q_tx, alert_q_rx) = mpsc::channel::<Alert>(1024);
-    if let Some(hook) = webhook {
+    if let Some(hook) = ep.webhook {
         set.spawn(webhook_task(hook, alert_q_rx, shared.webhook.clone(), 5));
     } else {
         drop(alert_q_rx);
@@ -345,16 +287,18 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     set.spawn(fqdn.clone().housekeeping());
     {
         let s = shared.clone();
+        let listener = ep.listener;
         set.spawn(async move { crate::api::server::serve(s, listener).await });
     }
     {
         let s = shared.clone();
+        let listener = crate::httpd::Listener::Unix(ep.attest_listener);
         set.spawn(async move {
             let stats = s.metrics.http_attest.clone();
-            crate::attest::serve(s, crate::httpd::Listener::Unix(attest_listener), stats).await;
+            crate::attest::serve(s, listener, stats).await;
         });
     }
-    if let Some(l) = attest_tcp {
+    if let Some(l) = ep.attest_tcp {
         let s = shared.clone();
         let stats = s.metrics.http_attest.clone();
         set.spawn(
@@ -364,7 +308,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     {
         let s = shared.clone();
         let stats = s.metrics.http_metrics.clone();
-        set.spawn(async move { crate::metrics::server::serve(s, metrics_listener, stats).await });
+        let listener = ep.metrics_listener;
+        set.spawn(async move { crate::metrics::server::serve(s, listener, stats).await });
     }
     info!(socket = %opts.socket.display(), metrics = %opts.metrics_addr, webhook = ?opts.alert_webhook, generation = shared.active.read().expect("active lock").generation, "chokepoint daemon ready");
 
@@ -374,11 +319,20 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         _ = term.recv() => info!("SIGTERM"),
         r = set.join_next() => warn!(?r, "a daemon task ended"),
     }
+    stop(&shared, &dedup, &alert_q_tx);
+    set.abort_all();
+    Ok(())
+}
+
+/// The orderly part of a stop: pending alerts flushed, the inventory saved, the audit chain's last
+/// span signed, the sockets removed. The programs stay attached.
+fn stop(shared: &Arc<Shared>, dedup: &Mutex<Deduper>, alert_q_tx: &mpsc::Sender<Alert>) {
+    let opts = &shared.opts;
     shared.shutting_down.store(true, Ordering::Relaxed);
     // Flush pending alerts.
     let pending = dedup.lock().expect("dedup lock").due(true);
     for a in pending {
-        publish_alert(&shared, a, &alert_q_tx);
+        publish_alert(shared, a, alert_q_tx);
     }
     shared.save_inventory();
     // The chain's last span is signed before the daemon goes.
@@ -397,6 +351,4 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         "daemon stopping; programs stay attached and keep enforcing generation {}",
         shared.active.read().expect("active lock").generation
     );
-    set.abort_all();
-    Ok(())
 }

@@ -118,37 +118,28 @@ pub trait Queryable {
     fn fields(&self) -> Fields<'_>;
 }
 
-impl Queryable for FlowRecord {
-    fn fields(&self) -> Fields<'_> {
-        Fields {
-            time: &self.time,
-            identity: self.identity.as_deref(),
-            tenant: self.tenant.as_deref(),
-            task: self.task.as_deref(),
-            reason: &self.reason,
-            dst: self.dst.as_deref(),
-            verdict: &self.verdict,
-            namespace: self.namespace.as_deref(),
-            pod: self.pod.as_deref(),
+/// [`Queryable`] for entry types whose fields carry the filter's names (flow records and alerts
+/// share them).
+macro_rules! queryable_by_field_names {
+    ($($t:ty),* $(,)?) => {$(
+        impl Queryable for $t {
+            fn fields(&self) -> Fields<'_> {
+                Fields {
+                    time: &self.time,
+                    identity: self.identity.as_deref(),
+                    tenant: self.tenant.as_deref(),
+                    task: self.task.as_deref(),
+                    reason: &self.reason,
+                    dst: self.dst.as_deref(),
+                    verdict: &self.verdict,
+                    namespace: self.namespace.as_deref(),
+                    pod: self.pod.as_deref(),
+                }
+            }
         }
-    }
+    )*};
 }
-
-impl Queryable for Alert {
-    fn fields(&self) -> Fields<'_> {
-        Fields {
-            time: &self.time,
-            identity: self.identity.as_deref(),
-            tenant: self.tenant.as_deref(),
-            task: self.task.as_deref(),
-            reason: &self.reason,
-            dst: self.dst.as_deref(),
-            verdict: &self.verdict,
-            namespace: self.namespace.as_deref(),
-            pod: self.pod.as_deref(),
-        }
-    }
-}
+queryable_by_field_names!(FlowRecord, Alert);
 
 impl Query {
     /// True when no filter is set.

@@ -64,11 +64,9 @@ impl Bed {
     pub(super) fn new(probe: &Path) -> anyhow::Result<Self> {
         let client = Netns::new(&format!("cpbc-{}", std::process::id()));
         let server = Netns::new(&format!("cpbs-{}", std::process::id()));
-        sh(
-            "ip",
+        ip(
+            &client,
             &[
-                "-n",
-                &client.name,
                 "link",
                 "add",
                 "eth0",
@@ -81,55 +79,18 @@ impl Bed {
                 &server.name,
             ],
         );
-        sh(
-            "ip",
-            &[
-                "-n",
-                &client.name,
-                "addr",
-                "add",
-                &format!("{CLIENT}/24"),
-                "dev",
-                "eth0",
-            ],
-        );
-        sh(
-            "ip",
-            &[
-                "-n",
-                &server.name,
-                "addr",
-                "add",
-                &format!("{SERVER}/24"),
-                "dev",
-                "eth0",
-            ],
-        );
-        sh("ip", &["-n", &client.name, "link", "set", "eth0", "up"]);
+        for (ns, addr) in [(&client, CLIENT), (&server, SERVER)] {
+            ip(ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+        }
+        ip(&client, &["link", "set", "eth0", "up"]);
         // Thousands of short connections per second: reuse TIME_WAIT ports (per-netns sysctls).
-        sh(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &client.name,
-                "sysctl",
-                "-qw",
-                "net.ipv4.tcp_tw_reuse=1",
-            ],
-        );
-        sh(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &client.name,
-                "sysctl",
-                "-qw",
-                "net.ipv4.ip_local_port_range=1024 65535",
-            ],
-        );
-        sh("ip", &["-n", &server.name, "link", "set", "eth0", "up"]);
+        for setting in [
+            "net.ipv4.tcp_tw_reuse=1",
+            "net.ipv4.ip_local_port_range=1024 65535",
+        ] {
+            netns_exec(&client, &["sysctl", "-qw", setting]);
+        }
+        ip(&server, &["link", "set", "eth0", "up"]);
         let mut cmd = Command::new(probe);
         cmd.args(["bench-serve", &PORT.to_string()])
             .env("CP_CPU", "1")
@@ -171,37 +132,29 @@ impl Bed {
     }
 
     pub(super) fn nft(&self, chain: Option<&str>) {
-        sh(
-            "ip",
-            &[
-                "netns",
-                "exec",
-                &self.client.name,
-                "nft",
-                "flush",
-                "chain",
-                "inet",
-                "cpbench",
-                "out",
-            ],
+        netns_exec(
+            &self.client,
+            &["nft", "flush", "chain", "inet", "cpbench", "out"],
         );
         if let Some(c) = chain {
-            sh(
-                "ip",
-                &[
-                    "netns",
-                    "exec",
-                    &self.client.name,
-                    "nft",
-                    "add",
-                    "rule",
-                    "inet",
-                    "cpbench",
-                    "out",
-                    "jump",
-                    c,
-                ],
+            netns_exec(
+                &self.client,
+                &["nft", "add", "rule", "inet", "cpbench", "out", "jump", c],
             );
         }
     }
+}
+
+/// `ip -n <ns> <args>`.
+fn ip(ns: &Netns, args: &[&str]) {
+    let mut all = vec!["-n", ns.name.as_str()];
+    all.extend_from_slice(args);
+    sh("ip", &all);
+}
+
+/// `ip netns exec <ns> <cmd>`.
+fn netns_exec(ns: &Netns, cmd: &[&str]) {
+    let mut all = vec!["netns", "exec", ns.name.as_str()];
+    all.extend_from_slice(cmd);
+    sh("ip", &all);
 }
