@@ -214,18 +214,62 @@ impl Drop for Netns {
     }
 }
 
-/// Host forwarding switched on while any sandbox lives, restored after the last.
-static FORWARDING: Mutex<(u32, String, String)> = Mutex::new((0, String::new(), String::new()));
+/// Host forwarding switched on while any sandbox of any test process lives, restored after the
+/// last: each process holds a shared `flock` on one file while it has sandboxes, and the process
+/// that can then take it exclusively is the last and restores what the first one saved. (A
+/// count inside one process would let one test process switch forwarding off under another.)
+static FORWARDING: Mutex<(u32, Option<fs::File>)> = Mutex::new((0, None));
+
+const FORWARD_KNOBS: [&str; 2] = [
+    "/proc/sys/net/ipv4/ip_forward",
+    "/proc/sys/net/ipv6/conf/all/forwarding",
+];
+
+fn forwarding_file(name: &str) -> fs::File {
+    fs::create_dir_all(SLOT_DIR).expect("slot dir");
+    fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(format!("{SLOT_DIR}/{name}"))
+        .expect("forwarding lock file")
+}
+
+fn flock(f: &fs::File, op: i32) -> bool {
+    // SAFETY: flock on an fd we own.
+    unsafe { libc::flock(f.as_raw_fd(), op) == 0 }
+}
+
+/// Runs `f` holding the host-wide forwarding mutex (a second lock file).
+fn forwarding_critical<T>(f: impl FnOnce() -> T) -> T {
+    let m = forwarding_file("forwarding.mutex");
+    assert!(flock(&m, libc::LOCK_EX), "forwarding mutex");
+    f()
+    // `m` closes here: the mutex is released.
+}
+
+const FORWARDING_SAVED: &str = "/run/chokepoint-tests/forwarding.saved";
 
 fn forwarding_on() {
     let mut f = FORWARDING
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if f.0 == 0 {
-        f.1 = fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap_or_default();
-        f.2 = fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding").unwrap_or_default();
-        let _ = fs::write("/proc/sys/net/ipv4/ip_forward", "1");
-        let _ = fs::write("/proc/sys/net/ipv6/conf/all/forwarding", "1");
+        f.1 = Some(forwarding_critical(|| {
+            if !Path::new(FORWARDING_SAVED).exists() {
+                let now: Vec<String> = FORWARD_KNOBS
+                    .iter()
+                    .map(|k| fs::read_to_string(k).unwrap_or_default().trim().to_string())
+                    .collect();
+                let _ = fs::write(FORWARDING_SAVED, now.join("\n"));
+            }
+            for k in FORWARD_KNOBS {
+                let _ = fs::write(k, "1");
+            }
+            let users = forwarding_file("forwarding.users");
+            assert!(flock(&users, libc::LOCK_SH), "forwarding users lock");
+            users
+        }));
     }
     f.0 += 1;
 }
@@ -235,9 +279,22 @@ fn forwarding_off() {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     f.0 -= 1;
-    if f.0 == 0 {
-        let _ = fs::write("/proc/sys/net/ipv4/ip_forward", f.1.trim());
-        let _ = fs::write("/proc/sys/net/ipv6/conf/all/forwarding", f.2.trim());
+    if f.0 == 0
+        && let Some(users) = f.1.take()
+    {
+        forwarding_critical(|| {
+            drop(users);
+            // Another process's shared lock makes this fail: that process restores later.
+            let probe = forwarding_file("forwarding.users");
+            if flock(&probe, libc::LOCK_EX | libc::LOCK_NB)
+                && let Ok(text) = fs::read_to_string(FORWARDING_SAVED)
+            {
+                for (k, v) in FORWARD_KNOBS.iter().zip(text.lines()) {
+                    let _ = fs::write(k, v);
+                }
+                let _ = fs::remove_file(FORWARDING_SAVED);
+            }
+        });
     }
 }
 

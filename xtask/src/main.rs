@@ -263,7 +263,7 @@ fn test(rest: &[String]) -> anyhow::Result<()> {
     println!("== privileged integration tests (real kernel, cgroups, network namespaces)");
     // The Kubernetes tests need the apiserver built once on this machine (`setup --kube`).
     let apiserver = Path::new(setup::KUBE_APISERVER);
-    let mut args = vec!["-p", "chokepoint-tests", "--", "--test-threads", "4"];
+    let mut args: Vec<&str> = Vec::new();
     let kube_skipped = !apiserver.is_file();
     if kube_skipped {
         println!(
@@ -284,7 +284,7 @@ fn test(rest: &[String]) -> anyhow::Result<()> {
             }
         }
     };
-    let int = testrun::cargo_test(
+    let int = testrun::privileged(
         &args,
         &[
             ("CHOKEPOINT_BIN", &bin),
@@ -299,8 +299,8 @@ fn test(rest: &[String]) -> anyhow::Result<()> {
     if rest.iter().any(|a| a == "--fuzz") {
         fuzz_ok = fuzz().map_err(|e| eprintln!("fuzz: {e:#}")).is_ok();
     }
-    let (p1, f1, i1) = testrun::tally(&unit.stdout);
-    let (p2, f2, i2) = testrun::tally(&int.stdout);
+    let (p1, f1, i1) = testrun::tally(&unit.output);
+    let (p2, f2, i2) = testrun::tally(&int.output);
     println!("\n== summary: unit {p1} passed, {f1} failed; privileged {p2} passed, {f2} failed");
     if kube_skipped {
         println!(
@@ -333,8 +333,7 @@ fn kernel_matrix(
     if host {
         let t = std::time::Instant::now();
         println!("== privileged integration tests on the host kernel");
-        let mut args = vec!["-p", "chokepoint-tests", "--", "--test-threads", "4"];
-        args.extend(filter.iter().map(String::as_str));
+        let mut args: Vec<&str> = filter.iter().map(String::as_str).collect();
         let apiserver = Path::new(setup::KUBE_APISERVER);
         if !apiserver.is_file() {
             println!(
@@ -342,7 +341,7 @@ fn kernel_matrix(
             );
             args.extend(["--skip", "kube_"]);
         }
-        let run = testrun::cargo_test(
+        let run = testrun::privileged(
             &args,
             &[
                 ("CHOKEPOINT_BIN", bin),
@@ -352,7 +351,7 @@ fn kernel_matrix(
             ],
             testrun::deadline(PRIVILEGED_DEADLINE),
         )?;
-        let (p, f, i) = testrun::tally(&run.stdout);
+        let (p, f, i) = testrun::tally(&run.output);
         let ok = run.ok && p > 0;
         all_ok &= ok;
         lines.push(format!(
