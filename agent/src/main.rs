@@ -12,6 +12,9 @@ use chokepoint_agent::{
     daemon,
 };
 
+/// How long the process waits, after its orderly stop, for blocking tasks still running.
+const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 fn main() {
     let cli = Cli::parse();
     let socket = cli.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into());
@@ -59,6 +62,10 @@ fn main() {
         }
         other => rt.block_on(cli::run_client(other, &socket)),
     };
+    // Dropping a runtime waits for every blocking task still running (a DNS refresh against a
+    // resolver that does not answer, a cgroup walk): a SIGTERM'd daemon would outlive its stop.
+    // The orderly stop is done by now; what is left is abandoned after a bounded wait.
+    rt.shutdown_timeout(SHUTDOWN_WAIT);
     if let Err(e) = result {
         if let Some(Exit(code)) = e.downcast_ref::<Exit>() {
             std::process::exit(*code);

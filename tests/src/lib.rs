@@ -997,7 +997,24 @@ impl Daemon {
         if let Some(mut c) = self.child.take() {
             // SAFETY: kill(2) on the pid we started.
             unsafe { libc::kill(c.id() as i32, signal) };
-            let _ = c.wait();
+            // Bounded: a daemon that outlives a SIGTERM by this much is a bug (a DaemonSet pod
+            // would be SIGKILLed mid-stop); it is killed and the test fails, never hangs.
+            let limit = Duration::from_secs(15 * u64::from(time_scale()));
+            let t0 = Instant::now();
+            while !matches!(c.try_wait(), Ok(Some(_))) {
+                if t0.elapsed() > limit {
+                    let _ = c.kill();
+                    let _ = c.wait();
+                    assert!(
+                        std::thread::panicking(),
+                        "the daemon did not exit within {} s of signal {signal}\n{}",
+                        limit.as_secs(),
+                        self.log_text()
+                    );
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
         }
     }
 
@@ -1096,11 +1113,16 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.kill(libc::SIGTERM);
-        let _ = Command::new(chokepoint_bin())
+        if let Ok(c) = Command::new(chokepoint_bin())
             .arg("uninstall")
             .arg("--bpffs")
             .arg(&self.bpffs)
-            .output();
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+        {
+            let _ = run_bounded(c, Duration::from_secs(30 * u64::from(time_scale())));
+        }
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
