@@ -69,6 +69,9 @@ pub const PROG_SETSOCKOPT: &str = "cp_setsockopt";
 
 /// `raw_tracepoint/sys_enter` program (32-bit syscalls that would skip `cgroup/setsockopt`).
 pub const PROG_COMPAT_SYS: &str = "cp_compat_sys";
+/// kprobe program of the same guard, attached to the compat syscall entries instead (only
+/// those calls run it); linked once per entry function (`cp_compat_kprobe@<function>`).
+pub const PROG_COMPAT_KPROBE: &str = "cp_compat_kprobe";
 
 /// `cgroup/recvmsg4` program (DNS proxy replies).
 pub const PROG_RECVMSG4: &str = "cp_recvmsg4";

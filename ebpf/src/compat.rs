@@ -1,4 +1,7 @@
-//! The compat syscall guard: `raw_tracepoint/sys_enter` (4.17; `bpf_send_signal` 5.3). The kernel
+//! The compat syscall guard: kprobes on the compat entries of the judged syscalls
+//! (`cp_compat_kprobe`, e.g. `__ia32_sys_setsockopt`: only those calls run it) where the kernel
+//! has kprobes, else `raw_tracepoint/sys_enter` (`cp_compat_sys`, 4.17; `bpf_send_signal` 5.3;
+//! every syscall of the host runs it). Both judge the same way ([`guard`]). The kernel
 //! runs `cgroup/setsockopt` only for native syscalls (`do_sock_setsockopt(.., compat, ..)` skips
 //! it when `in_compat_syscall()`), so a 32-bit `setsockopt` (the i386 entry through `int 0x80`
 //! or `sysenter`, a 32-bit binary, an x32 call) or a socket option set through an io_uring ring
@@ -20,8 +23,8 @@ use aya_ebpf::{
             bpf_send_signal,
         },
     },
-    macros::raw_tracepoint,
-    programs::RawTracePointContext,
+    macros::{kprobe, raw_tracepoint},
+    programs::{ProbeContext, RawTracePointContext},
 };
 use chokepoint_common::{compat, hook, reason, verdict};
 
@@ -38,6 +41,8 @@ const REG_DX: usize = 96;
 const REG_SI: usize = 104;
 const REG_DI: usize = 112;
 const REG_R10: usize = 56;
+/// `struct pt_regs.orig_ax`: the syscall number (with the x32 bit).
+const REG_ORIG_AX: usize = 120;
 /// `task_struct.thread_info.status` (x86-64: `thread_info` first in `task_struct`, after the
 /// `flags` and `syscall_work` words, Linux 5.11+); the daemon's start check proves it.
 const TASK_TI_STATUS: usize = 16;
@@ -61,7 +66,7 @@ enum Risk {
 #[inline(always)]
 fn reg(regs: usize, off: usize) -> u64 {
     // SAFETY: `bpf_probe_read_kernel` checks the address itself and fails (here: `u64::MAX`)
-    // on a bad one; `regs` is the tracepoint's `struct pt_regs *` argument.
+    // on a bad one; `regs` is the syscall's `struct pt_regs *` (the tracepoint's or the wrapper's argument).
     unsafe { bpf_probe_read_kernel((regs + off) as *const u64) }.unwrap_or(u64::MAX)
 }
 
@@ -89,8 +94,10 @@ fn sockopt_risk(level: u64, optname: u64) -> Risk {
     }
 }
 
-/// The risk of syscall `nr` (with the x32 bit), and for a `setsockopt` its descriptor and option
-/// pointer (the start check's marks).
+/// The risk of syscall `nr` (with the x32 bit), and the start check's two marks: for a
+/// `setsockopt` its descriptor and option pointer; for `io_uring_setup` its two arguments; for
+/// `socketcall` the unused third register and the argument pointer (the check proves each
+/// attach point with them; a real call is judged the same whatever they hold).
 #[inline(always)]
 fn classify(nr: u64, regs: usize) -> (Risk, u64, u64) {
     if nr & compat::X32_BIT != 0 {
@@ -100,7 +107,7 @@ fn classify(nr: u64, regs: usize) -> (Risk, u64, u64) {
                 reg(regs, REG_DI),
                 reg(regs, REG_R10),
             ),
-            compat::IO_URING_SETUP => (Risk::SkipsTc, 0, 0),
+            compat::IO_URING_SETUP => (Risk::SkipsTc, reg(regs, REG_DI), reg(regs, REG_SI)),
             _ => (Risk::None, 0, 0),
         };
     }
@@ -118,9 +125,9 @@ fn classify(nr: u64, regs: usize) -> (Risk, u64, u64) {
             reg(regs, REG_SI),
         ),
         compat::I386_SOCKETCALL if reg(regs, REG_BX) & 0xffff_ffff == compat::SYS_SETSOCKOPT => {
-            (Risk::SkipsTc, 0, 0)
+            (Risk::SkipsTc, reg(regs, REG_DX), reg(regs, REG_CX))
         }
-        compat::IO_URING_SETUP => (Risk::SkipsTc, 0, 0),
+        compat::IO_URING_SETUP => (Risk::SkipsTc, reg(regs, REG_BX), reg(regs, REG_CX)),
         _ => (Risk::None, 0, 0),
     }
 }
@@ -128,8 +135,30 @@ fn classify(nr: u64, regs: usize) -> (Risk, u64, u64) {
 // Private: aya's macro exports the program under its own name (`no_mangle`, in its section).
 #[raw_tracepoint(tracepoint = "sys_enter")]
 fn cp_compat_sys(ctx: RawTracePointContext) -> i32 {
-    let nr: u64 = ctx.arg(1);
-    let regs: usize = ctx.arg(0);
+    guard(ctx.arg(1), ctx.arg(0))
+}
+
+/// Attached to the syscall wrappers of the compat entries (`__ia32_sys_setsockopt`,
+/// `__ia32_compat_sys_socketcall`, `__ia32_sys_io_uring_setup`; with x32 `__x64_sys_setsockopt`
+/// and `__x64_sys_io_uring_setup`, which native calls share: their number has no x32 bit). A
+/// wrapper's one argument is the syscall's `struct pt_regs *`, `orig_ax` its number.
+#[kprobe]
+fn cp_compat_kprobe(ctx: ProbeContext) -> u32 {
+    let regs: usize = ctx.arg(0).unwrap_or(0);
+    if regs == 0 {
+        return 0;
+    }
+    let nr = reg(regs, REG_ORIG_AX);
+    if nr == u64::MAX {
+        return 0;
+    }
+    guard(nr, regs) as u32
+}
+
+/// Judges syscall `nr` with the registers at `regs`: kills an enforced identity's call that
+/// would skip `cgroup/setsockopt` (and the daemon's start check), records it.
+#[inline(always)]
+fn guard(nr: u64, regs: usize) -> i32 {
     let (risk, fd, optval) = classify(nr, regs);
     if risk == Risk::None {
         return 0;

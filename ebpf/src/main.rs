@@ -11,7 +11,8 @@
 //! | `cp_sock_ops`    | `sockops` (attestation, accepted sockets) | 5.10 (sk storage in sockops) |
 //! | `cp_skb_ingress` | `cgroup_skb/ingress` (who opens connections) | 5.7 |
 //! | `cp_setsockopt`  | `cgroup/setsockopt` (options that skip TC) | 5.3 |
-//! | `cp_compat_sys`  | `raw_tracepoint/sys_enter` (32-bit syscalls that skip `cgroup/setsockopt`) | 5.11 (x86-64) |
+//! | `cp_compat_kprobe` | kprobes on the compat syscall entries (32-bit syscalls that skip `cgroup/setsockopt`) | 5.15 (pinnable perf links; x86-64) |
+//! | `cp_compat_sys`  | `raw_tracepoint/sys_enter` (the same, where kprobes are missing) | 5.11 (x86-64) |
 //! | `cp_recvmsg4`    | `cgroup/recvmsg4` (DNS proxy replies) | 5.2             |
 //! | `cp_getpeername4`| `cgroup/getpeername4` (DNS proxy peer) | 5.8            |
 //!

@@ -163,7 +163,7 @@ fn killed(status: std::process::ExitStatus) -> bool {
 /// `socketcall(SYS_SETSOCKOPT)`. The kernel runs `cgroup/setsockopt` only for native calls
 /// (`do_sock_setsockopt` skips it when `in_compat_syscall()`), so the option would be set and the
 /// frames would go straight to the driver, past the TC backstop. Without the BPF LSM (this host)
-/// `cp_compat_sys` kills the caller before the syscall's body runs. The control outside any
+/// the compat guard kills the caller before the syscall's body runs. The control outside any
 /// identity proves the attack works on this kernel (the test fails on a build without the guard).
 #[test]
 fn packet_qdisc_bypass_through_a_compat_syscall_is_refused() {
@@ -171,6 +171,20 @@ fn packet_qdisc_bypass_through_a_compat_syscall_is_refused() {
     let st = b.daemon.cli_json(&["status", "--json"]);
     let compat = &st["kernel"]["packet_sockets"]["compat"];
     assert_eq!(compat["guard"], "kill", "status: {compat}");
+    // Kprobes on the compat entries where the kernel has them (no other syscall runs the guard),
+    // the `sys_enter` tracepoint only where it does not (this 6.18 host: no CONFIG_KPROBES).
+    if std::path::Path::new("/sys/bus/event_source/devices/kprobe").exists() {
+        assert_eq!(compat["hook"], "kprobe", "status: {compat}");
+        assert!(
+            compat["attach"]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|f| f == "__ia32_sys_setsockopt")),
+            "{compat}"
+        );
+    } else {
+        assert_eq!(compat["hook"], "raw_tracepoint", "status: {compat}");
+        assert!(compat["kprobe_unavailable"].is_string(), "{compat}");
+    }
     assert!(
         compat["entries"]
             .as_array()
@@ -275,8 +289,25 @@ fn a_compat_io_uring_ring_is_refused() {
 #[test]
 fn the_compat_guard_outlives_the_daemon_and_goes_with_uninstall() {
     let mut b = Bare::new();
-    let pin = b.daemon.bpffs.join("links").join("cp_compat_sys");
-    assert!(pin.exists(), "no pinned link at {}", pin.display());
+    let st = b.daemon.cli_json(&["status", "--json"]);
+    let compat = &st["kernel"]["packet_sockets"]["compat"];
+    let links = b.daemon.bpffs.join("links");
+    let pins: Vec<std::path::PathBuf> = if compat["hook"] == "kprobe" {
+        let fns = compat["attach"].as_array().cloned().unwrap_or_default();
+        assert!(!fns.is_empty(), "{compat}");
+        fns.iter()
+            .map(|f| links.join(format!("cp_compat_kprobe@{}", f.as_str().unwrap_or("?"))))
+            .collect()
+    } else {
+        vec![links.join("cp_compat_sys")]
+    };
+    for pin in &pins {
+        assert!(
+            pin.exists(),
+            "no pinned link at {} ({compat})",
+            pin.display()
+        );
+    }
     b.daemon.kill(libc::SIGKILL);
     let (status, out) = run_probe(Some(&b.cg.path), None, &["compat-uring"], "-", "");
     assert!(killed(status), "daemon down: not killed: {status} {out}");
@@ -303,7 +334,10 @@ fn the_compat_guard_outlives_the_daemon_and_goes_with_uninstall() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(!pin.exists(), "the guard's pin is left");
+    assert!(
+        pins.iter().all(|p| !p.exists()),
+        "the guard's pins are left"
+    );
     let (status, out) = run_probe(Some(&b.cg.path), None, &["compat-uring"], "-", "");
     assert!(
         status.success() && out.contains("\"ok\":true"),

@@ -1,8 +1,9 @@
 //! The compat syscall guard's start checks: which 32-bit syscall entries this kernel runs (i386
-//! through `int 0x80`, x32), and, once `cp_compat_sys` is attached, proof that it sees them: a
-//! child of the daemon makes a compat `setsockopt` on [`compat::SELFTEST_FD`] and must die of
-//! `SIGKILL` before the syscall returns. Without a compat entry the guard is not attached (it
-//! would cost every syscall of the host a tracepoint run for nothing).
+//! through `int 0x80`, x32), and, once the guard is attached (kprobes `cp_compat_kprobe` or the
+//! `cp_compat_sys` tracepoint, [`super::compat_hook`]), proof that it sees them: a child of the
+//! daemon makes each judged compat call marked with [`compat::SELFTEST_FD`] and the install's
+//! token and must die of `SIGKILL` before the syscall returns. Without a compat entry the guard is
+//! not attached.
 
 use chokepoint_common::compat;
 
@@ -15,6 +16,18 @@ pub struct CompatGuard {
     /// `cgroup/setsockopt` kills the caller), `not_needed` (no compat entry), `failed` (see
     /// `detail`; the daemon reports `degraded`), `unsupported_arch` (not x86-64: not attached).
     pub guard: &'static str,
+    /// Where it is attached: `kprobe` (the compat entry functions in `attach`: only those calls
+    /// run it) or `raw_tracepoint` (`sys_enter`: every syscall of the host runs it); absent when
+    /// not attached.
+    #[serde(skip_serializing_if = "str::is_empty")]
+    pub hook: &'static str,
+    /// The kprobed functions, or `sys_enter`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub attach: Vec<String>,
+    /// Why the kprobes are not used, when the tracepoint is (e.g. a kernel without
+    /// `CONFIG_KPROBES`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kprobe_unavailable: Option<String>,
     /// Why the guard is not in force, when it is not.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
@@ -127,6 +140,47 @@ fn ia32_selftest(token: u32) -> i64 {
 }
 
 #[cfg(target_arch = "x86_64")]
+fn ia32_socketcall_selftest(token: u32) -> i64 {
+    // socketcall(SYS_SETSOCKOPT, token) with SELFTEST_FD in the unused edx: EFAULT if not killed.
+    int80(
+        compat::I386_SOCKETCALL,
+        [
+            compat::SYS_SETSOCKOPT,
+            u64::from(token),
+            u64::from(compat::SELFTEST_FD as u32),
+            0,
+        ],
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+fn ia32_uring_selftest(token: u32) -> i64 {
+    // io_uring_setup(SELFTEST_FD, token): EFAULT or EINVAL if not killed.
+    int80(
+        compat::IO_URING_SETUP,
+        [
+            u64::from(compat::SELFTEST_FD as u32),
+            u64::from(token),
+            0,
+            0,
+        ],
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+fn x32_uring_selftest(token: u32) -> i64 {
+    // SAFETY: io_uring_setup through the x32 numbering with an invalid size and pointer.
+    let r = unsafe {
+        libc::syscall(
+            (compat::X32_BIT + compat::IO_URING_SETUP) as libc::c_long,
+            compat::SELFTEST_FD as u32 as usize,
+            token as usize,
+        )
+    };
+    if r < 0 { -1 } else { r }
+}
+
+#[cfg(target_arch = "x86_64")]
 fn x32_selftest(token: u32) -> i64 {
     // SAFETY: setsockopt through the x32 numbering on a descriptor that is never valid.
     let r = unsafe {
@@ -159,23 +213,34 @@ pub fn entries() -> Vec<&'static str> {
     Vec::new()
 }
 
-/// With `cp_compat_sys` attached: each entry's compat `setsockopt` carrying `token` must be killed.
+/// With the guard attached: each entry's compat `setsockopt`, `socketcall(SYS_SETSOCKOPT)` (i386)
+/// and `io_uring_setup` carrying `token` must be killed, which proves every attach point (a
+/// kprobe per call) sees them.
 pub fn prove(entries: &[&'static str], token: u32) -> Result<(), String> {
     #[cfg(target_arch = "x86_64")]
     for e in entries {
-        let f: fn(u32) -> i64 = if *e == "x32" {
-            x32_selftest
+        let checks: &[(&str, fn(u32) -> i64)] = if *e == "x32" {
+            &[
+                ("setsockopt", x32_selftest),
+                ("io_uring_setup", x32_uring_selftest),
+            ]
         } else {
-            ia32_selftest
+            &[
+                ("setsockopt", ia32_selftest),
+                ("socketcall", ia32_socketcall_selftest),
+                ("io_uring_setup", ia32_uring_selftest),
+            ]
         };
-        match in_child(f, token) {
-            Ok(Ended::Signaled(libc::SIGKILL)) => {}
-            Ok(other) => {
-                return Err(format!(
-                    "a {e} setsockopt was not stopped by cp_compat_sys ({other:?})"
-                ));
+        for (call, f) in checks {
+            match in_child(*f, token) {
+                Ok(Ended::Signaled(libc::SIGKILL)) => {}
+                Ok(other) => {
+                    return Err(format!(
+                        "a {e} {call} was not stopped by the compat guard ({other:?})"
+                    ));
+                }
+                Err(err) => return Err(format!("start check of the {e} {call}: {err}")),
             }
-            Err(err) => return Err(format!("start check of the {e} entry: {err}")),
         }
     }
     #[cfg(not(target_arch = "x86_64"))]

@@ -107,9 +107,9 @@ pub fn detect(
 /// The kernel feature a program needs (named when it fails to load or attach).
 pub fn needs(program: &str) -> &'static str {
     use chokepoint_common::names::{
-        PROG_COMPAT_SYS, PROG_CONNECT4, PROG_CONNECT6, PROG_GETPEER4, PROG_LSM_SOCKET,
-        PROG_RECVMSG4, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SETSOCKOPT, PROG_SKB_EGRESS,
-        PROG_SKB_INGRESS, PROG_SOCK_CREATE, PROG_SOCK_OPS, PROG_TC_EGRESS,
+        PROG_COMPAT_KPROBE, PROG_COMPAT_SYS, PROG_CONNECT4, PROG_CONNECT6, PROG_GETPEER4,
+        PROG_LSM_SOCKET, PROG_RECVMSG4, PROG_SENDMSG4, PROG_SENDMSG6, PROG_SETSOCKOPT,
+        PROG_SKB_EGRESS, PROG_SKB_INGRESS, PROG_SOCK_CREATE, PROG_SOCK_OPS, PROG_TC_EGRESS,
     };
     match program {
         PROG_SOCK_CREATE => "cgroup/sock_create with socket storage (Linux 5.2+)",
@@ -126,6 +126,7 @@ pub fn needs(program: &str) -> &'static str {
         PROG_COMPAT_SYS => {
             "raw_tracepoint/sys_enter with bpf_send_signal (Linux 5.3+; x86-64 thread_info of 5.11+)"
         }
+        PROG_COMPAT_KPROBE => "kprobes (CONFIG_KPROBES) with pinnable perf links (Linux 5.15+)",
         PROG_RECVMSG4 | PROG_GETPEER4 => "cgroup/recvmsg4 and getpeername4 (Linux 5.8+)",
         _ => "a BPF program type of this kernel",
     }

@@ -12,6 +12,7 @@
 pub mod backstop;
 mod batch;
 pub mod compat;
+mod compat_hook;
 pub mod features;
 pub mod fqdn;
 pub mod maps;

@@ -16,7 +16,8 @@ use chokepoint_common::names;
 use tracing::{debug, info, warn};
 
 use super::{
-    Attached, Kernel, LoadError, MAPS, OBJECT, PolicyMaps, Stats, compat, features, fqdn, maps,
+    Attached, Kernel, LoadError, MAPS, OBJECT, PolicyMaps, Stats, compat, compat_hook, features,
+    fqdn, maps,
     pinning::{
         check_layout, fd_link, link_path, map_path, pin_replace, pinned_program_tag, sockopt_link,
         take,
@@ -127,6 +128,27 @@ pub fn start(
                     "unsupported_arch"
                 };
                 continue;
+            }
+            // Kprobes on the judged calls' compat entries first: no other syscall runs them.
+            let targets = compat_hook::kprobe_targets(&compat_guard.entries);
+            match compat_hook::attach_kprobes(&mut bpf, opts.bpffs, &targets)
+                .and_then(|a| compat::prove(&compat_guard.entries, token).map(|()| a))
+            {
+                Ok(a) => {
+                    for x in &a {
+                        info!(program = %x.program, target = %x.target, how = x.how, "program attached");
+                    }
+                    attached.extend(a);
+                    compat_guard.guard = "kill";
+                    compat_guard.hook = "kprobe";
+                    compat_guard.attach = targets.iter().map(|t| (*t).to_string()).collect();
+                    compat_hook::remove_unused(opts.bpffs, "kprobe");
+                    continue;
+                }
+                Err(why) => {
+                    info!(reason = %why, "compat guard: kprobes not usable, attaching raw_tracepoint/sys_enter (every syscall of the host runs it)");
+                    compat_guard.kprobe_unavailable = Some(why);
+                }
             }
         }
         // Programs whose failure degrades the daemon instead of stopping the start.
@@ -320,8 +342,11 @@ pub fn start(
     }
     // Programs stay loaded through their pinned links; the Ebpf object may go.
     drop(bpf);
-    if !compat_guard.entries.is_empty() {
+    if !compat_guard.entries.is_empty() && compat_guard.hook != "kprobe" {
         let proven = if attached.iter().any(|a| a.program == names::PROG_COMPAT_SYS) {
+            compat_guard.hook = "raw_tracepoint";
+            compat_guard.attach = vec!["sys_enter".into()];
+            compat_hook::remove_unused(opts.bpffs, "raw_tracepoint");
             compat::prove(&compat_guard.entries, token)
         } else {
             Err(degraded

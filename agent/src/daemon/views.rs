@@ -31,6 +31,16 @@ impl Shared {
                 }
                 continue;
             }
+            if p == names::PROG_COMPAT_SYS && self.features.packet_sockets.compat.hook == "kprobe" {
+                // The guard is on kprobes instead: one link per compat entry function.
+                for f in &self.features.packet_sockets.compat.attach {
+                    let up = pinned.iter().any(|(n, t)| {
+                        n == names::PROG_COMPAT_KPROBE && t.as_deref() == Some(f.as_str())
+                    });
+                    out.push((format!("{}@{f}", names::PROG_COMPAT_KPROBE), up));
+                }
+                continue;
+            }
             out.push((
                 p.to_string(),
                 pinned.iter().any(|(n, t)| n == p && t.is_none()),
@@ -316,7 +326,15 @@ impl Shared {
         BackstopState {
             lsm: up(names::PROG_LSM_SOCKET),
             setsockopt: up(names::PROG_SETSOCKOPT),
-            compat_syscall: up(names::PROG_COMPAT_SYS),
+            compat_syscall: if self.features.packet_sockets.compat.hook == "kprobe" {
+                self.features.packet_sockets.compat.attach.iter().all(|f| {
+                    pinned.iter().any(|(n, t)| {
+                        n == names::PROG_COMPAT_KPROBE && t.as_deref() == Some(f.as_str())
+                    })
+                })
+            } else {
+                up(names::PROG_COMPAT_SYS)
+            },
             tc_ifaces: self.opts.tc_ifaces.clone(),
             tc_netns,
         }
