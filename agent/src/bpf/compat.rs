@@ -213,13 +213,16 @@ pub fn entries() -> Vec<&'static str> {
     Vec::new()
 }
 
+/// A start check: one compat call in a child, given the install's token.
+type Check = fn(u32) -> i64;
+
 /// With the guard attached: each entry's compat `setsockopt`, `socketcall(SYS_SETSOCKOPT)` (i386)
 /// and `io_uring_setup` carrying `token` must be killed, which proves every attach point (a
 /// kprobe per call) sees them.
 pub fn prove(entries: &[&'static str], token: u32) -> Result<(), String> {
     #[cfg(target_arch = "x86_64")]
     for e in entries {
-        let checks: &[(&str, fn(u32) -> i64)] = if *e == "x32" {
+        let checks: &[(&str, Check)] = if *e == "x32" {
             &[
                 ("setsockopt", x32_selftest),
                 ("io_uring_setup", x32_uring_selftest),

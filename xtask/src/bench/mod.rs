@@ -395,6 +395,9 @@ pub(crate) fn bench(rest: &[String]) -> anyhow::Result<()> {
         }
         let flood_s = t.elapsed().as_secs_f64();
         let rss_load = rss_kib(pid);
+        // Where the compat guard is attached decides what the getppid figure pays.
+        let compat =
+            d.cli_json(&["status", "--json"])["kernel"]["packet_sockets"]["compat"].clone();
         drop(d);
         results["sizes"][n.to_string()] = json!({
             "figures": table,
@@ -406,6 +409,7 @@ pub(crate) fn bench(rest: &[String]) -> anyhow::Result<()> {
             "policy_switch_ms": stats(&switch_ms),
             "policy_compile_ms": stats(&compile_ms),
             "nft_load_s": nft_load,
+            "compat_guard": compat,
             "records": {"flood": flood, "emitted": emitted, "delivered": delivered, "lost": lost, "accounted": delivered + lost == emitted, "records_per_s": delivered as f64 / flood_s},
         });
         // Written after every size, so a long run keeps what it measured.

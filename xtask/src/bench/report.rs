@@ -125,6 +125,24 @@ pub(super) fn markdown(r: &Value) -> String {
                 .as_f64()
                 .unwrap_or(0.0)
         );
+        let cg = &v["compat_guard"];
+        let _ = writeln!(
+            s,
+            "- compat syscall guard: {} on {} (getppid pays for `raw_tracepoint` only){}",
+            cg["hook"].as_str().unwrap_or("not attached"),
+            cg["attach"]
+                .as_array()
+                .map(|a| a
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .collect::<Vec<_>>()
+                    .join(", "))
+                .unwrap_or_default(),
+            cg["kprobe_unavailable"]
+                .as_str()
+                .map(|w| format!("; kprobes not used: {w}"))
+                .unwrap_or_default()
+        );
         let _ = writeln!(
             s,
             "- denied connect, per-program cost (bpf_stats, ns/run): {}\n",
