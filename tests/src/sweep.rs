@@ -115,6 +115,37 @@ pub fn stale(min_age: Duration) -> Vec<String> {
     removed
 }
 
+/// Removes podman containers named `<prefix>-<pid>-<n>` whose test process is gone (a killed
+/// run's containers stay in podman's database as "Up" with no process behind them). `podman`
+/// is the command the caller runs podman with; each call is bounded.
+pub fn stale_containers(podman: impl Fn() -> Command, prefix: &str) -> Vec<String> {
+    let bounded = |mut c: Command| {
+        c.stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .ok()
+            .map(|child| crate::run_bounded(child, Duration::from_secs(60)))
+    };
+    let mut list = podman();
+    list.args(["ps", "-a", "--format", "{{.Names}}"]);
+    let Some((out, false)) = bounded(list) else {
+        return Vec::new();
+    };
+    let mut removed = Vec::new();
+    for name in String::from_utf8_lossy(&out.stdout).lines() {
+        let dead = name.starts_with(&format!("{prefix}-"))
+            && owner(name).is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists());
+        if dead {
+            let mut rm = podman();
+            rm.args(["rm", "-f", "-t", "0", name]);
+            if bounded(rm).is_some_and(|(o, killed)| !killed && o.status.success()) {
+                removed.push(name.to_string());
+            }
+        }
+    }
+    removed
+}
+
 #[cfg(test)]
 mod tests {
     use super::owner;

@@ -375,6 +375,13 @@ fn kube_image_runs_the_agent_as_a_privileged_container_enforcing_a_pod_outside_i
             .is_ok_and(|s| s.success()),
         "no image {image}: build it with `cargo xtask image` (`cargo xtask test` does)"
     );
+    let gone = chokepoint_tests::sweep::stale_containers(podman, "cpimg");
+    if !gone.is_empty() {
+        eprintln!(
+            "removed containers of interrupted runs: {}",
+            gone.join(", ")
+        );
+    }
     let mut n = Node::new(&["--config", "/etc/chokepoint/config.yaml"]);
     let dir = n.daemon.dir.clone();
     // What the DaemonSet gives the pod: the chart's config file, the ServiceAccount's token and
