@@ -506,6 +506,19 @@ pub fn eperm(v: &Value) -> bool {
     v["ok"] == false && v["errno"] == 1
 }
 
+/// `bpf` is among the kernel's active LSMs (read by the test from securityfs, not taken from the
+/// daemon).
+pub fn bpf_lsm_in_kernel() -> bool {
+    std::fs::read_to_string("/sys/kernel/security/lsm")
+        .is_ok_and(|l| l.trim().split(',').any(|x| x == "bpf"))
+}
+
+/// The run requires the BPF LSM (`CP_REQUIRE_BPF_LSM=1`, set in the guest kernels of
+/// `cargo xtask test --kernel`, which boot with `lsm=...,bpf`).
+pub fn bpf_lsm_required() -> bool {
+    std::env::var("CP_REQUIRE_BPF_LSM").is_ok_and(|v| v == "1")
+}
+
 /// The world/pod sandbox.
 pub struct Sandbox {
     pub n: u32,

@@ -1,7 +1,14 @@
-//! Packet sockets everywhere: without the BPF LSM (this host refuses it) and without any
-//! `--tc-iface`, frames of an identity's AF_PACKET sockets never leave, from a pod netns, from
-//! the host netns, and from a netns created after the daemon started; `PACKET_QDISC_BYPASS`
-//! (frames past TC) is refused; the backstop is released when no identity lives there any more.
+//! Packet sockets everywhere, without any `--tc-iface`: an identity's AF_PACKET sockets send
+//! nothing, from a pod netns, from the host netns, and from a netns created after the daemon
+//! started; `PACKET_QDISC_BYPASS` (frames past TC) is refused; the per-netns backstop covers each
+//! netns an identity lives in and is released when no identity lives there any more.
+//!
+//! Which layer refuses depends on the kernel, and each test says which and proves it: where the
+//! BPF LSM is active (the guest kernels of `cargo xtask test --kernel`), `socket()` fails with
+//! EPERM and the record is the LSM's (`lsm_socket_create`, the attempt's pid), so no frame ever
+//! exists; without it (this host refuses trampolines) the socket opens and the per-netns TC
+//! backstop drops the frames (record hook `tc`, the frame's destination). Either way nothing
+//! arrives, and the same send from outside any identity does arrive, so the test can fail.
 
 use std::{
     net::SocketAddr,
@@ -27,6 +34,9 @@ struct Bare {
     daemon: Daemon,
     cg: Cgroup,
     sb: Sandbox,
+    /// Packet sockets of identities are refused at `socket()` by the BPF LSM (else the TC
+    /// backstop drops their frames).
+    by_lsm: bool,
 }
 
 impl Bare {
@@ -35,7 +45,35 @@ impl Bare {
         let cg = Cgroup::new(&unique("cpt-pkt"));
         let policy = sb.policy(&[("agent", &cg.rel, "enforce")]);
         let daemon = Daemon::start(&policy, &["--alert-window", "1s"]);
-        Self { daemon, cg, sb }
+        let st = daemon.cli_json(&["status", "--json"]);
+        let k = &st["kernel"];
+        let by_lsm = k["packet_sockets"]["by"] == "lsm";
+        // The daemon's word is checked against the kernel's own LSM list.
+        assert_eq!(
+            by_lsm,
+            k["lsm_program_attached"] == true && bpf_lsm_in_kernel(),
+            "status disagrees with /sys/kernel/security/lsm: {k}"
+        );
+        if bpf_lsm_required() {
+            assert!(
+                by_lsm,
+                "this run requires the BPF LSM, the daemon reports: {k}"
+            );
+        }
+        eprintln!(
+            "packet sockets of identities: {}",
+            if by_lsm {
+                "refused at socket() by the BPF LSM"
+            } else {
+                "no BPF LSM: frames dropped by the per-netns TC backstop"
+            }
+        );
+        Self {
+            daemon,
+            cg,
+            sb,
+            by_lsm,
+        }
     }
 
     /// The netns entries of the identity's TC backstop in `status`.
@@ -69,7 +107,23 @@ impl Bare {
         }
     }
 
-    fn assert_never_arrives(&self, what: &str, payload: &str, dst: &str) {
+    /// The identity's send `r` (toward `dst`, carrying `payload`) was refused by the layer this
+    /// kernel has, and nothing arrived. With the BPF LSM: EPERM at `socket()` and an
+    /// `lsm_socket_create` record with the attempt's pid. Without: the socket opened and a `tc`
+    /// deny record names `dst`. Returns the record.
+    fn assert_refused(&self, what: &str, r: &Value, payload: &str, dst: &str) -> Value {
+        let pid = r["pid"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{what}: the attempt did not run: {r}"));
+        if self.by_lsm {
+            assert!(eperm(r), "{what}: the BPF LSM did not refuse socket(): {r}");
+        } else {
+            // Never EPERM here: the socket opens and the frame is handed to the device.
+            assert!(
+                ok(r) || r["errno"] == libc::ENOBUFS,
+                "{what}: expected the frame to reach the backstop: {r}"
+            );
+        }
         std::thread::sleep(Duration::from_millis(500));
         assert_eq!(
             self.sb.received.with_payload(payload),
@@ -77,14 +131,24 @@ impl Bare {
             "{what}: the frame left: {:?}",
             self.sb.received.all()
         );
+        let by_lsm = self.by_lsm;
         let rec = self.daemon.wait_flow(Duration::from_secs(5), |f| {
-            f["verdict"] == "deny" && f["identity"] == "agent" && f["dst"] == dst
+            f["verdict"] == "deny"
+                && f["identity"] == "agent"
+                && if by_lsm {
+                    f["hook"] == "lsm_socket_create"
+                        && f["reason"] == "raw_socket"
+                        && f["pid"].as_u64() == Some(pid)
+                } else {
+                    f["hook"] == "tc" && f["dst"] == dst
+                }
         });
-        assert!(
-            rec.is_some(),
-            "{what}: no deny record for {dst}: {:#?}",
-            self.daemon.flows()
-        );
+        rec.unwrap_or_else(|| {
+            panic!(
+                "{what}: no deny record of this attempt (by LSM: {by_lsm}, dst {dst}): {:#?}",
+                self.daemon.flows()
+            )
+        })
     }
 }
 
@@ -136,15 +200,8 @@ fn packet_frames_from_a_pod_netns_drop_without_tc_iface() {
     let pod4 = b.sb.pod4().to_string();
     let args = ["eth0", node_mac.as_str(), pod4.as_str(), dst.as_str()];
     let p = payload("pkt-pod-bare");
-    let _ = packet_send(Some(&b.cg.path), Some(&b.sb.pod), &args, &p, &[]);
-    b.assert_never_arrives("AF_PACKET from the pod netns", &p, &dst);
-    let rec = b
-        .daemon
-        .flows()
-        .into_iter()
-        .find(|f| f["dst"] == dst.as_str())
-        .expect("record");
-    assert_eq!(rec["hook"], "tc", "{rec}");
+    let r = packet_send(Some(&b.cg.path), Some(&b.sb.pod), &args, &p, &[]);
+    b.assert_refused("AF_PACKET from the pod netns", &r, &p, &dst);
     // The same frame from outside the identity, same netns, arrives: the test can fail.
     let p = payload("pkt-pod-outside");
     let r = packet_send(None, Some(&b.sb.pod), &args, &p, &[]);
@@ -174,12 +231,22 @@ fn packet_qdisc_bypass_is_refused() {
         &[("CP_QDISC_BYPASS", "1")],
     );
     assert!(eperm(&r), "PACKET_QDISC_BYPASS was not refused: {r}");
+    let pid = r["pid"].as_u64().expect("pid");
     std::thread::sleep(Duration::from_millis(300));
     assert_eq!(b.sb.received.with_payload(&p), 0);
+    // With the BPF LSM there is no socket to set the option on: the refusal is at socket().
+    let hook = if b.by_lsm {
+        "lsm_socket_create"
+    } else {
+        "setsockopt"
+    };
     let rec = b.daemon.wait_flow(Duration::from_secs(5), |f| {
-        f["hook"] == "setsockopt" && f["reason"] == "raw_socket" && f["verdict"] == "deny"
+        f["hook"] == hook
+            && f["reason"] == "raw_socket"
+            && f["verdict"] == "deny"
+            && f["pid"].as_u64() == Some(pid)
     });
-    assert!(rec.is_some(), "{:#?}", b.daemon.flows());
+    assert!(rec.is_some(), "no {hook} record: {:#?}", b.daemon.flows());
     // Outside identities the option works (and the frame arrives, past TC).
     let p = payload("pkt-bypass-outside");
     let r = packet_send(
@@ -208,8 +275,8 @@ fn packet_frames_from_the_host_netns_drop_without_tc_iface() {
         dst.as_str(),
     ];
     let p = payload("pkt-host-bare");
-    let _ = packet_send(Some(&b.cg.path), None, &args, &p, &[]);
-    b.assert_never_arrives("AF_PACKET from the host netns", &p, &dst);
+    let r = packet_send(Some(&b.cg.path), None, &args, &p, &[]);
+    b.assert_refused("AF_PACKET from the host netns", &r, &p, &dst);
     let p = payload("pkt-host-outside");
     let r = packet_send(None, None, &args, &p, &[]);
     assert!(ok(&r), "{r}");
@@ -275,8 +342,8 @@ fn a_netns_created_after_the_daemon_started_is_covered_then_released() {
     let src = format!("10.203.{n}.2");
     let args = ["eth0", peer_mac.as_str(), src.as_str(), dst.as_str()];
     let p = payload("pkt-late");
-    let _ = packet_send(Some(&b.cg.path), Some(&late), &args, &p, &[]);
-    b.assert_never_arrives("AF_PACKET from a late netns", &p, &dst);
+    let r = packet_send(Some(&b.cg.path), Some(&late), &args, &p, &[]);
+    b.assert_refused("AF_PACKET from a late netns", &r, &p, &dst);
     let p = payload("pkt-late-outside");
     let r = packet_send(None, Some(&late), &args, &p, &[]);
     assert!(ok(&r), "{r}");

@@ -42,12 +42,6 @@ fn raw_icmp_socket_refused() {
     assert!(ok(&r), "raw socket outside identities failed: {r}");
 }
 
-/// `bpf` is among the kernel's active LSMs (read by the test, not taken from the daemon).
-fn bpf_lsm_in_kernel() -> bool {
-    std::fs::read_to_string("/sys/kernel/security/lsm")
-        .is_ok_and(|l| l.trim().split(',').any(|x| x == "bpf"))
-}
-
 /// Packet (AF_PACKET) sockets of identities: refused at `socket()` by the BPF LSM where it runs,
 /// else their frames are dropped by the TC backstop. The test says which, and requires the LSM
 /// where it is active: in the guest kernels of `cargo xtask test --kernel` (which set
@@ -59,7 +53,7 @@ fn packet_socket_frames_dropped() {
     let k = &st["kernel"];
     let attached = k["lsm_program_attached"] == true;
     let by_lsm = attached && bpf_lsm_in_kernel();
-    if std::env::var("CP_REQUIRE_BPF_LSM").is_ok_and(|v| v == "1") {
+    if bpf_lsm_required() {
         assert!(
             by_lsm,
             "this kernel must run the BPF LSM (lsm list has bpf: {}), but the daemon reports: {k}",
