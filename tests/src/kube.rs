@@ -50,6 +50,7 @@ pub fn require_apiserver() -> PathBuf {
 
 /// etcd and kube-apiserver, running until drop.
 pub struct Cluster {
+    /// The directory holding etcd's data, the certificates and the logs.
     pub dir: PathBuf,
     /// The apiserver's secure port on 127.0.0.1.
     pub port: u16,

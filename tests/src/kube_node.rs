@@ -27,6 +27,7 @@ pub fn manifests() -> String {
     std::fs::read_to_string(repo(PLAIN)).expect("deploy/kubernetes/chokepoint.yaml")
 }
 
+/// The plain manifests (the chart rendered with its defaults).
 pub const PLAIN: &str = "deploy/kubernetes/chokepoint.yaml";
 
 /// The CRD (the plain manifests' copy).
@@ -44,14 +45,20 @@ pub fn repo(rel: &str) -> PathBuf {
 /// cgroup hierarchy and a daemon (not started yet) whose kubeconfig holds the chart's
 /// ServiceAccount token.
 pub struct Node {
+    /// The node's daemon (not started until [`Node::start`]).
     pub daemon: Daemon,
+    /// The node's kubelet-style cgroup hierarchy.
     pub cg: KubeletCgroups,
+    /// The sandbox pod traffic crosses.
     pub sb: Sandbox,
+    /// The node's name.
     pub name: String,
+    /// The control plane.
     pub cluster: Cluster,
 }
 
 impl Node {
+    /// A node with `extra` daemon arguments.
     pub fn new(extra: &[&str]) -> Node {
         let cluster = Cluster::start();
         for obj in Cluster::parse_yaml(&crd()).into_iter().chain(
@@ -92,6 +99,7 @@ impl Node {
         }
     }
 
+    /// Starts the daemon in `--kube` mode, with `policy` as its local policy when given.
     pub fn start(&mut self, policy: Option<&str>) {
         let file = policy.map(|p| {
             let f = self.daemon.dir.join("policy.yaml");
@@ -170,6 +178,7 @@ impl Node {
         }
     }
 
+    /// A TCP probe from cgroup `cg` in the pod netns to `dst:port` carrying `payload`.
     pub fn tcp(&self, cg: &Path, dst: std::net::IpAddr, port: u16, payload: &str) -> Value {
         probe(
             Some(cg),
@@ -212,6 +221,7 @@ impl Node {
         assert_eq!(self.sb.received.with_payload(&p), 0, "the bypass arrived");
     }
 
+    /// The `kubernetes` part of `status --json`.
     pub fn kube_status(&self) -> Value {
         self.daemon.cli_json(&["status", "--json"])["kubernetes"].clone()
     }
@@ -219,12 +229,19 @@ impl Node {
 
 /// A pod to run: where, how it is labelled, and how kubelet names its cgroups.
 pub struct PodSpec<'a> {
+    /// The pod's namespace.
     pub ns: &'a str,
+    /// The pod's name.
     pub name: &'a str,
+    /// The pod's labels.
     pub labels: Value,
+    /// The pod's ServiceAccount.
     pub sa: &'a str,
+    /// Its QoS class (`guaranteed`, `burstable`, `besteffort`).
     pub qos: &'a str,
+    /// The cgroup driver kubelet names it with.
     pub driver: Driver,
+    /// The runtime its containers run in.
     pub runtime: Runtime,
 }
 

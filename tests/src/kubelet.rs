@@ -111,14 +111,18 @@ impl Cluster {
 /// The kubelet cgroup driver whose names a pod cgroup gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Driver {
+    /// `kubepods/burstable/pod<uid>`.
     Cgroupfs,
+    /// `kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod<uid>.slice`.
     Systemd,
 }
 
 /// The container runtime whose names a container cgroup gets.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Runtime {
+    /// `cri-containerd-<id>.scope` (systemd) or `<id>` (cgroupfs).
     Containerd,
+    /// `crio-<id>.scope` (systemd) or `crio-<id>` (cgroupfs).
     Crio,
 }
 
