@@ -13,8 +13,8 @@ use std::{
 use serde_json::Value;
 
 use crate::{
-    COUNTER, Cgroup, HttpResponse, Sandbox, chokepoint_bin, free_port, ok, probe, read_response,
-    require_privileges, run_bounded, time_scale, unique,
+    COUNTER, Cgroup, HttpResponse, Sandbox, chokepoint_bin, free_port, ok, probe,
+    process::exit_within, read_response, require_privileges, run_bounded, time_scale, unique,
 };
 
 /// A running `chokepoint daemon` with its own bpffs dir, state dir, socket and metrics port.
@@ -149,20 +149,15 @@ impl Daemon {
             // Bounded: a daemon that outlives a SIGTERM by this much is a bug (a DaemonSet pod
             // would be SIGKILLed mid-stop); it is killed and the test fails, never hangs.
             let limit = Duration::from_secs(15 * u64::from(time_scale()));
-            let t0 = Instant::now();
-            while !matches!(c.try_wait(), Ok(Some(_))) {
-                if t0.elapsed() > limit {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    assert!(
-                        std::thread::panicking(),
-                        "the daemon did not exit within {} s of signal {signal}\n{}",
-                        limit.as_secs(),
-                        self.log_text()
-                    );
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
+            if exit_within(&mut c, limit).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+                assert!(
+                    std::thread::panicking(),
+                    "the daemon did not exit within {} s of signal {signal}\n{}",
+                    limit.as_secs(),
+                    self.log_text()
+                );
             }
         }
     }

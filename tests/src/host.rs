@@ -128,7 +128,10 @@ fn forwarding_critical<T>(f: impl FnOnce() -> T) -> T {
     // `m` closes here: the mutex is released.
 }
 
-const FORWARDING_SAVED: &str = "/run/chokepoint-tests/forwarding.saved";
+/// What the first sandbox's process found before switching forwarding on.
+fn forwarding_saved() -> String {
+    format!("{SLOT_DIR}/forwarding.saved")
+}
 
 pub(crate) fn forwarding_on() {
     let mut f = FORWARDING
@@ -136,12 +139,12 @@ pub(crate) fn forwarding_on() {
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if f.0 == 0 {
         f.1 = Some(forwarding_critical(|| {
-            if !Path::new(FORWARDING_SAVED).exists() {
+            if !Path::new(&forwarding_saved()).exists() {
                 let now: Vec<String> = FORWARD_KNOBS
                     .iter()
                     .map(|k| fs::read_to_string(k).unwrap_or_default().trim().to_string())
                     .collect();
-                let _ = fs::write(FORWARDING_SAVED, now.join("\n"));
+                let _ = fs::write(forwarding_saved(), now.join("\n"));
             }
             for k in FORWARD_KNOBS {
                 let _ = fs::write(k, "1");
@@ -167,12 +170,12 @@ pub(crate) fn forwarding_off() {
             // Another process's shared lock makes this fail: that process restores later.
             let probe = forwarding_file("forwarding.users");
             if flock(&probe, libc::LOCK_EX | libc::LOCK_NB)
-                && let Ok(text) = fs::read_to_string(FORWARDING_SAVED)
+                && let Ok(text) = fs::read_to_string(forwarding_saved())
             {
                 for (k, v) in FORWARD_KNOBS.iter().zip(text.lines()) {
                     let _ = fs::write(k, v);
                 }
-                let _ = fs::remove_file(FORWARDING_SAVED);
+                let _ = fs::remove_file(forwarding_saved());
             }
         });
     }

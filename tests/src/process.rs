@@ -146,6 +146,20 @@ pub(crate) fn wait_timeout(child: Child, t: Duration) -> std::process::Output {
     run_bounded(child, t).0
 }
 
+/// Waits up to `t` for `child` to exit; its status, or `None` when it is still running.
+pub(crate) fn exit_within(child: &mut Child, t: Duration) -> Option<std::process::ExitStatus> {
+    let start = Instant::now();
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        if start.elapsed() > t {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Waits up to `t` for `child` (draining its pipes meanwhile, so a chatty child never blocks on
 /// a full pipe), kills it when it outlives `t`, and returns what it printed and whether it had
 /// to be killed.
@@ -161,19 +175,12 @@ pub fn run_bounded(mut child: Child, t: Duration) -> (std::process::Output, bool
     }
     let o = drain(child.stdout.take());
     let e = drain(child.stderr.take());
-    let start = Instant::now();
-    let mut killed = false;
-    let status = loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            break status;
-        }
-        if start.elapsed() > t {
-            killed = true;
-            let _ = child.kill();
-            break child.wait().expect("wait");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
+    let exited = exit_within(&mut child, t);
+    let killed = exited.is_none();
+    let status = exited.unwrap_or_else(|| {
+        let _ = child.kill();
+        child.wait().expect("wait")
+    });
     let out = std::process::Output {
         status,
         stdout: o.join().unwrap_or_default(),

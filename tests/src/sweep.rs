@@ -63,30 +63,6 @@ fn entries(dir: &Path) -> Vec<(std::path::PathBuf, String)> {
         .unwrap_or_default()
 }
 
-/// Kills every process in the cgroup tree at `path`, then removes it bottom-up.
-fn remove_cgroup(path: &Path) {
-    let _ = fs::write(path.join("cgroup.kill"), "1");
-    for _ in 0..50 {
-        let mut dirs = Vec::new();
-        let mut stack = vec![path.to_path_buf()];
-        while let Some(d) = stack.pop() {
-            for (p, _) in entries(&d) {
-                if p.is_dir() {
-                    stack.push(p);
-                }
-            }
-            dirs.push(d);
-        }
-        for d in dirs.iter().rev() {
-            let _ = fs::remove_dir(d);
-        }
-        if !path.exists() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 /// Removes every leftover older than `min_age`; returns what it removed.
 pub fn stale(min_age: Duration) -> Vec<String> {
     let mut removed = Vec::new();
@@ -108,7 +84,7 @@ pub fn stale(min_age: Duration) -> Vec<String> {
     }
     for (path, name) in entries(&crate::cgroup_root()) {
         if path.is_dir() && left_over(&path, &name, min_age) {
-            remove_cgroup(&path);
+            crate::host::remove_cgroup(&path);
             removed.push(format!("cgroup {name}"));
         }
     }
