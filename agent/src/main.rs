@@ -5,12 +5,11 @@
 
 #![warn(missing_docs)]
 
-use clap::{CommandFactory, Parser};
-
 use chokepoint_agent::{
     cli::{self, Cli, Command, DEFAULT_SOCKET, Exit, LogFormat, Usage},
     daemon,
 };
+use clap::{CommandFactory, Parser};
 
 /// How long the process waits, after its orderly stop, for blocking tasks still running.
 const SHUTDOWN_WAIT: std::time::Duration = std::time::Duration::from_secs(2);

@@ -7,11 +7,9 @@ use aya_ebpf::{
 };
 use chokepoint_common::{
     ACCEPT_SIZE, ATTEST_SIZE, AcceptVal, AttestKey, AttestVal, CGCACHE_SIZE, CgCache, Config,
-    EVENTS_BYTES, FlowKey, GrantVal, IdentKey, IdentVal, LPM_DATA_LEN, MAX_GRANTS,
-    MAX_IDENT_CGROUPS, MAX_RULES, REPLY_SIZE, ReplyKey, ReplyVal, RuleVal, STATS_LEN, SockTag,
-};
-use chokepoint_common::{
-    DNSANS_BYTES, DNSORIG_SIZE, DnsCfg, DnsOrig, DnsProxy, FqdnKey, FqdnVal, MAX_DNSPX, MAX_FQDN,
+    DNSANS_BYTES, DNSORIG_SIZE, DnsCfg, DnsOrig, DnsProxy, EVENTS_BYTES, FlowKey, FqdnKey, FqdnVal,
+    GrantVal, IdentKey, IdentVal, LPM_DATA_LEN, MAX_DNSPX, MAX_FQDN, MAX_GRANTS, MAX_IDENT_CGROUPS,
+    MAX_RULES, REPLY_SIZE, ReplyKey, ReplyVal, RuleVal, STATS_LEN, SockTag,
 };
 
 #[map]

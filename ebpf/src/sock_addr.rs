@@ -10,11 +10,11 @@ use aya_ebpf::{
 };
 use chokepoint_common::{hook, verdict};
 
-use crate::decide::{
-    Dest, Ident, cache_covers, cache_store, config, decide, has_ports, record, resolve,
-    same_flow_was_allowed,
-};
 use crate::{
+    decide::{
+        Dest, Ident, cache_covers, cache_store, config, decide, has_ports, record, resolve,
+        same_flow_was_allowed,
+    },
     helpers::{current_ancestor_cgroup_id, current_cgroup_id, sock_addr_cookie},
     maps::CP_SKTAG,
 };

@@ -11,15 +11,14 @@ mod kernel;
 mod setup;
 mod testrun;
 
-/// The guest runner tallies its libtest output the same way.
-pub(crate) use testrun::tally;
-
 use std::{
     path::{Path, PathBuf},
     process::Command,
 };
 
 use anyhow::{Context, bail};
+/// The guest runner tallies its libtest output the same way.
+pub(crate) use testrun::tally;
 
 /// The eBPF toolchain (must match `agent/build.rs`): its LLVM major equals bpf-linker's.
 pub const EBPF_TOOLCHAIN: &str = "nightly-2026-05-19";

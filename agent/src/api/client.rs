@@ -2,12 +2,11 @@
 
 use std::{path::Path, time::Duration};
 
+use serde::de::DeserializeOwned;
 use tokio::{
     io::{AsyncBufReadExt, AsyncWriteExt, BufReader},
     net::UnixStream,
 };
-
-use serde::de::DeserializeOwned;
 
 use super::protocol::{PolicyProblem, Request, Response, encode};
 use crate::policy::error::PolicyError;

@@ -17,12 +17,10 @@ use std::{
     sync::{Arc, atomic::Ordering},
 };
 
-use serde_json::{Value, json};
-
+use chokepoint_common::AttestVal;
 pub use http::{HEAD_TIMEOUT, MAX_CONNECTIONS, MAX_HEAD, bind_unix, serve};
 pub use names::CgroupNames;
-
-use chokepoint_common::AttestVal;
+use serde_json::{Value, json};
 
 use crate::{metrics::Metrics, util};
 

@@ -18,11 +18,6 @@ mod learn;
 mod proxy;
 mod views;
 
-pub use proxy::chain_addresses;
-pub use views::print_text;
-
-use learn::{allowances, qname};
-
 use std::{
     collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv4Addr},
@@ -34,8 +29,11 @@ use std::{
     time::Duration,
 };
 
+use learn::{allowances, qname};
+pub use proxy::chain_addresses;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
+pub use views::print_text;
 
 use crate::{
     audit::AuditSink,

@@ -1,7 +1,6 @@
 //! What the daemon shows of the learned names: flow-record names, `chokepoint fqdn`, metrics.
 
-use std::net::IpAddr;
-use std::sync::atomic::Ordering;
+use std::{net::IpAddr, sync::atomic::Ordering};
 
 use super::Fqdn;
 use crate::{

@@ -14,16 +14,15 @@ mod slots;
 use std::{convert::Infallible, future::Future, io, sync::Arc, time::Duration};
 
 use bytes::Bytes;
+pub use conn::Stream;
+use conn::{Guarded, Head};
 use http_body_util::Full;
 use hyper::{Request, Response, body::Incoming, service::service_fn};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::net::{TcpListener, UnixListener};
-use tracing::{debug, warn};
-
-pub use conn::Stream;
-use conn::{Guarded, Head};
 pub use slots::SlotStats;
 use slots::{Release, Slots};
+use tokio::net::{TcpListener, UnixListener};
+use tracing::{debug, warn};
 
 /// A response body: the endpoints answer with small, complete bodies.
 pub type Body = Full<Bytes>;

@@ -23,7 +23,6 @@ mod results;
 mod suite;
 
 use anyhow::bail;
-
 pub(crate) use qemu::run_guest;
 pub(crate) use suite::{Suite, test_executables};
 

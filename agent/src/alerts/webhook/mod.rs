@@ -10,10 +10,9 @@ use std::{
     time::Duration,
 };
 
+pub use client::{SIGNATURE_HEADER, Secret};
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
-
-pub use client::{SIGNATURE_HEADER, Secret};
 
 use super::Alert;
 
