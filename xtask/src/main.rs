@@ -1,4 +1,4 @@
-//! Developer workflows: `setup`, `demo`, `test`, `lint`, `bench`.
+//! Developer workflows: `setup`, `demo`, `test`, `fmt`, `lint`, `bench`.
 //!
 //! `cargo xtask test` and `cargo xtask demo` run `setup` first, so a fresh machine needs nothing
 //! but the repository: Debian packages, the pinned eBPF toolchain and bpf-linker are installed
@@ -35,6 +35,7 @@ const COMMANDS: &str =
   test [--fuzz]    every test, including the privileged integration tests
   test --kernel 6.1|6.12|all [-- FILTER]
                    the privileged suite in Debian's kernel under QEMU (all: host + both)
+  fmt              rustfmt (the pinned nightly's: grouped imports) on every crate
   lint             rustfmt check and clippy (host crates and the eBPF crate)
   image            the container image (Containerfile; nothing pulled from a registry)
   bench [OPTIONS]  none / nftables / chokepoint side by side, ratios measured in one run";
@@ -61,8 +62,11 @@ fn command_help(cmd: &str) -> Option<&'static str> {
         "test" => {
             "usage: cargo xtask test [--fuzz]\n\nRuns `setup`, builds, then the unit tests and the privileged integration tests\n(needs root: real programs, cgroups and network namespaces).\n\n  --fuzz   also run each cargo-fuzz target for FUZZ_SECONDS (default 30)\n  --kernel 6.1|6.12|all [-- FILTER]\n           the privileged suite in Debian's cloud kernel under QEMU (TCG), BPF LSM on;\n           all = the host and both kernels; one summary per kernel"
         }
+        "fmt" => {
+            "usage: cargo xtask fmt [--check]\n\nFormats the workspace and fuzz/ with the pinned eBPF nightly's rustfmt, which applies\nrustfmt.toml's unstable options (imports grouped std / external / crate, one `use` per\ncrate); stable rustfmt skips those.\n\n  --check  report what would change, change nothing (what `lint` runs)"
+        }
         "lint" => {
-            "usage: cargo xtask lint\n\nrustfmt check, clippy -D warnings on the host crates and on the eBPF crate."
+            "usage: cargo xtask lint\n\nrustfmt check (the pinned nightly's, as `fmt --check`), clippy -D warnings on the\nhost crates and on the eBPF crate."
         }
         "image" => {
             "usage: cargo xtask image\n\nBuilds the release binary and the container image localhost/chokepoint:<version>\nfrom the Containerfile with podman, pulling nothing: its first stage is a Debian 12\nroot made once by debootstrap (cached), the image is FROM scratch with the binary and\nthe libraries it links. Also writes target/image/chokepoint-<version>.oci.tar."
@@ -150,6 +154,7 @@ fn main() {
         }),
         "demo" => setup::setup().and_then(|()| demo::demo()),
         "test" => setup::setup().and_then(|()| test(rest)),
+        "fmt" => setup::setup().and_then(|()| fmt(rest.iter().any(|a| a == "--check"))),
         "lint" => setup::setup().and_then(|()| lint()),
         "image" => setup::setup().and_then(|()| image::image().map(|_| ())),
         "bench" => setup::setup().and_then(|()| bench::bench(rest)),
@@ -161,8 +166,30 @@ fn main() {
     }
 }
 
+/// rustfmt from the pinned nightly (rustfmt.toml's `group_imports` and `imports_granularity` are
+/// unstable: stable rustfmt skips them) on the workspace and on `fuzz/` (a workspace of its own).
+fn fmt(check: bool) -> anyhow::Result<()> {
+    for manifest in ["Cargo.toml", "fuzz/Cargo.toml"] {
+        let mut cmd = Command::new("rustup");
+        cmd.args([
+            "run",
+            EBPF_TOOLCHAIN,
+            "cargo",
+            "fmt",
+            "--all",
+            "--manifest-path",
+            manifest,
+        ]);
+        if check {
+            cmd.args(["--", "--check"]);
+        }
+        run(&mut cmd)?;
+    }
+    Ok(())
+}
+
 fn lint() -> anyhow::Result<()> {
-    run(Command::new("cargo").args(["fmt", "--all", "--check"]))?;
+    fmt(true)?;
     run(Command::new("cargo").args([
         "clippy",
         "--workspace",

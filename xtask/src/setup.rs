@@ -1,5 +1,6 @@
 //! Idempotent installation of everything the build and the tests need on a fresh machine of this
-//! kind (Debian 12, root): apt packages, the pinned eBPF nightly with rust-src and clippy, and
+//! kind (Debian 12, root): apt packages, the pinned eBPF nightly with rust-src, clippy and
+//! rustfmt (its rustfmt applies the unstable import grouping), and
 //! bpf-linker built against LLVM 22. Each step is skipped when already satisfied.
 
 use std::process::Command;
@@ -148,10 +149,12 @@ pub(crate) fn setup() -> anyhow::Result<()> {
             .output()
             .is_ok_and(|o| {
                 let s = String::from_utf8_lossy(&o.stdout);
-                s.contains("rust-src") && s.contains("clippy")
+                s.contains("rust-src") && s.contains("clippy") && s.contains("rustfmt")
             });
     if !have_src {
-        eprintln!("setup: installing the eBPF toolchain {EBPF_TOOLCHAIN} (rust-src, clippy)");
+        eprintln!(
+            "setup: installing the eBPF toolchain {EBPF_TOOLCHAIN} (rust-src, clippy, rustfmt)"
+        );
         crate::run(Command::new("rustup").args([
             "toolchain",
             "install",
@@ -159,7 +162,7 @@ pub(crate) fn setup() -> anyhow::Result<()> {
             "--profile",
             "minimal",
             "--component",
-            "rust-src,clippy",
+            "rust-src,clippy,rustfmt",
             "--no-self-update",
         ]))
         .context("setup: cannot install the eBPF toolchain")?;
