@@ -4,8 +4,6 @@
 //! but the repository: Debian packages, the pinned eBPF toolchain and bpf-linker are installed
 //! when missing (and skipped when present).
 
-mod bench;
-mod demo;
 mod image;
 mod kernel;
 mod setup;
@@ -71,7 +69,7 @@ fn command_help(cmd: &str) -> Option<&'static str> {
         "image" => {
             "usage: cargo xtask image\n\nBuilds the release binary and the container image localhost/chokepoint:<version>\nfrom the Containerfile with podman, pulling nothing: its first stage is a Debian 12\nroot made once by debootstrap (cached), the image is FROM scratch with the binary and\nthe libraries it links. Also writes target/image/chokepoint-<version>.oci.tar."
         }
-        "bench" => bench::HELP,
+        "bench" => include_str!("../../tests/src/bin/cp-bench/help.txt"),
         _ => return None,
     })
 }
@@ -97,7 +95,28 @@ pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Builds the agent and the probe with the release profile (for benchmarks).
+/// Replaces this process with the harness program `name` (built next to the probe by
+/// [`build`]/[`build_release`]), the built binaries' paths in `CHOKEPOINT_BIN` and `CP_PROBE_BIN`.
+/// `exec`, not a child: a SIGTERM or Ctrl-C sent to `cargo xtask` reaches the harness, which
+/// cleans up what it made.
+fn exec_harness(
+    (bin, probe): (PathBuf, PathBuf),
+    name: &str,
+    args: &[String],
+) -> anyhow::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let harness = probe.with_file_name(name);
+    let err = Command::new(&harness)
+        .args(args)
+        .env("CHOKEPOINT_BIN", bin)
+        .env("CP_PROBE_BIN", probe)
+        .current_dir(root())
+        .exec();
+    Err(err).with_context(|| format!("cannot run {}", harness.display()))
+}
+
+/// Builds the agent, the probe and the harness programs with the release profile (for
+/// benchmarks).
 pub fn build_release() -> anyhow::Result<(PathBuf, PathBuf)> {
     run(Command::new("cargo").args([
         "build",
@@ -113,7 +132,8 @@ pub fn build_release() -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((t.join("chokepoint"), t.join("cp-probe")))
 }
 
-/// Builds the agent and the test probe (debug profile); returns (chokepoint, cp-probe) paths.
+/// Builds the agent, the test probe and the harness programs (debug profile); returns
+/// (chokepoint, cp-probe) paths.
 pub fn build() -> anyhow::Result<(PathBuf, PathBuf)> {
     run(Command::new("cargo").args([
         "build",
@@ -152,12 +172,12 @@ fn main() {
                 Ok(())
             }
         }),
-        "demo" => setup::setup().and_then(|()| demo::demo()),
+        "demo" => setup::setup().and_then(|()| exec_harness(build()?, "cp-demo", rest)),
         "test" => setup::setup().and_then(|()| test(rest)),
         "fmt" => setup::setup().and_then(|()| fmt(rest.iter().any(|a| a == "--check"))),
         "lint" => setup::setup().and_then(|()| lint()),
         "image" => setup::setup().and_then(|()| image::image().map(|_| ())),
-        "bench" => setup::setup().and_then(|()| bench::bench(rest)),
+        "bench" => setup::setup().and_then(|()| exec_harness(build_release()?, "cp-bench", rest)),
         _ => usage(2),
     };
     if let Err(e) = r {

@@ -51,15 +51,10 @@ fn soak_sample(d: &Daemon, pid: u32, t: Duration) -> Value {
 
 /// `--soak DURATION`: sustained mixed load on one daemon, with a flows subscriber.
 pub(super) fn soak(dur: Duration) -> anyhow::Result<()> {
-    let (bin, probe) = crate::build_release()?;
+    let probe = crate::probe_bin()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the soak needs root (BPF, cgroups, network namespaces)");
-    }
-    // SAFETY: set before any thread reads the environment.
-    unsafe {
-        std::env::set_var("CHOKEPOINT_BIN", &bin);
-        std::env::set_var("CP_PROBE_BIN", &probe);
     }
     catch_signals();
     let bed = Bed::new(&probe)?;

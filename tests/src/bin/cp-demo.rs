@@ -2,7 +2,8 @@
 //! sanctioned gateway, an unsanctioned destination and two resolvers; an agent workload runs in
 //! its own cgroup and pod-like network namespace. The real daemon enforces an embedded policy;
 //! the demo sends a sanctioned request and bypass attempts, then shows the flow records, the
-//! alert and metrics. Everything is torn down on exit and on Ctrl-C.
+//! alert and metrics. Everything is torn down on exit and on Ctrl-C. `cargo xtask demo` builds the
+//! binaries and execs this program with their paths in `CHOKEPOINT_BIN` and `CP_PROBE_BIN`.
 
 use std::{
     net::SocketAddr,
@@ -39,8 +40,19 @@ fn colour() -> bool {
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
-pub(crate) fn demo() -> anyhow::Result<()> {
-    let (bin, probe_bin) = crate::build()?;
+fn main() {
+    if let Err(e) = demo() {
+        eprintln!("xtask demo: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn demo() -> anyhow::Result<()> {
+    for var in ["CHOKEPOINT_BIN", "CP_PROBE_BIN"] {
+        if std::env::var_os(var).is_none() {
+            bail!("{var} is not set: run the demo through `cargo xtask demo`, which builds first");
+        }
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
@@ -49,11 +61,6 @@ pub(crate) fn demo() -> anyhow::Result<()> {
     }
     // SAFETY: installing a handler that only stores to an atomic.
     unsafe { libc::signal(libc::SIGINT, on_sigint as *const () as libc::sighandler_t) };
-    // SAFETY: set before any thread that reads the environment is started.
-    unsafe {
-        std::env::set_var("CHOKEPOINT_BIN", &bin);
-        std::env::set_var("CP_PROBE_BIN", &probe_bin);
-    }
 
     step("sandbox: world netns (gateway, unsanctioned host, resolvers), pod netns, agent cgroup")?;
     let sb = Sandbox::new();

@@ -10,6 +10,9 @@
 //! identity (a cgroup no policy selects) and of an enforced identity, counted over this daemon's
 //! own programs only (other daemons on the host have their own).
 //!
+//! `cargo xtask bench` builds the release binaries and execs this program with their paths in
+//! `CHOKEPOINT_BIN` and `CP_PROBE_BIN` (so xtask itself builds without the eBPF toolchain).
+//!
 //! SIGINT/SIGTERM stop the run at the next step and unwind: the daemon is stopped and uninstalled,
 //! the network namespaces and cgroups removed, bpf_stats switched off.
 
@@ -23,6 +26,7 @@ mod soak;
 
 use std::{
     collections::BTreeMap,
+    path::PathBuf,
     process::{Command, Stdio},
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
@@ -48,28 +52,8 @@ const SERVER: &str = "10.210.0.2";
 const MAX_IDENTITIES: usize = 4_096;
 const CONFIGS: [&str; 4] = ["none", "nft-linear", "nft-set", "chokepoint"];
 
-/// `cargo xtask bench --help`.
-pub(crate) const HELP: &str = "usage: cargo xtask bench [--quick] [--reps N] [--progs] [--scale] [--soak [DURATION]]
-
-Builds release binaries, then measures what enforcement costs (needs root): a client cgroup in one
-network namespace, a server in another, joined by veth. Configurations interleaved within every
-repetition: none, nft-linear (N drop rules), nft-set (one rule over an interval set of N),
-chokepoint (the daemon enforcing the client's identity, gateway plus N rules). Figures are ratios
-to `none` in the same repetition (median [min-max], `=noise` when the range spans 1), for
-N = 10, 1k, 100k; then per-program cost from kernel.bpf_stats (sockets of no identity and of an
-enforced identity, at 1 identity, 1,000 identities x 100 rules and 4,096 identities (the policy limit; as many selected cgroups)), policy change time, records delivered per second and
-the daemon's footprint. Writes bench-results/bench-<time>.{json,md}.
-SIGINT/SIGTERM stop the run and clean up (daemon, namespaces, cgroups, bpf_stats).
-
-  --quick   N = 10 only, 3 short repetitions (the CI smoke run; numbers are not judged)
-  --reps N  repetitions per figure (default 30, --quick 3)
-  --progs   the per-program (bpf_stats) pass only, N = 10 and 1 identity (about a minute)
-  --scale   the scale pass only: 1, 1,000 and 4,096 identities (the policy's limit)
-  --soak [DURATION]
-            mixed load for DURATION (90s, 30m, 1h; a plain number is minutes; default 30m): connects, UDP, denials, a policy apply every
-            5 s and a `flows --follow` subscriber; daemon RSS, open fds and ring-buffer loss
-            at the start and the end
-  --help    this text";
+/// `cargo xtask bench --help` (xtask prints the same file without building anything).
+const HELP: &str = include_str!("help.txt");
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 
@@ -130,7 +114,7 @@ fn stats(v: &[f64]) -> Value {
     json!({"min": s[0], "median": q(0.5), "max": s[s.len() - 1], "q25": q(0.25), "q75": q(0.75), "p99": q(0.99), "n": s.len()})
 }
 
-pub(crate) fn bench(rest: &[String]) -> anyhow::Result<()> {
+fn bench(rest: &[String]) -> anyhow::Result<()> {
     // `--soak 30m` is the same as `--soak=30m`.
     let rest: Vec<String> = {
         let mut v = Vec::new();
@@ -173,15 +157,10 @@ pub(crate) fn bench(rest: &[String]) -> anyhow::Result<()> {
         }
     }
     catch_signals();
-    let (bin, probe) = crate::build_release()?;
+    let probe = probe_bin()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("benchmarks need root (BPF, cgroups, network namespaces, nftables)");
-    }
-    // SAFETY: set before any thread reads the environment.
-    unsafe {
-        std::env::set_var("CHOKEPOINT_BIN", &bin);
-        std::env::set_var("CP_PROBE_BIN", &probe);
     }
     let sizes: Vec<usize> = if scale_only {
         vec![]
@@ -207,7 +186,7 @@ pub(crate) fn bench(rest: &[String]) -> anyhow::Result<()> {
     let udp = format!("{SERVER}:{PORT}");
     let denied = "100.64.0.1:443".to_string();
     let mut results = json!({"machine": machine(), "quick": quick, "reps": reps, "secs_per_run": secs, "sizes": {}});
-    let dir = crate::root().join("bench-results");
+    let dir = root().join("bench-results");
     std::fs::create_dir_all(&dir)?;
     let stamp = chrono_stamp();
     let json_path = dir.join(format!("bench-{stamp}.json"));
@@ -431,4 +410,36 @@ pub(crate) fn bench(rest: &[String]) -> anyhow::Result<()> {
     println!("{md}");
     println!("results: {}", json_path.display());
     Ok(())
+}
+
+/// The workspace root (`bench-results/` is written there).
+fn root() -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+/// The release probe `cargo xtask bench` built; the daemon binary is found by the harness the
+/// same way (`CHOKEPOINT_BIN`).
+pub(crate) fn probe_bin() -> anyhow::Result<PathBuf> {
+    for var in ["CHOKEPOINT_BIN", "CP_PROBE_BIN"] {
+        if std::env::var_os(var).is_none() {
+            bail!(
+                "{var} is not set: run the benchmark through `cargo xtask bench`, which builds the release binaries first"
+            );
+        }
+    }
+    Ok(PathBuf::from(
+        std::env::var_os("CP_PROBE_BIN").unwrap_or_default(),
+    ))
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{HELP}");
+        return;
+    }
+    if let Err(e) = bench(&args) {
+        eprintln!("xtask bench: {e:#}");
+        std::process::exit(1);
+    }
 }
