@@ -157,7 +157,7 @@ fn bench(rest: &[String]) -> anyhow::Result<()> {
         }
     }
     catch_signals();
-    let probe = probe_bin()?;
+    let (_, probe) = binaries()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("benchmarks need root (BPF, cgroups, network namespaces, nftables)");
@@ -417,19 +417,15 @@ fn root() -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
 }
 
-/// The release probe `cargo xtask bench` built; the daemon binary is found by the harness the
-/// same way (`CHOKEPOINT_BIN`).
-pub(crate) fn probe_bin() -> anyhow::Result<PathBuf> {
-    for var in ["CHOKEPOINT_BIN", "CP_PROBE_BIN"] {
-        if std::env::var_os(var).is_none() {
-            bail!(
-                "{var} is not set: run the benchmark through `cargo xtask bench`, which builds the release binaries first"
-            );
-        }
-    }
-    Ok(PathBuf::from(
-        std::env::var_os("CP_PROBE_BIN").unwrap_or_default(),
-    ))
+/// The release daemon and probe `cargo xtask bench` built (`CHOKEPOINT_BIN`, `CP_PROBE_BIN`; the
+/// harness starts daemons from the same variable).
+pub(crate) fn binaries() -> anyhow::Result<(PathBuf, PathBuf)> {
+    let var = |name: &str| {
+        std::env::var_os(name).map(PathBuf::from).with_context(|| {
+            format!("{name} is not set: run the benchmark through `cargo xtask bench`, which builds the release binaries first")
+        })
+    };
+    Ok((var("CHOKEPOINT_BIN")?, var("CP_PROBE_BIN")?))
 }
 
 fn main() {

@@ -51,7 +51,7 @@ fn soak_sample(d: &Daemon, pid: u32, t: Duration) -> Value {
 
 /// `--soak DURATION`: sustained mixed load on one daemon, with a flows subscriber.
 pub(super) fn soak(dur: Duration) -> anyhow::Result<()> {
-    let probe = crate::probe_bin()?;
+    let (bin, probe) = crate::binaries()?;
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!("the soak needs root (BPF, cgroups, network namespaces)");
