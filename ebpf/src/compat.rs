@@ -28,7 +28,11 @@ use aya_ebpf::{
 };
 use chokepoint_common::{compat, hook, reason, verdict};
 
-use crate::decide::{config, denied, record, resolve};
+use crate::{
+    decide::denied,
+    ident::{config, resolve},
+    record::record,
+};
 
 const SOL_PACKET: u64 = 263;
 const SOL_XDP: u64 = 283;

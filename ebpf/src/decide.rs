@@ -1,22 +1,14 @@
-//! The one policy decision every hook calls, identity resolution, the socket tag, and records.
+//! The one policy decision every hook calls: the destination and identity types, and the lookup
+//! of rules, grants and FQDN allows that turns them into a verdict.
 
-use core::{ffi::c_void, ptr};
-
-use aya_ebpf::{
-    bindings::{
-        BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, BPF_SK_STORAGE_GET_F_CREATE,
-    },
-    helpers::generated::bpf_sk_storage_get,
-};
 use chokepoint_common::{
-    CgCache, Config, EVENTS_BYTES, Event, IdentKey, LPM_DATA_LEN, LPM_HEADER_BITS,
-    MAX_CGROUP_DEPTH, MAX_GRANT_ENTRIES, MAX_PORT_ENTRIES, MODE_AUDIT, MODE_NONE, PROTO_ANY,
-    STAT_LOST, SockTag, kind, reason, stat_index, verdict,
+    Config, LPM_DATA_LEN, LPM_HEADER_BITS, MAX_GRANT_ENTRIES, MAX_PORT_ENTRIES, MODE_AUDIT,
+    MODE_NONE, PROTO_ANY, kind, reason, verdict,
 };
 
 use crate::{
     helpers::now_ns,
-    maps::{CP_CGSLOTS, CP_CONFIG, CP_EVENTS, CP_GRANTS, CP_IDENT, CP_RULES, CP_SKTAG, CP_STATS},
+    maps::{CP_GRANTS, CP_RULES},
 };
 
 /// A destination as a hook sees it.
@@ -93,63 +85,6 @@ impl Ident {
         ident: 0,
         mode: MODE_NONE,
     };
-}
-
-/// Reads the configuration word once; every lookup of one decision uses this copy, so a decision
-/// sees one generation whole.
-#[inline(always)]
-pub(crate) fn config() -> Option<Config> {
-    CP_CONFIG.get(0).copied()
-}
-
-/// Resolves the identity of a cgroup: the cache first, then a walk over the cgroup's ancestors.
-/// `ancestor(level)` returns the id of the ancestor at `level` (0 past the cgroup's depth).
-#[inline(always)]
-pub(crate) fn resolve<F: Fn(i32) -> u64>(cfg: &Config, cgroup_id: u64, ancestor: F) -> Ident {
-    let epoch = cfg.epoch();
-    let cache = CP_CGSLOTS.get_ptr_mut(CgCache::slot(cgroup_id));
-    if let Some(c) = cache {
-        // SAFETY: `get_ptr_mut` answered a pointer into the array's value for this index, which
-        // the verifier has bounds-checked; two CPUs writing one slot at once is caught by the
-        // slot's checksum (`CgCache::hit`).
-        let c = unsafe { &*c };
-        if c.hit(cgroup_id, epoch) {
-            return Ident {
-                ident: c.ident,
-                mode: c.mode,
-            };
-        }
-    }
-    let slot = cfg.slot();
-    let mut found = Ident::NONE;
-    let mut level: i32 = 1;
-    while level <= MAX_CGROUP_DEPTH as i32 {
-        let id = ancestor(level);
-        if id == 0 {
-            break;
-        }
-        let key = IdentKey {
-            cgroup_id: id,
-            slot,
-            _pad: 0,
-        };
-        // SAFETY: the value is plain integers, read at once; the daemon writes identities only
-        // into the slot no live generation reads, then flips the config word.
-        if let Some(v) = unsafe { CP_IDENT.get(key) } {
-            found = Ident {
-                ident: v.ident,
-                mode: v.mode,
-            };
-            break;
-        }
-        level += 1;
-    }
-    if let Some(c) = cache {
-        // SAFETY: the same verifier-checked pointer into the array as above; a concurrent write
-        // of the slot by another CPU fails the checksum and is resolved afresh.
-        unsafe { *c = CgCache::new(cgroup_id, epoch, found.ident, found.mode) };
-    }
-    found
 }
 
 #[inline(always)]
@@ -277,132 +212,6 @@ pub(crate) fn denied(id: &Ident, why: u8) -> Decision {
         task: 0,
         expires_ns: 0,
     }
-}
-
-/// Gets (optionally creating) the socket tag of `sk` (a `struct bpf_sock *`-compatible pointer).
-#[inline(always)]
-pub(crate) fn sock_tag(sk: *mut c_void, create: bool) -> *mut SockTag {
-    let flags = if create {
-        u64::from(BPF_SK_STORAGE_GET_F_CREATE)
-    } else {
-        0
-    };
-    let map = ptr::from_ref(&CP_SKTAG).cast_mut().cast::<c_void>();
-    // SAFETY: `map` is the socket-storage map this object defines and `sk` a socket pointer the
-    // hook got from the kernel (the verifier refuses any other pointer type); no initial value
-    // is passed, so the helper zero-fills a created entry.
-    unsafe { bpf_sk_storage_get(map, sk, ptr::null_mut(), flags) }.cast::<SockTag>()
-}
-
-/// Build variant of this object, only in test builds: `CHOKEPOINT_BUILD_VARIANT` set at build time
-/// (xtask's variant build for the upgrade test). It is counted with every record in an otherwise
-/// unused counter slot (verdict 0), which makes objects of different variants differ in their
-/// instructions. Without it (every ordinary and release build) there is no such instruction.
-const BUILD_VARIANT: Option<u8> = match option_env!("CHOKEPOINT_BUILD_VARIANT") {
-    Some(v) if !v.is_empty() => Some(v.as_bytes()[0].wrapping_sub(b'0') % reason::COUNT),
-    _ => None,
-};
-
-/// Counts one decision.
-#[inline(always)]
-fn count(index: u32) {
-    if let Some(p) = CP_STATS.get_ptr_mut(index) {
-        // SAFETY: a verifier-checked pointer to this CPU's counter; a program runs to completion
-        // on its CPU, so no other writer touches it meanwhile.
-        unsafe { *p += 1 };
-    }
-}
-
-/// Pending bytes in the ring at which a record wakes the consumer whatever its verdict: 1/8 and
-/// 1/2 of the ring.
-const WAKE_AT: [u64; 2] = [EVENTS_BYTES as u64 / 8, EVENTS_BYTES as u64 / 2];
-/// Width of the band above a [`WAKE_AT`] mark in which a record wakes (a few records, so
-/// concurrent producers cannot all step over it).
-const WAKE_BAND: u64 = 1024;
-
-/// How a record notifies the consumer. A denial or audit wakes it when it had caught up
-/// (adaptive: alerts are prompt). An allowed flow does not (the consumer also drains on its own
-/// 10-100 ms timer): a wakeup is an irq_work self-interrupt on the CPU of the connecting task,
-/// which on a VM is an exit, and it was a large part of the allowed connect's cost. A record
-/// that brings the pending bytes into a [`WAKE_AT`] band wakes it whatever the verdict, so a
-/// burst is drained long before the ring is full (edge-triggered: a wakeup per record above
-/// the mark would cost every record an interrupt).
-#[inline(always)]
-fn wakeup_flags(verdict_code: u8) -> u64 {
-    let pending = CP_EVENTS.query(u64::from(BPF_RB_AVAIL_DATA));
-    if (pending >= WAKE_AT[0] && pending < WAKE_AT[0] + WAKE_BAND)
-        || (pending >= WAKE_AT[1] && pending < WAKE_AT[1] + WAKE_BAND)
-    {
-        u64::from(BPF_RB_FORCE_WAKEUP)
-    } else if verdict_code == verdict::DENY || verdict_code == verdict::AUDIT {
-        0
-    } else {
-        u64::from(BPF_RB_NO_WAKEUP)
-    }
-}
-
-/// Counts a decision and writes its record straight into the ring buffer (no copy on the BPF
-/// stack): the slot is zeroed, `verdict`/`reason` set, then `fill` writes the rest. A failed
-/// reserve is counted, never silent.
-#[inline(always)]
-pub(crate) fn record<F: FnOnce(&mut Event)>(verdict_code: u8, reason_code: u8, fill: F) {
-    count(stat_index(verdict_code, reason_code));
-    if let Some(v) = BUILD_VARIANT {
-        count(stat_index(0, v));
-    }
-    match CP_EVENTS.reserve::<Event>(0) {
-        Some(mut slot) => {
-            let p = slot.as_mut_ptr();
-            // SAFETY: `p` is the reserved ring slot, sized and aligned for one `Event` and ours
-            // alone until submitted; zeroing it first makes every field initialised.
-            unsafe { ptr::write_bytes(p, 0, 1) };
-            // SAFETY: the same slot, now fully initialised and still exclusively ours.
-            let ev = unsafe { &mut *p };
-            ev.time_ns = now_ns();
-            ev.verdict = verdict_code;
-            ev.reason = reason_code;
-            fill(ev);
-            slot.submit(wakeup_flags(verdict_code));
-        }
-        None => count(STAT_LOST),
-    }
-}
-
-/// True when the cached verdict in `tag` covers `d` under the current epoch.
-#[inline(always)]
-pub(crate) fn cache_covers(tag: &SockTag, epoch: u32, d: &Dest, port_known: bool) -> bool {
-    tag.verdict_epoch == epoch
-        && tag.family == d.family
-        && tag.proto == d.proto
-        && (!port_known || tag.dport == d.port)
-        && tag.daddr == d.addr
-}
-
-/// True when `tag` holds an allowed verdict for the same destination (any epoch): a re-decision
-/// that now denies is a revocation, and one that still allows is the same flow.
-#[inline(always)]
-pub(crate) fn same_flow_was_allowed(tag: &SockTag, d: &Dest) -> bool {
-    tag.verdict_epoch != 0
-        && tag.verdict != verdict::DENY
-        && tag.family == d.family
-        && tag.proto == d.proto
-        && tag.dport == d.port
-        && tag.daddr == d.addr
-}
-
-/// Stores a decision in the socket's cache.
-#[inline(always)]
-pub(crate) fn cache_store(tag: &mut SockTag, epoch: u32, d: &Dest, dec: &Decision) {
-    tag.verdict_epoch = epoch;
-    tag.family = d.family;
-    tag.proto = d.proto;
-    tag.dport = d.port;
-    tag.daddr = d.addr;
-    tag.verdict = dec.verdict;
-    tag.reason = dec.reason;
-    tag.rule = dec.rule;
-    tag.task = dec.task;
-    tag.grant_expires_ns = dec.expires_ns;
 }
 
 /// True for protocols whose header starts with 16-bit source and destination ports

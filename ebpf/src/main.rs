@@ -32,11 +32,17 @@ mod fqdn;
 #[cfg(target_arch = "bpf")]
 mod helpers;
 #[cfg(target_arch = "bpf")]
+mod ident;
+#[cfg(target_arch = "bpf")]
 mod maps;
+#[cfg(target_arch = "bpf")]
+mod record;
 #[cfg(target_arch = "bpf")]
 mod reply;
 #[cfg(target_arch = "bpf")]
 mod skb;
+#[cfg(target_arch = "bpf")]
+mod sktag;
 #[cfg(target_arch = "bpf")]
 mod sock;
 #[cfg(target_arch = "bpf")]

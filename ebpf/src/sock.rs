@@ -11,8 +11,11 @@ use aya_ebpf::{
 use chokepoint_common::{hook, reason, verdict};
 
 use crate::{
-    decide::{Ident, config, denied, record, resolve, sock_tag},
+    decide::{Ident, denied},
     helpers::{current_ancestor_cgroup_id, current_cgroup_id},
+    ident::{config, resolve},
+    record::record,
+    sktag::sock_tag,
 };
 
 const AF_UNIX: i32 = 1;

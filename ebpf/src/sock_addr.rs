@@ -11,12 +11,12 @@ use aya_ebpf::{
 use chokepoint_common::{hook, verdict};
 
 use crate::{
-    decide::{
-        Dest, Ident, cache_covers, cache_store, config, decide, has_ports, record, resolve,
-        same_flow_was_allowed,
-    },
+    decide::{Dest, Ident, decide, has_ports},
     helpers::{current_ancestor_cgroup_id, current_cgroup_id, sock_addr_cookie},
+    ident::{config, resolve},
     maps::CP_SKTAG,
+    record::record,
+    sktag::{cache_covers, cache_store, same_flow_was_allowed},
 };
 
 #[inline(always)]

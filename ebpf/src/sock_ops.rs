@@ -17,11 +17,7 @@ use aya_ebpf::{
 };
 use chokepoint_common::{AttestKey, AttestVal, reason, verdict};
 
-use crate::{
-    decide::{config, sock_tag},
-    helpers::now_ns,
-    maps::CP_ATTEST,
-};
+use crate::{helpers::now_ns, ident::config, maps::CP_ATTEST, sktag::sock_tag};
 
 const TCP_CLOSE: u32 = 7;
 const AF_INET: u32 = 2;

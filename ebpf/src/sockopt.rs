@@ -11,8 +11,10 @@ use aya_ebpf::{
 use chokepoint_common::{hook, reason, verdict};
 
 use crate::{
-    decide::{config, denied, record, resolve},
+    decide::denied,
     helpers::{current_ancestor_cgroup_id, current_cgroup_id},
+    ident::{config, resolve},
+    record::record,
 };
 
 const SOL_PACKET: i32 = 263;
