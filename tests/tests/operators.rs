@@ -446,12 +446,32 @@ fn every_event_kind_in_a_real_log_matches_the_schema() {
         (&mode["mode"], &mode["previous_mode"]),
         (&"audit".into(), &"enforce".into())
     );
-    assert!(lines.iter().any(|v| {
-        v["event"] == "policy_change"
-            && v["action"]
-                .as_str()
-                .is_some_and(|a| a.starts_with("rollback"))
-    }));
+    assert_eq!(mode["comm"], "chokepoint", "{mode}");
+    // The apply and the rollback: who asked, the old and the new generation.
+    let change = |pred: &dyn Fn(&str) -> bool| {
+        lines
+            .iter()
+            .find(|v| v["event"] == "policy_change" && v["action"].as_str().is_some_and(pred))
+            .unwrap_or_else(|| panic!("no such policy_change line: {lines:#?}"))
+            .clone()
+    };
+    let apply = change(&|a| a == "apply");
+    let rollback = change(&|a| a.starts_with("rollback"));
+    for v in [&apply, &rollback] {
+        assert_eq!(
+            (&v["uid"], &v["comm"]),
+            (&0.into(), &"chokepoint".into()),
+            "{v}"
+        );
+        assert!(v["pid"].as_u64().is_some_and(|p| p > 0), "{v}");
+        let (new, old) = (
+            v["policy_generation"].as_u64(),
+            v["previous_generation"].as_u64(),
+        );
+        assert!(new.zip(old).is_some_and(|(n, o)| n > o), "{v}");
+    }
+    assert_eq!(rollback["previous_generation"], apply["policy_generation"]);
+    assert_eq!(apply["policy_generation"], mode["policy_generation"]);
 
     // A lost record: restart with the consumer slowed and flood the ring buffer.
     drop(lines);
@@ -928,6 +948,33 @@ fn cli_conventions() {
         );
         assert!(!text.contains('\u{1b}'), "{cmd:?}: colour in piped help");
     }
+
+    // On a terminal (a pty from util-linux's `script`): colour, unless NO_COLOR is set.
+    let on_tty = |no_color: bool| {
+        let mut c = Command::new("script");
+        c.args(["-qec"])
+            .arg(format!("{} flows --help", bin.display()))
+            .arg("/dev/null")
+            .env("TERM", "xterm")
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR_FORCE");
+        if no_color {
+            c.env("NO_COLOR", "1");
+        }
+        let out = c.output().expect("script (util-linux)");
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let coloured = on_tty(false);
+    assert!(
+        coloured.contains("Example") && coloured.contains('\u{1b}'),
+        "no colour on a terminal (so the NO_COLOR check below proves nothing): {coloured:?}"
+    );
+    let plain = on_tty(true);
+    assert!(
+        plain.contains("Example") && !plain.contains('\u{1b}'),
+        "colour on a terminal with NO_COLOR set: {plain:?}"
+    );
 }
 
 /// The inventory names a destination by the host name the identity resolved it from, learned

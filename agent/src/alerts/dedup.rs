@@ -1,5 +1,6 @@
-//! The alert window: one alert per (identity, destination, reason) per window, with a count and
-//! first/last seen.
+//! The alert window: one alert per (identity, pod, destination, reason) per window, with a count
+//! and first/last seen (the pod is part of the key so that each pod's attempts are named by an
+//! alert of their own and `alerts --pod` finds them).
 
 use std::{
     collections::HashMap,
@@ -43,7 +44,7 @@ pub struct Alert {
     pub pid: Option<u32>,
     /// Command name of the first attempt's task.
     pub comm: Option<String>,
-    /// On Kubernetes: the pod of the first attempt.
+    /// On Kubernetes: the pod's namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
     /// On Kubernetes: the pod's name.
@@ -62,8 +63,17 @@ struct Pending {
 /// The deduplicating window.
 pub struct Deduper {
     window: Duration,
-    open: HashMap<(Option<String>, Option<String>, String), Pending>,
+    open: HashMap<Key, Pending>,
 }
+
+/// What attempts are grouped by: identity, pod (namespace and name), destination, reason.
+type Key = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    String,
+);
 
 /// Severity of a bypass reason.
 pub fn severity(reason: &str, verdict: &str) -> &'static str {
@@ -90,7 +100,13 @@ impl Deduper {
         if r.verdict != "deny" && r.verdict != "audit" {
             return;
         }
-        let key = (r.identity.clone(), r.dst.clone(), r.reason.clone());
+        let key = (
+            r.identity.clone(),
+            r.namespace.clone(),
+            r.pod.clone(),
+            r.dst.clone(),
+            r.reason.clone(),
+        );
         match self.open.get_mut(&key) {
             Some(p) => {
                 p.alert.count += 1;
@@ -180,5 +196,26 @@ mod tests {
             .find(|a| a.dst.as_deref() == Some("1.2.3.4:80"))
             .unwrap();
         assert_eq!(a.count, 5);
+    }
+
+    #[test]
+    fn two_pods_of_one_identity_get_an_alert_each() {
+        let mut d = Deduper::new(Duration::from_secs(3600));
+        for (pod, n) in [("p-0", 3), ("p-1", 2)] {
+            for _ in 0..n {
+                d.observe(&FlowRecord {
+                    namespace: Some("team-a".into()),
+                    pod: Some(pod.into()),
+                    service_account: Some("default".into()),
+                    ..rec("1.2.3.4:80", "deny")
+                });
+            }
+        }
+        let mut all = d.due(true);
+        all.sort_by(|a, b| a.pod.cmp(&b.pod));
+        let got: Vec<(Option<&str>, u64)> =
+            all.iter().map(|a| (a.pod.as_deref(), a.count)).collect();
+        assert_eq!(got, [(Some("p-0"), 3), (Some("p-1"), 2)]);
+        assert!(all.iter().all(|a| a.namespace.as_deref() == Some("team-a")));
     }
 }

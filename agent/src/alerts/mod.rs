@@ -1,5 +1,6 @@
-//! Bypass alerts: one alert per (identity, destination, reason) per window ([`dedup`]), sent to
-//! the log, a JSON lines file, subscribers (the daemon's pipeline) and an optional [`webhook`].
+//! Bypass alerts: one alert per (identity, pod, destination, reason) per window ([`dedup`]),
+//! sent to the log, a JSON lines file, subscribers (the daemon's pipeline) and an optional
+//! [`webhook`].
 
 pub mod dedup;
 pub mod webhook;

@@ -183,3 +183,46 @@ fn rejects_bad_bytes_and_sizes() {
             .contains("larger than")
     );
 }
+
+/// `spec.defaults.unresolvedPods`: `gateway-only` (the default) binds not-yet-known pod cgroups
+/// to an identity with only the pod identities' gateways, `deny` to one with nothing, `allow`
+/// to none; an unknown value is a positioned problem; without pod identities nothing is added.
+#[test]
+fn unresolved_pods_default_per_value() {
+    let pods = GOOD.replace(
+        "cgroupPath: \"/agents/research\"",
+        "pod: {namespace: team-a, matchLabels: {app: agent}}",
+    );
+    let with = |v: Option<&str>| {
+        let d = v.map_or(String::new(), |v| {
+            format!("  defaults:\n    unresolvedPods: {v}\n")
+        });
+        pods.replacen("  identities:\n", &format!("{d}  identities:\n"), 1)
+    };
+    let gw = parse_cidr("10.77.0.1").unwrap();
+    for v in [None, Some("gateway-only")] {
+        let p = compile_source("p.yaml", with(v).as_bytes()).unwrap();
+        assert_eq!(p.unresolved_pods, UnresolvedPods::GatewayOnly);
+        let u = p.unresolved_identity().expect("an unresolved identity");
+        assert_eq!(u.name, UNRESOLVED_IDENTITY);
+        assert_eq!(u.mode, Mode::Enforce);
+        assert_eq!(u.gateways, ["llm-gateway"]);
+        // The gateway, and not the pod identity's own allow rules (10/8, DNS).
+        assert_eq!(u.entries.len(), 2, "{:?}", u.entries.keys());
+        assert!(u.entries[&gw].iter().all(|e| e.kind == kind::GATEWAY));
+        assert!(!u.entries.contains_key(&parse_cidr("10.0.0.0/8").unwrap()));
+    }
+    let p = compile_source("p.yaml", with(Some("deny")).as_bytes()).unwrap();
+    assert_eq!(p.unresolved_pods, UnresolvedPods::Deny);
+    let u = p.unresolved_identity().expect("an unresolved identity");
+    assert!(u.entries.is_empty() && u.gateways.is_empty(), "{u:?}");
+    let p = compile_source("p.yaml", with(Some("allow")).as_bytes()).unwrap();
+    assert_eq!(p.unresolved_pods, UnresolvedPods::Allow);
+    assert!(p.unresolved_identity().is_none());
+    let e = err(&with(Some("open")));
+    assert_eq!(e.problems[0].field, "spec.defaults.unresolvedPods");
+    assert!(e.to_string().contains("gateway-only, deny or allow"), "{e}");
+    // cgroupPath identities only: no unresolved identity.
+    let p = compile_source("p.yaml", GOOD.as_bytes()).unwrap();
+    assert!(p.unresolved_identity().is_none());
+}
