@@ -105,6 +105,49 @@ fn flow_and_alert_filters_are_applied_by_the_daemon() {
     );
     assert_eq!(last.len(), 1);
     assert_eq!(last[0], *deny.last().unwrap());
+    // With --follow: the backlog of the newest N matching first, then the live stream (which
+    // applies the same filter: the gateway's allow record of a new attempt is not printed).
+    {
+        let mut child = Proc(
+            Command::new(chokepoint_bin())
+                .args(["flows", "--follow", "--verdict", "deny", "--last", "2"])
+                .args(["-o", "jsonl", "--socket"])
+                .arg(&fx.daemon.socket)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("follow"),
+        );
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out = child.0.stdout.take().expect("stdout");
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let next = || -> Value {
+            let l = rx
+                .recv_timeout(Duration::from_secs(10))
+                .expect("a --follow line");
+            serde_json::from_str(&l).expect("a JSON line")
+        };
+        assert_eq!(next(), deny[deny.len() - 2], "backlog, oldest first");
+        assert_eq!(next(), deny[deny.len() - 1]);
+        assert!(ok(&fx.attempt(false, &["tcp", &gw], &payload("gw-live"))));
+        deny_tcp(&fx, OTHER_TCP + 3, "deny-live");
+        let live = next();
+        assert_eq!(live["verdict"], "deny", "{live}");
+        assert!(
+            live["dst"]
+                .as_str()
+                .is_some_and(|d| d.ends_with(&format!(":{}", OTHER_TCP + 3))),
+            "{live}"
+        );
+    }
+    let deny = array(&fx, &["flows", "--verdict", "deny", "-o", "json"]);
+    let all = array(&fx, &["flows", "-o", "json"]);
 
     // Identity, tenant, reason; no match is an empty array, not an error.
     assert_eq!(
