@@ -2,27 +2,6 @@
 
 #[cfg(doc)]
 use crate::names;
-/// Key of [`names::ATTEST`]: a TCP connection as the gateway sees it. `peer` is the client (the
-/// agent's socket), `local` the gateway endpoint. IPv4 (also IPv4-mapped) in the first 4 bytes.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct AttestKey {
-    /// 4 or 6.
-    pub family: u8,
-    /// Padding.
-    pub _pad: u8,
-    /// Client port (host order).
-    pub peer_port: u16,
-    /// Gateway port (host order).
-    pub local_port: u16,
-    /// Padding.
-    pub _pad2: u16,
-    /// Client address.
-    pub peer_addr: [u8; 16],
-    /// Gateway address.
-    pub local_addr: [u8; 16],
-}
-
 /// Value of [`names::ATTEST`]: who is behind the connection.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -43,7 +22,10 @@ pub struct AttestVal {
     pub generation: u32,
 }
 
-/// Key of [`names::ACCEPT`]: a TCP connection a peer is opening to an identity's listener.
+/// A TCP connection as its `local` end sees it: the key of [`names::ATTEST`] (the gateway's end:
+/// `peer` is the identity's client socket, `local` the gateway endpoint) and of
+/// [`names::ACCEPT`] (the identity's listener: `peer` is who connects, `local` the listening
+/// address). One type for both, so the two maps cannot disagree on the layout a 4-tuple has.
 /// IPv4 (also IPv4-mapped) in the first 4 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -52,15 +34,15 @@ pub struct FlowKey {
     pub family: u8,
     /// Padding.
     pub _pad: u8,
-    /// The peer's port (host order).
+    /// The other end's port (host order).
     pub peer_port: u16,
-    /// The identity's (listening) port (host order).
+    /// This end's port (host order).
     pub local_port: u16,
     /// Padding.
     pub _pad2: u16,
-    /// The peer's address.
+    /// The other end's address.
     pub peer_addr: [u8; 16],
-    /// The identity's address.
+    /// This end's address.
     pub local_addr: [u8; 16],
 }
 
@@ -118,7 +100,6 @@ pub struct ReplyVal {
     pub _pad: [u8; 3],
 }
 
-assert_size!(AttestKey, 40);
 assert_size!(AttestVal, 48);
 assert_size!(FlowKey, 40);
 assert_size!(AcceptVal, 56);

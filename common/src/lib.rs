@@ -24,7 +24,7 @@ pub mod names;
 pub mod reason;
 pub mod verdict;
 
-pub use conn::{AcceptVal, AttestKey, AttestVal, FlowKey, ReplyKey, ReplyVal};
+pub use conn::{AcceptVal, AttestVal, FlowKey, ReplyKey, ReplyVal};
 pub use dns::{
     DNSANS_BYTES, DNSANS_DATA, DnsAnswer, DnsCfg, DnsOrig, DnsProxy, FqdnEntry, FqdnKey, FqdnVal,
 };
@@ -44,9 +44,9 @@ pub use sock::{Event, SockTag};
 #[cfg(feature = "user")]
 mod pod {
     use super::{
-        AcceptVal, AttestKey, AttestVal, CgCache, Config, DnsCfg, DnsOrig, DnsProxy, Event,
-        FlowKey, FqdnEntry, FqdnKey, FqdnVal, GrantEntry, GrantVal, IdentKey, IdentVal, PortEntry,
-        ReplyKey, ReplyVal, RuleVal, SockTag,
+        AcceptVal, AttestVal, CgCache, Config, DnsCfg, DnsOrig, DnsProxy, Event, FlowKey,
+        FqdnEntry, FqdnKey, FqdnVal, GrantEntry, GrantVal, IdentKey, IdentVal, PortEntry, ReplyKey,
+        ReplyVal, RuleVal, SockTag,
     };
     /// `aya::Pod` for plain kernel-shared types.
     macro_rules! pod {
@@ -58,7 +58,7 @@ mod pod {
     }
     pod!(
         Config, IdentKey, IdentVal, CgCache, PortEntry, RuleVal, GrantEntry, GrantVal, SockTag,
-        Event, AttestKey, AttestVal, FlowKey, AcceptVal, ReplyKey, ReplyVal, FqdnKey, FqdnEntry,
-        FqdnVal, DnsProxy, DnsCfg, DnsOrig,
+        Event, AttestVal, FlowKey, AcceptVal, ReplyKey, ReplyVal, FqdnKey, FqdnEntry, FqdnVal,
+        DnsProxy, DnsCfg, DnsOrig,
     );
 }

@@ -18,7 +18,7 @@ pub const SKTAG: &str = "CP_SKTAG";
 pub const EVENTS: &str = "CP_EVENTS";
 /// Per-CPU array of u64 counters indexed by [`crate::stat_index`].
 pub const STATS: &str = "CP_STATS";
-/// LRU hash of [`crate::AttestKey`] → [`crate::AttestVal`]: live gateway connections of
+/// LRU hash of [`crate::FlowKey`] → [`crate::AttestVal`]: live gateway connections of
 /// identities, keyed by the 4-tuple as the gateway sees it.
 pub const ATTEST: &str = "CP_ATTEST";
 /// LRU hash of [`crate::FlowKey`] → [`crate::AcceptVal`]: connections others are opening to

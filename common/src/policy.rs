@@ -156,11 +156,7 @@ impl LpmKey {
         data[5] = id[1];
         data[6] = id[2];
         data[7] = id[3];
-        let mut i = 0;
-        while i < 16 {
-            data[8 + i] = addr[i];
-            i += 1;
-        }
+        data.split_at_mut(8).1.copy_from_slice(addr);
         Self {
             prefix_len: LPM_HEADER_BITS + cidr_bits,
             data,

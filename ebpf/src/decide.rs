@@ -1,9 +1,10 @@
 //! The one policy decision every hook calls: the destination and identity types, and the lookup
 //! of rules, grants and FQDN allows that turns them into a verdict.
 
+use aya_ebpf::maps::lpm_trie::Key;
 use chokepoint_common::{
-    Config, LPM_DATA_LEN, LPM_HEADER_BITS, MAX_GRANT_ENTRIES, MAX_PORT_ENTRIES, MODE_AUDIT,
-    MODE_NONE, PROTO_ANY, kind, reason, verdict,
+    Config, LPM_DATA_LEN, LPM_SPACE_EGRESS, LPM_SPACE_INGRESS, LpmKey, MAX_GRANT_ENTRIES,
+    MAX_PORT_ENTRIES, MODE_AUDIT, MODE_NONE, PROTO_ANY, kind, reason, verdict,
 };
 
 use crate::{
@@ -87,19 +88,26 @@ impl Ident {
     };
 }
 
+/// The trie key that looks `addr` up for `ident` in key space `space` (`LPM_SPACE_*`) of
+/// generation slot `slot`: a full-length prefix, so the trie answers the longest prefix that
+/// contains the address. Built by [`LpmKey::new`], the layout userspace writes rules and grants
+/// with, so the two cannot drift.
 #[inline(always)]
-fn lpm_key(slot: u8, d: &Dest, ident: u32) -> aya_ebpf::maps::lpm_trie::Key<[u8; LPM_DATA_LEN]> {
-    let id = ident.to_be_bytes();
-    let mut data = [0u8; LPM_DATA_LEN];
-    data[0] = slot;
-    data[1] = d.family;
-    data[4] = id[0];
-    data[5] = id[1];
-    data[6] = id[2];
-    data[7] = id[3];
-    data[8..24].copy_from_slice(&d.addr);
-    let bits = if d.family == 4 { 32 } else { 128 };
-    aya_ebpf::maps::lpm_trie::Key::new(LPM_HEADER_BITS + bits, data)
+pub(crate) fn lpm_key(
+    slot: u8,
+    space: u8,
+    family: u8,
+    addr: &[u8; 16],
+    ident: u32,
+) -> Key<[u8; LPM_DATA_LEN]> {
+    let bits = if family == 4 { 32 } else { 128 };
+    let key = LpmKey::new(slot, family, ident, addr, bits);
+    let key = if space == LPM_SPACE_INGRESS {
+        key.ingress()
+    } else {
+        key
+    };
+    Key::new(key.prefix_len, key.data)
 }
 
 #[inline(always)]
@@ -145,7 +153,7 @@ fn deny_reason(d: &Dest) -> u8 {
 #[inline(always)]
 pub(crate) fn decide(cfg: &Config, id: &Ident, d: &Dest) -> Decision {
     let slot = cfg.slot() as u8;
-    let key = lpm_key(slot, d, id.ident);
+    let key = lpm_key(slot, LPM_SPACE_EGRESS, d.family, &d.addr, id.ident);
     if let Some(v) = CP_RULES.get(&key) {
         let mut i = 0;
         while i < MAX_PORT_ENTRIES {
@@ -169,7 +177,7 @@ pub(crate) fn decide(cfg: &Config, id: &Ident, d: &Dest) -> Decision {
             i += 1;
         }
     }
-    let gkey = lpm_key(0, d, id.ident);
+    let gkey = lpm_key(0, LPM_SPACE_EGRESS, d.family, &d.addr, id.ident);
     if let Some(g) = CP_GRANTS.get(&gkey) {
         let now = now_ns();
         let mut i = 0;

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use chokepoint_common::{
-    ACCEPT_SIZE, ATTEST_SIZE, AcceptVal, AttestKey, AttestVal, CGCACHE_SIZE, CgCache, Config,
-    DNSANS_BYTES, DNSORIG_SIZE, DnsCfg, DnsOrig, DnsProxy, EVENTS_BYTES, FlowKey, FqdnKey, FqdnVal,
-    GrantVal, IdentKey, IdentVal, LPM_DATA_LEN, MAX_DNSPX, MAX_FQDN, MAX_GRANTS, MAX_IDENT_CGROUPS,
+    ACCEPT_SIZE, ATTEST_SIZE, AcceptVal, AttestVal, CGCACHE_SIZE, CgCache, Config, DNSANS_BYTES,
+    DNSORIG_SIZE, DnsCfg, DnsOrig, DnsProxy, EVENTS_BYTES, FlowKey, FqdnKey, FqdnVal, GrantVal,
+    IdentKey, IdentVal, LPM_DATA_LEN, MAX_DNSPX, MAX_FQDN, MAX_GRANTS, MAX_IDENT_CGROUPS,
     MAX_RULES, REPLY_SIZE, ReplyKey, ReplyVal, RuleVal, STATS_LEN, SockTag,
 };
 
@@ -40,7 +40,7 @@ pub(crate) static CP_EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
 pub(crate) static CP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STATS_LEN, 0);
 
 #[map]
-pub(crate) static CP_ATTEST: LruHashMap<AttestKey, AttestVal> =
+pub(crate) static CP_ATTEST: LruHashMap<FlowKey, AttestVal> =
     LruHashMap::with_max_entries(ATTEST_SIZE, 0);
 
 #[map]

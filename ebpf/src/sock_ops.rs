@@ -15,7 +15,7 @@ use aya_ebpf::{
     macros::sock_ops,
     programs::SockOpsContext,
 };
-use chokepoint_common::{AttestKey, AttestVal, reason, verdict};
+use chokepoint_common::{AttestVal, FlowKey, reason, verdict};
 
 use crate::{helpers::now_ns, ident::config, maps::CP_ATTEST, sktag::sock_tag};
 
@@ -48,25 +48,53 @@ fn norm(a: [u8; 16]) -> (u8, [u8; 16]) {
     }
 }
 
-fn key(ctx: &SockOpsContext) -> AttestKey {
-    let mut k = AttestKey {
-        peer_port: ctx.local_port() as u16,
-        // `remote_port` holds the big-endian port in its upper 16 bits (sock_ops ABI).
-        local_port: u16::from_be((ctx.remote_port() >> 16) as u16),
-        ..AttestKey::default()
-    };
-    if ctx.family() == AF_INET {
-        k.family = 4;
-        k.peer_addr[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
-        k.local_addr[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
+/// Which end of a connection a [`FlowKey`] is seen from.
+#[derive(Clone, Copy)]
+pub(crate) enum End {
+    /// This socket's: it is `local` (`CP_ACCEPT`, an identity's accepted child socket).
+    This,
+    /// The remote end's: it is `local` (`CP_ATTEST`, the gateway's view of an identity's
+    /// connection).
+    Remote,
+}
+
+/// The connection of the program's socket as a [`FlowKey`] seen from `end` (IPv4-mapped
+/// addresses normalised; the family is that of the `peer` address).
+pub(crate) fn flow_key(ctx: &SockOpsContext, end: End) -> FlowKey {
+    let this_port = ctx.local_port() as u16;
+    // `remote_port` holds the big-endian port in its upper 16 bits (sock_ops ABI).
+    let remote_port = u16::from_be((ctx.remote_port() >> 16) as u16);
+    let mut this = [0u8; 16];
+    let mut remote = [0u8; 16];
+    let (this_family, remote_family) = if ctx.family() == AF_INET {
+        this[..4].copy_from_slice(&ctx.local_ip4().to_ne_bytes());
+        remote[..4].copy_from_slice(&ctx.remote_ip4().to_ne_bytes());
+        (4, 4)
     } else {
-        let (f, peer) = norm(v6_bytes(ctx.local_ip6()));
-        let (_, local) = norm(v6_bytes(ctx.remote_ip6()));
-        k.family = f;
-        k.peer_addr = peer;
-        k.local_addr = local;
+        let (tf, t) = norm(v6_bytes(ctx.local_ip6()));
+        let (rf, r) = norm(v6_bytes(ctx.remote_ip6()));
+        this = t;
+        remote = r;
+        (tf, rf)
+    };
+    match end {
+        End::This => FlowKey {
+            family: remote_family,
+            peer_port: remote_port,
+            local_port: this_port,
+            peer_addr: remote,
+            local_addr: this,
+            ..FlowKey::default()
+        },
+        End::Remote => FlowKey {
+            family: this_family,
+            peer_port: this_port,
+            local_port: remote_port,
+            peer_addr: this,
+            local_addr: remote,
+            ..FlowKey::default()
+        },
     }
-    k
 }
 
 #[sock_ops]
@@ -103,13 +131,13 @@ fn cp_sock_ops(ctx: SockOpsContext) -> u32 {
             ident: t.ident,
             generation: cfg.generation(),
         };
-        let k = key(&ctx);
+        let k = flow_key(&ctx, End::Remote);
         let _ = CP_ATTEST.insert(k, val, 0);
         let _ = ctx.set_cb_flags(BPF_SOCK_OPS_STATE_CB_FLAG as i32);
     } else if op == BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB {
         crate::reply::accepted(&ctx);
     } else if op == BPF_SOCK_OPS_STATE_CB && ctx.arg(1) == TCP_CLOSE {
-        let k = key(&ctx);
+        let k = flow_key(&ctx, End::Remote);
         let _ = CP_ATTEST.remove(k);
     }
     1

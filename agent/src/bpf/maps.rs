@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, LpmTrie, MapData, MapError, PerCpuArray, lpm_trie::Key};
 use chokepoint_common::{
-    AttestKey, AttestVal, Config, GrantEntry, GrantVal, IdentKey, IdentVal, LPM_DATA_LEN, LpmKey,
+    AttestVal, Config, FlowKey, GrantEntry, GrantVal, IdentKey, IdentVal, LPM_DATA_LEN, LpmKey,
     MAX_GRANT_ENTRIES, RuleVal, STAT_LOST, STATS_LEN, reason, stat_index, verdict,
 };
 
@@ -254,7 +254,7 @@ pub fn event_addr(family: u8, bytes: &[u8; 16]) -> IpAddr {
 /// The attestation map: live gateway connections of identities.
 pub struct Attest {
     /// `CP_ATTEST`: 4-tuple as the gateway sees it to the identity behind it.
-    pub map: HashMap<MapData, AttestKey, AttestVal>,
+    pub map: HashMap<MapData, FlowKey, AttestVal>,
 }
 
 impl Attest {
@@ -270,7 +270,7 @@ impl Attest {
         if p.is_ipv4() != l.is_ipv4() {
             return None;
         }
-        let key = AttestKey {
+        let key = FlowKey {
             family: if p.is_ipv4() { 4 } else { 6 },
             _pad: 0,
             peer_port: peer.port(),

@@ -16,16 +16,14 @@ mod egress;
 mod ingress;
 
 use aya_ebpf::programs::sk_buff::SkBuff;
-use chokepoint_common::{
-    Config, LPM_DATA_LEN, LPM_HEADER_BITS, LPM_SPACE_INGRESS, PROTO_TCP, PROTO_UDP, reason, verdict,
-};
+use chokepoint_common::{Config, LPM_SPACE_INGRESS, PROTO_TCP, PROTO_UDP, reason, verdict};
 
 pub(crate) use self::{
     accept::accepted,
     egress::{passive, synack, udp_reply},
 };
 use crate::{
-    decide::{Decision, Ident, denied},
+    decide::{Decision, Ident, denied, lpm_key},
     helpers::skb_cookie,
     maps::CP_RULES,
     record::record,
@@ -37,7 +35,6 @@ const TCP_LISTEN: u32 = 10;
 const TCP_NEW_SYN_RECV: u32 = 12;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
-const AF_INET: u32 = 2;
 
 /// The addresses and ports of a packet (IPv4 in the first four bytes).
 struct Hdr {
@@ -111,18 +108,7 @@ fn parse(skb: &SkBuff, l3: usize, ethertype: u16) -> Option<Hdr> {
 /// trie; an identity without `allowFrom` has `0.0.0.0/0` and `::/0` there).
 #[inline(always)]
 pub(crate) fn ingress_allows(cfg: &Config, id: &Ident, family: u8, addr: &[u8; 16]) -> bool {
-    let idb = id.ident.to_be_bytes();
-    let mut data = [0u8; LPM_DATA_LEN];
-    data[0] = cfg.slot() as u8;
-    data[1] = family;
-    data[2] = LPM_SPACE_INGRESS;
-    data[4] = idb[0];
-    data[5] = idb[1];
-    data[6] = idb[2];
-    data[7] = idb[3];
-    data[8..24].copy_from_slice(addr);
-    let bits = if family == 4 { 32 } else { 128 };
-    let key = aya_ebpf::maps::lpm_trie::Key::new(LPM_HEADER_BITS + bits, data);
+    let key = lpm_key(cfg.slot() as u8, LPM_SPACE_INGRESS, family, addr, id.ident);
     CP_RULES.get(&key).is_some()
 }
 
