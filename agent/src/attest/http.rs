@@ -28,7 +28,10 @@ pub const MAX_CONNECTIONS: usize = 4096;
 /// Time a client has to send its request head.
 pub const HEAD_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Binds the Unix socket with `mode` and, when given, `group`.
+/// Binds the Unix socket with `mode` and, when given, `group`. The socket is reachable at `path`
+/// only with both already set: it is bound in a private directory (mode 0700) beside `path`,
+/// given its mode and group there, and renamed into place (a stale socket at `path` is replaced
+/// by the rename).
 pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<UnixListener> {
     // The group is looked up first (reentrant `getgrnam_r`): an unknown one changes nothing.
     let gid = match group {
@@ -41,21 +44,59 @@ pub fn bind_unix(path: &Path, mode: u32, group: Option<&str>) -> anyhow::Result<
         ),
         None => None,
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!("another daemon serves attestation on {}", path.display());
     }
-    if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("another daemon serves attestation on {}", path.display());
-        }
-        std::fs::remove_file(path)?;
-    }
-    let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    let name = path
+        .file_name()
+        .with_context(|| format!("{} names no file", path.display()))?;
+    let private = PrivateDir::create(dir, name)?;
+    let staged = private.0.join(name);
+    let l = UnixListener::bind(&staged).with_context(|| format!("binding {}", staged.display()))?;
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", staged.display()))?;
     if gid.is_some() {
-        std::os::unix::fs::chown(path, None, gid)?;
+        std::os::unix::fs::chown(&staged, None, gid)
+            .with_context(|| format!("setting the group of {}", staged.display()))?;
     }
+    std::fs::rename(&staged, path)
+        .with_context(|| format!("moving {} into place", staged.display()))?;
     Ok(l)
+}
+
+/// A directory only this user can enter (mode 0700), removed with what is left in it on drop.
+struct PrivateDir(std::path::PathBuf);
+
+impl PrivateDir {
+    /// `.<name>.<random>` in `dir` (the same filesystem as the socket's place, so the rename is
+    /// atomic), created new.
+    fn create(dir: &Path, name: &std::ffi::OsStr) -> anyhow::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        let mut tag = name.to_os_string();
+        tag.push(format!(
+            ".{:016x}",
+            getrandom::u64().unwrap_or(0) ^ u64::from(std::process::id())
+        ));
+        let mut hidden = std::ffi::OsString::from(".");
+        hidden.push(tag);
+        let p = dir.join(hidden);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&p)
+            .with_context(|| format!("creating {}", p.display()))?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn respond(status: StatusCode, body: &Value) -> Response<Body> {
@@ -204,6 +245,73 @@ mod tests {
             let meta = std::fs::metadata(&path).unwrap();
             assert_eq!(meta.gid(), gid);
             assert_eq!(meta.mode() & 0o777, 0o660);
+            drop(l);
+        });
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// The socket appears at its path by a rename, with its mode and group already set: a
+    /// watcher that looks the moment the name appears sees the final mode and group (a bind at
+    /// the path, then a chmod, shows the name first as created, with the default mode).
+    #[test]
+    fn the_socket_is_reachable_only_with_its_mode_and_group() {
+        use std::os::unix::fs::MetadataExt;
+
+        use rustix::fs::inotify;
+        let dir = std::env::temp_dir().join(format!("cp-attest-appear-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("attest.sock");
+        // A stale socket of a dead daemon: replaced, never reachable with a wrong mode meanwhile.
+        drop(std::os::unix::net::UnixListener::bind(&path).unwrap());
+        let gid = nix::unistd::getegid().as_raw();
+        let group = nix::unistd::Group::from_gid(gid.into())
+            .unwrap()
+            .unwrap()
+            .name;
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC).unwrap();
+        inotify::add_watch(
+            &fd,
+            &dir,
+            inotify::WatchFlags::CREATE | inotify::WatchFlags::MOVED_TO,
+        )
+        .unwrap();
+        let watched = path.clone();
+        // The watcher stats the path as soon as an event names it.
+        let watcher = std::thread::spawn(move || {
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+            let mut reader = inotify::Reader::new(fd, &mut buf);
+            loop {
+                let ev = reader.next().unwrap();
+                let named = ev
+                    .file_name()
+                    .is_some_and(|n| n.to_bytes() == b"attest.sock");
+                if named {
+                    let meta = std::fs::symlink_metadata(&watched).ok();
+                    return (ev.events(), meta.map(|m| (m.mode() & 0o777, m.gid())));
+                }
+            }
+        });
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = bind_unix(&path, 0o660, Some(&group)).unwrap();
+            let (events, seen) = watcher.join().unwrap();
+            assert!(
+                events.contains(inotify::ReadFlags::MOVED_TO)
+                    && !events.contains(inotify::ReadFlags::CREATE),
+                "the socket appeared at its path by {events:?}, not by a rename"
+            );
+            assert_eq!(seen, Some((0o660, gid)), "mode and group when it appeared");
+            // Reachable, and nothing of the private directory is left.
+            std::os::unix::net::UnixStream::connect(&path).unwrap();
+            let left: Vec<_> = std::fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect();
+            assert_eq!(left, vec![std::ffi::OsString::from("attest.sock")]);
             drop(l);
         });
         let _ = std::fs::remove_dir_all(&dir);
