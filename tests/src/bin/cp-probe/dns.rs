@@ -82,7 +82,7 @@ fn answer_for(zone: &[Rr], name: &str, qtype: RecordType, out: &mut Vec<Record>,
 pub(crate) fn serve(bind: &str, specs: &[String]) {
     let zone: Vec<Rr> = specs.iter().map(|s| parse_spec(s)).collect();
     let sock = UdpSocket::bind(bind).unwrap_or_else(|e| panic!("bind {bind}: {e}"));
-    super::out(json!({"event": "ready", "addr": bind}));
+    crate::sys::out(json!({"event": "ready", "addr": bind}));
     let mut buf = [0u8; 4096];
     loop {
         let Ok((n, peer)) = sock.recv_from(&mut buf) else {
@@ -99,7 +99,7 @@ pub(crate) fn serve(bind: &str, specs: &[String]) {
             .to_ascii()
             .trim_end_matches('.')
             .to_ascii_lowercase();
-        super::out(
+        crate::sys::out(
             json!({"event": "query", "name": name, "type": query.query_type.to_string(), "peer": peer.to_string()}),
         );
         let mut m = Message::new(q.metadata.id, MessageType::Response, OpCode::Query);
