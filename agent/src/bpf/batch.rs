@@ -6,10 +6,11 @@
 use std::os::fd::{AsFd, AsRawFd};
 
 use aya::maps::MapData;
+use rustix::io::Errno;
 
 /// `BPF_MAP_UPDATE_BATCH` and `BPF_MAP_DELETE_BATCH` (uapi `enum bpf_cmd`).
-const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
-const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+const BPF_MAP_UPDATE_BATCH: std::ffi::c_long = 26;
+const BPF_MAP_DELETE_BATCH: std::ffi::c_long = 27;
 
 /// Keys per system call: bounds the kernel's time without a reschedule point and the
 /// per-call copy; 100k keys are a few dozen calls.
@@ -38,7 +39,7 @@ pub(super) enum BatchError {
     Failed { done: usize, source: std::io::Error },
 }
 
-fn call(cmd: libc::c_long, attr: &mut BatchAttr) -> Result<(), std::io::Error> {
+fn call(cmd: std::ffi::c_long, attr: &mut BatchAttr) -> Result<(), std::io::Error> {
     // SAFETY: `attr` is a valid `bpf_attr.batch` of the size passed; the key and value pointers
     // in it point at `count` elements the caller keeps alive for the call.
     let r = unsafe {
@@ -46,7 +47,7 @@ fn call(cmd: libc::c_long, attr: &mut BatchAttr) -> Result<(), std::io::Error> {
             libc::SYS_bpf,
             cmd,
             std::ptr::from_mut(attr),
-            size_of::<BatchAttr>() as libc::c_uint,
+            size_of::<BatchAttr>() as std::ffi::c_uint,
         )
     };
     if r < 0 {
@@ -69,8 +70,12 @@ impl BatchAttr {
     }
 }
 
+/// `EINVAL`, `EOPNOTSUPP`, and 524 (the kernel's internal `ENOTSUPP`): the kernel has no batch
+/// operation for this map.
 fn unsupported(e: &std::io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOTSUP | 524))
+    const EINVAL: i32 = Errno::INVAL.raw_os_error();
+    const EOPNOTSUPP: i32 = Errno::OPNOTSUPP.raw_os_error();
+    matches!(e.raw_os_error(), Some(EINVAL | EOPNOTSUPP | 524))
 }
 
 /// Why a batch call that failed with `e` stopped, after `done` keys of earlier calls and
@@ -120,7 +125,7 @@ pub(super) fn delete<K: Copy>(map: &MapData, keys: &[K]) -> Result<(), BatchErro
                 done += n;
                 rest = &rest[n..];
             }
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            Err(e) if e.raw_os_error() == Some(Errno::NOENT.raw_os_error()) => {
                 // attr.count keys were removed, the next one was absent: skip it.
                 let skip = attr.count as usize + 1;
                 done += skip;

@@ -62,7 +62,7 @@ fn in_child(f: fn(u32) -> i64, arg: u32) -> std::io::Result<Ended> {
     if pid == 0 {
         let ret = f(arg);
         let code = match ret {
-            r if r == -i64::from(libc::ENOSYS) => 2,
+            r if r == -i64::from(rustix::io::Errno::NOSYS.raw_os_error()) => 2,
             r if r < 0 => 1,
             _ => 0,
         };
@@ -117,7 +117,7 @@ fn ia32_getpid(_: u32) -> i64 {
 #[cfg(target_arch = "x86_64")]
 fn x32_getpid(_: u32) -> i64 {
     // SAFETY: getpid through the x32 numbering; no arguments.
-    let r = unsafe { libc::syscall((compat::X32_BIT + 39) as libc::c_long) };
+    let r = unsafe { libc::syscall((compat::X32_BIT + 39) as std::ffi::c_long) };
     if r < 0 {
         -i64::from(std::io::Error::last_os_error().raw_os_error().unwrap_or(1))
     } else {
@@ -172,7 +172,7 @@ fn x32_uring_selftest(token: u32) -> i64 {
     // SAFETY: io_uring_setup through the x32 numbering with an invalid size and pointer.
     let r = unsafe {
         libc::syscall(
-            (compat::X32_BIT + compat::IO_URING_SETUP) as libc::c_long,
+            (compat::X32_BIT + compat::IO_URING_SETUP) as std::ffi::c_long,
             compat::SELFTEST_FD as u32 as usize,
             token as usize,
         )
@@ -185,7 +185,7 @@ fn x32_selftest(token: u32) -> i64 {
     // SAFETY: setsockopt through the x32 numbering on a descriptor that is never valid.
     let r = unsafe {
         libc::syscall(
-            (compat::X32_BIT + compat::X32_SETSOCKOPT) as libc::c_long,
+            (compat::X32_BIT + compat::X32_SETSOCKOPT) as std::ffi::c_long,
             compat::SELFTEST_FD,
             263,
             20,
@@ -236,7 +236,7 @@ pub fn prove(entries: &[&'static str], token: u32) -> Result<(), String> {
         };
         for (call, f) in checks {
             match in_child(*f, token) {
-                Ok(Ended::Signaled(libc::SIGKILL)) => {}
+                Ok(Ended::Signaled(s)) if s == rustix::process::Signal::KILL.as_raw() => {}
                 Ok(other) => {
                     return Err(format!(
                         "a {e} {call} was not stopped by the compat guard ({other:?})"

@@ -50,21 +50,14 @@ pub fn prepare_bpffs(bpffs: &Path) -> Result<(), LoadError> {
     if !has_bpffs {
         let root = Path::new("/sys/fs/bpf");
         fs::create_dir_all(root).map_err(err)?;
-        let src = std::ffi::CString::new("bpf").expect("static");
-        let dst = std::ffi::CString::new("/sys/fs/bpf").expect("static");
-        // SAFETY: plain mount(2) with valid C strings.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                dst.as_ptr(),
-                src.as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if rc != 0 {
-            return Err(err(std::io::Error::last_os_error()));
-        }
+        rustix::mount::mount(
+            "bpf",
+            root,
+            "bpf",
+            rustix::mount::MountFlags::empty(),
+            None::<&std::ffi::CStr>,
+        )
+        .map_err(|e| err(e.into()))?;
     }
     fs::create_dir_all(bpffs.join("maps")).map_err(err)?;
     fs::create_dir_all(bpffs.join("links")).map_err(err)?;
@@ -208,8 +201,8 @@ pub(super) fn sockopt_link(
     path: &Path,
 ) -> Result<FdLink, LoadError> {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    const BPF_OBJ_PIN: libc::c_long = 6;
-    const BPF_LINK_CREATE: libc::c_long = 28;
+    const BPF_OBJ_PIN: std::ffi::c_long = 6;
+    const BPF_LINK_CREATE: std::ffi::c_long = 28;
     const BPF_CGROUP_SETSOCKOPT: u32 = 22;
     let err = |source: std::io::Error| LoadError::Pin {
         path: path.to_path_buf(),

@@ -31,7 +31,7 @@ fn batch_err(map: &'static str, e: BatchError) -> MapsError {
         BatchError::Unsupported => MapsError::Batch {
             map,
             done: 0,
-            source: std::io::Error::from_raw_os_error(libc::EOPNOTSUPP),
+            source: std::io::Error::from(rustix::io::Errno::OPNOTSUPP),
         },
         BatchError::Failed { done, source } => MapsError::Batch { map, done, source },
     }

@@ -132,26 +132,24 @@ pub struct Fqdn {
     host_names: Arc<crate::inventory::names::NameTable>,
 }
 
-/// The daemon's network namespace cookie (`SO_NETNS_COOKIE`, Linux 5.14).
+/// `SO_NETNS_COOKIE` (Linux 5.14) as a typed option for nix's safe `getsockopt`.
+mod netns_cookie {
+    use nix::{getsockopt_impl, sockopt_impl};
+
+    sockopt_impl!(
+        /// The cookie of the socket's network namespace.
+        NetnsCookie,
+        GetOnly,
+        libc::SOL_SOCKET,
+        libc::SO_NETNS_COOKIE,
+        u64
+    );
+}
+
+/// The daemon's network namespace cookie.
 fn own_netns_cookie() -> std::io::Result<u64> {
     let s = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    let mut cookie: u64 = 0;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: getsockopt on our socket into a u64 of the given length.
-    let rc = unsafe {
-        use std::os::fd::AsRawFd;
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_NETNS_COOKIE,
-            std::ptr::from_mut(&mut cookie).cast(),
-            &raw mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cookie)
+    Ok(nix::sys::socket::getsockopt(&s, netns_cookie::NetnsCookie)?)
 }
 
 impl Fqdn {
