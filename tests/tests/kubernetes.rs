@@ -108,6 +108,97 @@ fn kube_pod_identities_from_the_api_server_are_enforced_per_pod() {
     let st = n.kube_status();
     assert_eq!(st["synced"], true, "{st}");
     assert_eq!(st["node"], n.name.as_str(), "{st}");
+    assert_pod_queries_alerts_and_schema(&n);
+}
+
+/// `flows`/`alerts --namespace/--pod` against the pods' real records, an alert per pod naming
+/// it, and every line of the real audit log (pod fields included) valid against
+/// docs/records.schema.json.
+fn assert_pod_queries_alerts_and_schema(n: &Node) {
+    let q = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut a = args.to_vec();
+        a.extend(["-o", "json"]);
+        n.daemon.cli_json(&a).as_array().cloned().expect("an array")
+    };
+    let a0 = q(&["flows", "--namespace", "team-a", "--pod", "agent-0"]);
+    assert!(
+        !a0.is_empty()
+            && a0
+                .iter()
+                .all(|f| f["pod"] == "agent-0" && f["namespace"] == "team-a"),
+        "{a0:#?}"
+    );
+    let ml = q(&["flows", "--namespace", "ml-prod", "--verdict", "deny"]);
+    assert!(
+        !ml.is_empty() && ml.iter().all(|f| f["pod"] == "trainer-0"),
+        "{ml:#?}"
+    );
+    assert!(q(&["flows", "--namespace", "team-a", "--pod", "trainer-0"]).is_empty());
+    // Alerts (one per pod, not one per identity) carry the pod and filter on it.
+    let t0 = Instant::now();
+    let alerts = loop {
+        let a = q(&["alerts", "--namespace", "ml-dev"]);
+        if !a.is_empty() && !q(&["alerts", "--pod", "agent-0"]).is_empty() {
+            break a;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(15),
+            "no alert naming the pods: {:#?}",
+            q(&["alerts"])
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert!(
+        alerts.iter().all(|a| a["pod"] == "trainer-0"
+            && a["service_account"] == "trainer"
+            && a["identity"] == "trainers"),
+        "{alerts:#?}"
+    );
+    let a = q(&["alerts", "--pod", "agent-0"]);
+    assert!(
+        a.iter()
+            .all(|a| a["namespace"] == "team-a" && a["service_account"] == "builder"),
+        "{a:#?}"
+    );
+    // The audit log: flows and alerts with pod fields match the published schema.
+    let path = repo("docs/records.schema.json");
+    let schema: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("schema")).expect("JSON");
+    let validator = jsonschema::validator_for(&schema).expect("a valid JSON Schema");
+    let t0 = Instant::now();
+    let lines = loop {
+        let text = std::fs::read_to_string(&n.daemon.audit_log).expect("audit log");
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("a JSON line"))
+            .collect();
+        if lines
+            .iter()
+            .any(|v| v["event"] == "alert" && v["namespace"] == "ml-dev")
+        {
+            break lines;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no pod alert in the audit log"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for kind in ["flow", "alert"] {
+        assert!(
+            lines
+                .iter()
+                .any(|v| v["event"] == kind && v["pod"] == "agent-0"),
+            "no {kind} line naming agent-0"
+        );
+    }
+    for v in &lines {
+        let errors: Vec<String> = validator.iter_errors(v).map(|e| e.to_string()).collect();
+        assert!(
+            errors.is_empty(),
+            "{v}\ndoes not match the schema: {errors:#?}"
+        );
+    }
 }
 
 #[test]
@@ -299,4 +390,86 @@ fn kube_probe_of_a_server_in_the_pod_gets_its_answer() {
     );
     // The pod still cannot open its own way out.
     n.assert_enforced(&a, "agents", "team-a", "agent-0", "default");
+    assert_pod_packet_sockets_send_nothing(&n, &a);
+}
+
+/// The pod identity's AF_PACKET frames never leave the pod's network namespace: with the BPF
+/// LSM `socket()` is refused, else the per-netns TC backstop (which `status` says covers the
+/// pod's netns, found from the pod cgroup the API server's pod resolved to) drops them; the
+/// same frame sent from the pod's netns outside any identity arrives, so the check can fail.
+fn assert_pod_packet_sockets_send_nothing(n: &Node, cg: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(format!("/run/netns/{}", n.sb.pod.name))
+        .expect("the pod netns")
+        .ino();
+    let status = || n.daemon.cli_json(&["status", "--json"]);
+    let by_lsm = status()["kernel"]["packet_sockets"]["by"] == "lsm";
+    if !by_lsm {
+        let t0 = Instant::now();
+        loop {
+            let st = status();
+            let ident = st["identities"]
+                .as_array()
+                .and_then(|v| v.iter().find(|i| i["name"] == "agents").cloned())
+                .unwrap_or_default();
+            let covered = ident["backstop"]["tc_netns"]
+                .as_array()
+                .is_some_and(|v| v.iter().any(|x| x["netns"] == ino));
+            if covered {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "the pod's netns {ino} is not covered by the backstop: {ident:#}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let mac = {
+        let v: serde_json::Value =
+            serde_json::from_str(&sh("ip", &["-j", "link", "show", &n.sb.host_pod_if]))
+                .expect("ip -j");
+        v[0]["address"].as_str().expect("mac").to_string()
+    };
+    let dst = std::net::SocketAddr::new(n.sb.forbidden4(), OTHER_UDP).to_string();
+    let pod4 = n.sb.pod4().to_string();
+    let send = |cgroup: Option<&std::path::Path>, p: &str| -> serde_json::Value {
+        let mut cmd = std::process::Command::new(probe_bin());
+        cmd.args(["packet", "eth0", &mac, &pod4, &dst])
+            .env("CP_PAYLOAD", p)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        let out = in_cgroup(cmd, cgroup, Some(&n.sb.pod))
+            .output()
+            .expect("packet probe");
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap_or_default()
+    };
+    let p = payload("pod-packet");
+    let r = send(Some(cg), &p);
+    if by_lsm {
+        assert!(
+            eperm(&r),
+            "the BPF LSM did not refuse the pod's socket(): {r}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        n.sb.received.with_payload(&p),
+        0,
+        "the pod's AF_PACKET frame left: {r}"
+    );
+    let rec = n.daemon.wait_flow(Duration::from_secs(5), |f| {
+        f["verdict"] == "deny"
+            && f["identity"] == "agents"
+            && (f["hook"] == "tc" || f["hook"] == "lsm_socket_create")
+    });
+    assert!(rec.is_some(), "no deny record of the pod's packet socket");
+    let p = payload("pod-packet-outside");
+    let r = send(None, &p);
+    assert!(ok(&r), "{r}");
+    assert!(
+        n.sb.wait_for(Duration::from_secs(5), |rec| rec.with_payload(&p) > 0),
+        "the control frame from outside the identity never arrived"
+    );
 }
