@@ -18,6 +18,7 @@
 
 mod bed;
 mod floor;
+mod interrupt;
 mod probe;
 mod progs;
 mod report;
@@ -28,7 +29,6 @@ use std::{
     collections::BTreeMap,
     path::PathBuf,
     process::{Command, Stdio},
-    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -38,6 +38,7 @@ use serde_json::{Value, json};
 
 use self::{
     bed::{Bed, nft_ruleset, padding, policy},
+    interrupt::{BpfStats, catch_signals, check, nap},
     probe::{chrono_stamp, cpu_ticks, daemon_pid, machine, rss_kib, syscall_rate},
     progs::{PROG_WINDOWS, policy_identities, prog_cost_windows, prog_table, prog_workload},
     report::markdown,
@@ -54,55 +55,6 @@ const CONFIGS: [&str; 4] = ["none", "nft-linear", "nft-set", "chokepoint"];
 
 /// `cargo xtask bench --help` (xtask prints the same file without building anything).
 const HELP: &str = include_str!("help.txt");
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Routes SIGINT and SIGTERM to [`INTERRUPTED`]; the run checks it between steps and unwinds.
-fn catch_signals() {
-    for sig in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe).
-        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
-    }
-}
-
-/// Fails once a stop was requested, so every guard on the stack cleans up as it unwinds.
-fn check() -> anyhow::Result<()> {
-    if INTERRUPTED.load(Ordering::SeqCst) {
-        bail!("interrupted; cleaned up the daemon, namespaces and cgroups");
-    }
-    Ok(())
-}
-
-/// Sleeps `d` in short steps, stopping early when interrupted.
-fn nap(d: Duration) -> anyhow::Result<()> {
-    let t = Instant::now();
-    while t.elapsed() < d {
-        check()?;
-        std::thread::sleep(Duration::from_millis(50).min(d.saturating_sub(t.elapsed())));
-    }
-    check()
-}
-
-/// `kernel.bpf_stats_enabled` on while it lives (stats add ~2 x 20 ns per run, so only for the
-/// per-program pass).
-struct BpfStats;
-
-impl BpfStats {
-    fn on() -> Self {
-        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
-        Self
-    }
-}
-
-impl Drop for BpfStats {
-    fn drop(&mut self) {
-        let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
-    }
-}
 
 fn stats(v: &[f64]) -> Value {
     if v.is_empty() {
