@@ -73,17 +73,36 @@ pub enum StateError {
 /// The state directory.
 pub struct StateStore {
     dir: PathBuf,
+    /// The highest generation recorded: read from the directory's names once at open, then kept
+    /// by [`StateStore::commit`] (an apply must not read every generation's file to number the
+    /// next one: that grows with the history).
+    last: std::sync::atomic::AtomicU32,
 }
 
 impl StateStore {
     /// Opens (creating) the directory.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
-        fs::create_dir_all(dir.join("generations")).map_err(|source| StateError::Io {
+        let gens = dir.join("generations");
+        let io = |source| StateError::Io {
             path: dir.to_path_buf(),
             source,
-        })?;
+        };
+        fs::create_dir_all(&gens).map_err(io)?;
+        let mut last = 0;
+        for e in fs::read_dir(&gens).map_err(io)?.filter_map(Result::ok) {
+            let p = e.path();
+            if p.extension().is_some_and(|x| x == "json")
+                && let Some(g) = p
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .and_then(|s| s.parse::<u32>().ok())
+            {
+                last = last.max(g);
+            }
+        }
         Ok(Self {
             dir: dir.to_path_buf(),
+            last: last.into(),
         })
     }
 
@@ -123,6 +142,8 @@ impl StateStore {
         let mp = self.dir.join("generations").join(format!("{g}.json"));
         let json = serde_json::to_vec_pretty(meta).expect("serialisable");
         write_atomic(&mp, &json).map_err(self.io(&mp))?;
+        // Numbered from here on, as `history` would list it.
+        self.last.fetch_max(g, std::sync::atomic::Ordering::Relaxed);
         let cur = self.dir.join("current");
         write_atomic(&cur, format!("{g}\n").as_bytes()).map_err(self.io(&cur))?;
         let log = self.dir.join("changes.jsonl");
@@ -163,8 +184,8 @@ impl StateStore {
     }
 
     /// The highest generation number ever recorded.
-    pub fn last_generation(&self) -> Result<u32, StateError> {
-        Ok(self.history()?.last().map_or(0, |m| m.generation))
+    pub fn last_generation(&self) -> u32 {
+        self.last.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The kernel loss counter value last turned into a `lost` record, if recorded.

@@ -82,7 +82,7 @@ impl Shared {
             let a = self.active.read().expect("active lock");
             (a.generation, a.policy.clone())
         };
-        let generation = store.last_generation()?.max(previous) + 1;
+        let generation = store.last_generation().max(previous) + 1;
         // Known before the switch: the first records of the new generation name its identities.
         self.generations
             .write()

@@ -36,10 +36,23 @@ fn open_fds(pid: u32) -> u64 {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count() as u64)
 }
 
-/// One soak sample: the daemon's RSS and fds, and its record counters.
-fn soak_sample(d: &Daemon, pid: u32, t: Duration) -> Value {
+/// Median and largest of `v` (milliseconds), null when empty.
+fn ms_stats(v: &mut [f64]) -> Value {
+    if v.is_empty() {
+        return Value::Null;
+    }
+    v.sort_by(f64::total_cmp);
+    json!({"n": v.len(), "median": v[v.len() / 2], "max": v[v.len() - 1]})
+}
+
+/// One soak sample: the daemon's RSS and fds, its record counters, and the CLI round trips of
+/// the policy applies since the previous sample.
+fn soak_sample(d: &Daemon, pid: u32, t: Duration, applies: &mut Vec<f64>) -> Value {
     let st = d.cli_json(&["status", "--json"]);
+    let apply_ms = ms_stats(applies);
+    applies.clear();
     json!({
+        "apply_ms": apply_ms,
         "t_s": t.as_secs_f64(),
         "rss_kib": rss_kib(pid),
         "fds": open_fds(pid),
@@ -75,7 +88,8 @@ pub(super) fn soak(dur: Duration) -> anyhow::Result<()> {
     let _sub = chokepoint_tests::Proc(sub);
     nap(Duration::from_secs(1))?;
     let t0 = Instant::now();
-    let first = soak_sample(&d, pid, t0.elapsed());
+    let mut apply_ms = Vec::new();
+    let first = soak_sample(&d, pid, t0.elapsed(), &mut apply_ms);
     let mut samples = vec![first.clone()];
     let mut last_apply = Instant::now();
     let mut last_sample = Instant::now();
@@ -95,7 +109,9 @@ pub(super) fn soak(dur: Duration) -> anyhow::Result<()> {
                 &format!("ports: [\"7000/udp\", \"{}/tcp\"]", 7100 + applies % 50),
             );
             std::fs::write(&f, &next)?;
+            let t = Instant::now();
             let (ok, _, err) = d.try_cli(&["policy", "apply", f.to_str().expect("utf8")]);
+            apply_ms.push(t.elapsed().as_secs_f64() * 1e3);
             if !ok {
                 bail!("apply failed during the soak: {err}");
             }
@@ -103,14 +119,14 @@ pub(super) fn soak(dur: Duration) -> anyhow::Result<()> {
             last_apply = Instant::now();
         }
         if last_sample.elapsed() >= Duration::from_secs(60) {
-            samples.push(soak_sample(&d, pid, t0.elapsed()));
+            samples.push(soak_sample(&d, pid, t0.elapsed(), &mut apply_ms));
             last_sample = Instant::now();
         }
         // Leave the machine some air: the load runs about two thirds of the time.
         nap(Duration::from_millis(500))?;
     }
     nap(Duration::from_secs(2))?;
-    let last = soak_sample(&d, pid, t0.elapsed());
+    let last = soak_sample(&d, pid, t0.elapsed(), &mut apply_ms);
     samples.push(last.clone());
     let result = json!({
         "machine": machine(), "soak_s": dur.as_secs_f64(), "rounds": rounds, "applies": applies,
@@ -121,8 +137,11 @@ pub(super) fn soak(dur: Duration) -> anyhow::Result<()> {
     let path = dir.join(format!("soak-{}.json", chrono_stamp()));
     std::fs::write(&path, serde_json::to_string_pretty(&result)?)?;
     let g = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
+    // The first minute's applies (the start sample has none yet) against the last minute's.
+    let apply_first = samples.get(1).map_or(0.0, |s| s["apply_ms"]["median"].as_f64().unwrap_or(0.0));
+    let apply_last = last["apply_ms"]["median"].as_f64().unwrap_or(0.0);
     println!(
-        "soak {:.0} s: {rounds} rounds, {applies} applies\n| | start | end |\n|---|---|---|\n| daemon RSS (KiB) | {} | {} |\n| open fds | {} | {} |\n| records delivered | {} | {} |\n| records lost (ring buffer) | {} | {} |\nresults: {}",
+        "soak {:.0} s: {rounds} rounds, {applies} applies\n| | start | end |\n|---|---|---|\n| daemon RSS (KiB) | {} | {} |\n| open fds | {} | {} |\n| records delivered | {} | {} |\n| records lost (ring buffer) | {} | {} |\n| policy apply round trip, median ms (first / last minute) | {apply_first:.1} | {apply_last:.1} |\nresults: {}",
         dur.as_secs_f64(),
         g(&first, "rss_kib"),
         g(&last, "rss_kib"),
