@@ -138,7 +138,9 @@ pub(super) fn soak(dur: Duration) -> anyhow::Result<()> {
     std::fs::write(&path, serde_json::to_string_pretty(&result)?)?;
     let g = |v: &Value, k: &str| v[k].as_u64().unwrap_or(0);
     // The first minute's applies (the start sample has none yet) against the last minute's.
-    let apply_first = samples.get(1).map_or(0.0, |s| s["apply_ms"]["median"].as_f64().unwrap_or(0.0));
+    let apply_first = samples
+        .get(1)
+        .map_or(0.0, |s| s["apply_ms"]["median"].as_f64().unwrap_or(0.0));
     let apply_last = last["apply_ms"]["median"].as_f64().unwrap_or(0.0);
     println!(
         "soak {:.0} s: {rounds} rounds, {applies} applies\n| | start | end |\n|---|---|---|\n| daemon RSS (KiB) | {} | {} |\n| open fds | {} | {} |\n| records delivered | {} | {} |\n| records lost (ring buffer) | {} | {} |\n| policy apply round trip, median ms (first / last minute) | {apply_first:.1} | {apply_last:.1} |\nresults: {}",
