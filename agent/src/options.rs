@@ -29,6 +29,8 @@ pub struct Options {
     pub audit_stdout: bool,
     /// Interfaces of the TC backstop (`IFACE`, `IFACE:egress` or `IFACE:ingress`).
     pub tc_ifaces: Vec<String>,
+    /// `--tc-mode`: how the TC backstop attaches (`None`: tcx where the kernel has it, else clsact).
+    pub tc_mode: Option<crate::bpf::tc::TcMode>,
     /// Alert deduplication window.
     pub alert_window: Duration,
     /// JSON lines file of alerts, if any.

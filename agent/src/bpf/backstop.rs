@@ -1,22 +1,52 @@
 //! The per-netns TC backstop: frames of packet sockets never pass `cgroup_skb`, and without the
 //! BPF LSM nothing refuses those sockets, so the TC program must sit where their frames pass. For
 //! every network namespace a process of an identity lives in (found from the processes in the
-//! identity's cgroups via `/proc/PID/ns/net`), the TC egress program is attached through tcx to
-//! every interface of that namespace, `lo` included (a frame written on `lo` comes back in as
-//! ingress: a forged "reply" source would open `CP_REPLY`/`CP_ACCEPT` paths), pinned as `links/cp_tc_egress@ns<INODE>_<IFACE>`
-//! (so it keeps enforcing when the daemon stops), re-armed as namespaces, interfaces and processes
-//! come, and unpinned when no identity lives there any more.
+//! identity's cgroups via `/proc/PID/ns/net`, and named by the namespace's inode), the TC egress
+//! program is attached to every interface of that namespace, `lo` included (a frame written on
+//! `lo` comes back in as ingress: a forged "reply" source would open `CP_REPLY`/`CP_ACCEPT`
+//! paths), re-armed as namespaces, interfaces and processes come, and released when no identity
+//! lives there any more. Every attach and release runs on a thread that entered the namespace
+//! (netlink and interface names are per namespace).
+//!
+//! Two ways to attach, as for `--tc-iface` ([`super::tc`]):
+//! - tcx (Linux 6.6+): a bpf link per interface, pinned as
+//!   `links/cp_tc_egress@ns<INODE>_<IFACE>` (so it keeps enforcing when the daemon stops);
+//!   unpinning releases it.
+//! - clsact (older kernels, or `--tc-mode clsact`): a clsact qdisc (added when the interface has
+//!   none) and a direct-action `cls_bpf` filter at priority [`super::tc::PRIORITY`], handle
+//!   [`NETNS_HANDLE`] on egress. A filter is no bpf link, so the program behind it is pinned at
+//!   `tc_netns/cp_tc_egress@ns<INODE>_<IFACE>` (`.` written as `%`), with `:qdisc` appended when
+//!   the agent added the qdisc. Each pass checks through netlink that the filter is there with
+//!   the current program (else it is re-created, or its program replaced in place); a release
+//!   (and `uninstall`) enters the namespace, deletes the filter, and deletes the qdisc when the
+//!   agent added it and no other filter is left on it.
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     fs,
     os::{fd::AsFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
-use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, links::FdLink, tc::TcAttachOptions};
+use aya::programs::{
+    LinkOrder, SchedClassifier, TcAttachType,
+    links::FdLink,
+    tc::{NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle, qdisc_add_clsact},
+};
 use chokepoint_common::names;
 use tracing::{info, warn};
+
+use super::{
+    tc::{self, PRIORITY, TcMode},
+    tc_nl,
+};
+
+/// Handle of the per-netns clsact filter (apart from `--tc-iface`'s [`tc::HANDLE`], so both can
+/// sit on the host's interfaces).
+pub const NETNS_HANDLE: TcHandle = TcHandle::new(0, 0xc0ca);
+
+/// Directory (under the bpffs dir) of the clsact filters' program pins.
+pub const CLSACT_DIR: &str = "tc_netns";
 
 /// Errors of the backstop.
 #[derive(Debug, thiserror::Error)]
@@ -37,22 +67,56 @@ pub enum BackstopError {
 pub struct NetnsCover {
     /// Inode of the namespace (`/proc/PID/ns/net`).
     pub netns: u64,
+    /// How the program is attached there: `tcx` links or `clsact` filters (unknown until the
+    /// first attach decided it).
+    pub mode: Option<TcMode>,
     /// Interfaces with the TC program attached.
     pub ifaces: Vec<String>,
     /// Interfaces where attaching failed, with why.
     pub failed: Vec<String>,
+    /// The interfaces of `failed` (an attachment made earlier there is kept, not released).
+    #[serde(skip)]
+    pub failed_ifaces: Vec<String>,
+}
+
+impl NetnsCover {
+    /// The namespace's attachment of `mode` on `iface` is to stay.
+    fn keeps(&self, mode: TcMode, iface: &str) -> bool {
+        self.mode == Some(mode)
+            && self
+                .ifaces
+                .iter()
+                .chain(&self.failed_ifaces)
+                .any(|i| i == iface)
+    }
+
+    fn fail(&mut self, iface: &str, why: String) {
+        self.failed.push(format!("{iface}: {why}"));
+        self.failed_ifaces.push(iface.to_string());
+    }
 }
 
 /// Attaches the TC program per network namespace.
 pub struct Backstop {
     bpffs: PathBuf,
     prog: SchedClassifier,
-    /// Pins this process created (pins found at start are re-attached once with this build).
-    ours: HashSet<PathBuf>,
+    /// Kernel id of `prog` (what a clsact filter must run).
+    prog_id: u32,
+    /// `--tc-mode`, or what the first attach found (tcx refused: clsact).
+    mode: Option<TcMode>,
+    /// tcx pins this process created or checked → the interface index they were made for (pins
+    /// found at start are re-attached once with this build; a re-created interface gets a new
+    /// index).
+    ours: HashMap<PathBuf, u32>,
     covers: BTreeMap<u64, NetnsCover>,
+    /// An open handle of each namespace covered, to enter it again when releasing.
+    held: BTreeMap<u64, fs::File>,
+    /// Releases that failed once (warned once, retried every pass).
+    release_failed: HashSet<String>,
 }
 
 const PREFIX: &str = "ns";
+const OWN_QDISC: &str = ":qdisc";
 
 fn pin_name(netns: u64, iface: &str) -> String {
     format!(
@@ -60,6 +124,79 @@ fn pin_name(netns: u64, iface: &str) -> String {
         names::PROG_TC_EGRESS,
         iface.replace('.', "_")
     )
+}
+
+/// A pin of the clsact fallback: which namespace and interface, and whether the agent added the
+/// qdisc.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ClsactPin {
+    netns: u64,
+    iface: String,
+    own_qdisc: bool,
+}
+
+impl ClsactPin {
+    fn name(&self) -> String {
+        format!(
+            "{}@{PREFIX}{}_{}{}",
+            names::PROG_TC_EGRESS,
+            self.netns,
+            self.iface.replace('.', "%"),
+            if self.own_qdisc { OWN_QDISC } else { "" }
+        )
+    }
+
+    /// Interface names never hold `:` or `%` (the kernel expands `%d` templates), so the name
+    /// parses back.
+    fn parse(name: &str) -> Option<Self> {
+        let rest = name
+            .strip_prefix(names::PROG_TC_EGRESS)?
+            .strip_prefix('@')?;
+        let rest = rest.strip_prefix(PREFIX)?;
+        let (ino, iface) = rest.split_once('_')?;
+        let (iface, own_qdisc) = match iface.strip_suffix(OWN_QDISC) {
+            Some(i) => (i, true),
+            None => (iface, false),
+        };
+        if iface.is_empty() {
+            return None;
+        }
+        Some(Self {
+            netns: ino.parse().ok()?,
+            iface: iface.replace('%', "."),
+            own_qdisc,
+        })
+    }
+}
+
+/// The clsact pins under `bpffs`.
+fn clsact_pins(bpffs: &Path) -> Vec<(PathBuf, ClsactPin)> {
+    let Ok(rd) = fs::read_dir(bpffs.join(CLSACT_DIR)) else {
+        return Vec::new();
+    };
+    rd.filter_map(Result::ok)
+        .filter_map(|e| {
+            let n = e.file_name().into_string().ok()?;
+            if n.ends_with("_new") {
+                return None;
+            }
+            ClsactPin::parse(&n).map(|p| (e.path(), p))
+        })
+        .collect()
+}
+
+/// Per-netns clsact filters pinned under `bpffs`, as `(program, "ns<INODE>_<IFACE>")` for the
+/// pin listing.
+pub fn pinned(bpffs: &Path) -> Vec<(String, String)> {
+    clsact_pins(bpffs)
+        .into_iter()
+        .map(|(_, p)| {
+            (
+                names::PROG_TC_EGRESS.to_string(),
+                format!("{PREFIX}{}_{}", p.netns, p.iface),
+            )
+        })
+        .collect()
 }
 
 /// Pids of the processes in `dir` and every cgroup below it.
@@ -79,31 +216,96 @@ fn pids_below(dir: &Path, out: &mut Vec<u32>, depth: u32) {
     }
 }
 
-/// Interface names of the calling thread's network namespace (`if_nameindex` asks netlink of
-/// the current namespace; sysfs would show the mount's namespace instead).
-fn interfaces() -> Vec<String> {
+/// Interfaces (name, index) of the calling thread's network namespace (`if_nameindex` asks
+/// netlink of the current namespace; sysfs would show the mount's namespace instead).
+fn interfaces() -> Vec<(String, u32)> {
     nix::net::if_::if_nameindex()
         .map(|list| {
             list.iter()
-                .map(|i| i.name().to_string_lossy().into_owned())
+                .map(|i| (i.name().to_string_lossy().into_owned(), i.index()))
                 .collect()
         })
         .unwrap_or_default()
 }
 
+/// Opens the network namespace of inode `ino`: a name under `/run/netns` (ip-netns, CNI) or a
+/// process living in it. `None` when no such namespace can be reached (it is gone).
+fn open_netns(ino: u64) -> Option<fs::File> {
+    let dev = fs::metadata("/proc/self/ns/net").ok()?.dev();
+    let is_it = |p: &Path| fs::metadata(p).is_ok_and(|m| m.ino() == ino && m.dev() == dev);
+    for dir in ["/run/netns", "/var/run/netns"] {
+        if let Ok(rd) = fs::read_dir(dir) {
+            for e in rd.filter_map(Result::ok) {
+                if is_it(&e.path()) {
+                    return fs::File::open(e.path()).ok();
+                }
+            }
+        }
+    }
+    for e in fs::read_dir("/proc").ok()?.filter_map(Result::ok) {
+        let name = e.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let p = e.path().join("ns/net");
+        if is_it(&p) {
+            return fs::File::open(p).ok();
+        }
+    }
+    None
+}
+
+/// Runs `f` on a thread of its own that entered the namespace `ns` (setns on that thread only;
+/// it ends with the call).
+fn in_netns<T: Send>(ns: &fs::File, f: impl FnOnce() -> T + Send) -> Result<T, String> {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            rustix::thread::move_into_link_name_space(
+                ns.as_fd(),
+                Some(rustix::thread::LinkNameSpaceType::Network),
+            )
+            .map_err(|e| format!("setns: {e}"))?;
+            Ok(f())
+        })
+        .join()
+        .unwrap_or_else(|_| Err("attach thread panicked".into()))
+    })
+}
+
+/// Why an attach failed.
+enum AttachError {
+    /// The kernel has no tcx (before 6.6).
+    NoTcx,
+    /// Anything else.
+    Other(String),
+}
+
+impl<E: std::fmt::Display> From<E> for AttachError {
+    fn from(e: E) -> Self {
+        Self::Other(e.to_string())
+    }
+}
+
 impl Backstop {
-    /// Opens the TC program pinned by [`super::start`].
-    pub fn open(bpffs: &Path) -> Result<Self, BackstopError> {
+    /// Opens the TC program pinned by [`super::start`]. `mode`: `--tc-mode` (`None`: tcx where
+    /// the kernel has it, else clsact).
+    pub fn open(bpffs: &Path, mode: Option<TcMode>) -> Result<Self, BackstopError> {
         let path = super::prog_path(bpffs, names::PROG_TC_EGRESS);
-        let prog = SchedClassifier::from_pin(&path).map_err(|source| BackstopError::Program {
+        let err = |source| BackstopError::Program {
             path: path.clone(),
             source,
-        })?;
+        };
+        let prog = SchedClassifier::from_pin(&path).map_err(err)?;
+        let prog_id = prog.info().map_err(err)?.id();
         Ok(Self {
             bpffs: bpffs.to_path_buf(),
             prog,
-            ours: HashSet::new(),
+            prog_id,
+            mode,
+            ours: HashMap::new(),
             covers: BTreeMap::new(),
+            held: BTreeMap::new(),
+            release_failed: HashSet::new(),
         })
     }
 
@@ -126,38 +328,25 @@ impl Backstop {
                     .insert(name.clone());
             }
         }
-        let mut wanted: HashSet<PathBuf> = HashSet::new();
         let mut covers = BTreeMap::new();
         for (&ino, (pid, _)) in &spaces {
-            let Ok(ns) = fs::File::open(format!("/proc/{pid}/ns/net")) else {
+            let ns = if let Ok(ns) = fs::File::open(format!("/proc/{pid}/ns/net")) {
+                ns
+            } else if let Some(ns) = self.held.remove(&ino) {
+                ns
+            } else {
                 // The process left; the next pass sees where its cgroup lives now.
                 if let Some(c) = self.covers.get(&ino) {
-                    for i in &c.ifaces {
-                        wanted.insert(self.bpffs.join("links").join(pin_name(ino, i)));
-                    }
                     covers.insert(ino, c.clone());
                 }
                 continue;
             };
             let cover = self.cover(ino, &ns);
-            for i in &cover.ifaces {
-                wanted.insert(self.bpffs.join("links").join(pin_name(ino, i)));
-            }
+            self.held.insert(ino, ns);
             covers.insert(ino, cover);
         }
-        // Detach what no identity needs any more (a namespace gone, or empty of identities).
-        let links = self.bpffs.join("links");
-        let prefix = format!("{}@{PREFIX}", names::PROG_TC_EGRESS);
-        if let Ok(rd) = fs::read_dir(&links) {
-            for e in rd.filter_map(Result::ok) {
-                let n = e.file_name().to_string_lossy().into_owned();
-                if n.starts_with(&prefix) && !n.ends_with("_new") && !wanted.contains(&e.path()) {
-                    info!(pin = %n, "TC backstop detached: no identity lives in that network namespace");
-                    let _ = fs::remove_file(e.path());
-                    self.ours.remove(&e.path());
-                }
-            }
-        }
+        self.release_unwanted(&covers);
+        self.held.retain(|ino, _| covers.contains_key(ino));
         self.covers = covers;
         let mut out: BTreeMap<String, Vec<NetnsCover>> = BTreeMap::new();
         for (ino, (_, idents)) in &spaces {
@@ -170,76 +359,154 @@ impl Backstop {
         out
     }
 
-    /// Attaches the program to every interface of the namespace `ns` not yet covered by a pin of
-    /// this process. Runs on a thread of its own that enters the namespace.
-    fn cover(&mut self, ino: u64, ns: &fs::File) -> NetnsCover {
+    /// Detaches what no identity needs any more (a namespace gone, or empty of identities, or an
+    /// attachment of the other mode).
+    fn release_unwanted(&mut self, covers: &BTreeMap<u64, NetnsCover>) {
+        let wanted = |ino: u64, iface: &str, mode: TcMode| {
+            covers.get(&ino).is_some_and(|c| c.keeps(mode, iface))
+        };
+        // tcx links: unpinning releases them.
         let links = self.bpffs.join("links");
+        let prefix = format!("{}@{PREFIX}", names::PROG_TC_EGRESS);
+        if let Ok(rd) = fs::read_dir(&links) {
+            for e in rd.filter_map(Result::ok) {
+                let n = e.file_name().to_string_lossy().into_owned();
+                if !n.starts_with(&prefix) || n.ends_with("_new") {
+                    continue;
+                }
+                let keep = covers.values().any(|c| {
+                    c.ifaces
+                        .iter()
+                        .chain(&c.failed_ifaces)
+                        .any(|i| pin_name(c.netns, i) == n && c.keeps(TcMode::Tcx, i))
+                });
+                if !keep {
+                    info!(pin = %n, "TC backstop (tcx) detached: no identity lives in that network namespace");
+                    let _ = fs::remove_file(e.path());
+                    self.ours.remove(&e.path());
+                }
+            }
+        }
+        // clsact filters: enter the namespace and delete them.
+        for (path, pin) in clsact_pins(&self.bpffs) {
+            if wanted(pin.netns, &pin.iface, TcMode::Clsact) {
+                continue;
+            }
+            let ns = self.held.get(&pin.netns);
+            match release_clsact(&path, &pin, ns) {
+                Ok(what) => {
+                    info!(netns = pin.netns, iface = %pin.iface, what, "TC backstop (clsact) released: no identity lives in that network namespace");
+                    self.release_failed.remove(&pin.name());
+                }
+                Err(e) => {
+                    if self.release_failed.insert(pin.name()) {
+                        warn!(netns = pin.netns, iface = %pin.iface, error = %e, "releasing the TC backstop's clsact filter failed (retried)");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Attaches the program to every interface of the namespace `ns` not yet covered. Runs on a
+    /// thread of its own that enters the namespace.
+    fn cover(&mut self, ino: u64, ns: &fs::File) -> NetnsCover {
+        let bpffs = self.bpffs.clone();
+        let prog_id = self.prog_id;
         let prog = &mut self.prog;
         let ours = &self.ours;
-        let result = std::thread::scope(|s| {
-            s.spawn(|| {
-                let mut cover = NetnsCover {
-                    netns: ino,
-                    ifaces: Vec::new(),
-                    failed: Vec::new(),
-                };
-                let mut made = Vec::new();
-                // setns on this thread only (it ends with the scope).
-                if let Err(e) = rustix::thread::move_into_link_name_space(
-                    ns.as_fd(),
-                    Some(rustix::thread::LinkNameSpaceType::Network),
-                ) {
-                    cover.failed.push(format!("setns: {e}"));
-                    return (cover, made);
-                }
-                for iface in interfaces() {
-                    let path = links.join(pin_name(ino, &iface));
-                    if ours.contains(&path) && path.exists() {
+        let mut mode = self.mode;
+        let result = in_netns(ns, || {
+            let mut cover = NetnsCover {
+                netns: ino,
+                mode,
+                ifaces: Vec::new(),
+                failed: Vec::new(),
+                failed_ifaces: Vec::new(),
+            };
+            let mut made = Vec::new();
+            for (iface, index) in interfaces() {
+                if mode != Some(TcMode::Clsact) {
+                    let path = bpffs.join("links").join(pin_name(ino, &iface));
+                    if ours.get(&path) == Some(&index) && path.exists() {
                         cover.ifaces.push(iface);
                         continue;
                     }
-                    match attach(prog, &iface, &path) {
+                    match attach_tcx(prog, &iface, &path) {
                         Ok(()) => {
-                            info!(netns = ino, iface = %iface, "TC backstop attached");
-                            made.push(path);
+                            info!(netns = ino, iface = %iface, "TC backstop attached (tcx)");
+                            mode = Some(TcMode::Tcx);
+                            made.push((path, index));
                             cover.ifaces.push(iface);
+                            continue;
                         }
-                        Err(e) => {
+                        Err(AttachError::NoTcx) if mode.is_none() => {
+                            info!(
+                                "tcx links unavailable on this kernel: the per-netns TC backstop uses clsact qdiscs with direct-action filters"
+                            );
+                            mode = Some(TcMode::Clsact);
+                        }
+                        Err(AttachError::NoTcx) => {
+                            cover.fail(&iface, NO_TCX.into());
+                            continue;
+                        }
+                        Err(AttachError::Other(e)) => {
                             warn!(netns = ino, iface = %iface, error = %e, "TC backstop attach failed");
-                            cover.failed.push(format!("{iface}: {e}"));
+                            cover.fail(&iface, e);
+                            continue;
                         }
                     }
                 }
-                (cover, made)
-            })
-            .join()
+                match cover_clsact(prog, prog_id, &bpffs, ino, &iface, index) {
+                    Ok(how) => {
+                        if how != "kept" {
+                            info!(netns = ino, iface = %iface, how, "TC backstop attached (clsact)");
+                        }
+                        cover.ifaces.push(iface);
+                    }
+                    Err(e) => {
+                        let e = match e {
+                            AttachError::NoTcx => NO_TCX.to_string(),
+                            AttachError::Other(e) => e,
+                        };
+                        warn!(netns = ino, iface = %iface, error = %e, "TC backstop attach failed (clsact)");
+                        cover.fail(&iface, format!("clsact: {e}"));
+                    }
+                }
+            }
+            cover.mode = mode;
+            (cover, made)
         });
         match result {
             Ok((cover, made)) => {
+                if cover.mode.is_some() {
+                    self.mode = cover.mode;
+                }
                 self.ours.extend(made);
                 cover
             }
-            Err(_) => NetnsCover {
+            // Nothing could be looked at: what was attached there stays until a pass can.
+            Err(e) => NetnsCover {
                 netns: ino,
+                mode: self.mode,
                 ifaces: Vec::new(),
-                failed: vec!["attach thread panicked".into()],
+                failed: vec![e],
+                failed_ifaces: self
+                    .covers
+                    .get(&ino)
+                    .map(|c| c.ifaces.iter().chain(&c.failed_ifaces).cloned().collect())
+                    .unwrap_or_default(),
             },
         }
     }
 }
 
-/// Why the per-netns backstop cannot attach on a kernel without tcx (named in `status`).
-const NO_TCX: &str = "tcx links unavailable (Linux 6.6+): the per-netns TC backstop needs them; \
-     packet sockets are covered here by the BPF LSM where it is active, or by --tc-iface \
-     (clsact) on the interfaces it names";
+/// Why the per-netns backstop cannot attach through tcx (`--tc-mode tcx` on a kernel without).
+const NO_TCX: &str =
+    "tcx links unavailable (Linux 6.6+) and --tc-mode tcx forbids the clsact fallback";
 
 /// Attaches `prog` to `iface` (TC egress, tcx) and pins the link at `path`, replacing an older
 /// pin only once the new link is in place.
-fn attach(
-    prog: &mut SchedClassifier,
-    iface: &str,
-    path: &Path,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+fn attach_tcx(prog: &mut SchedClassifier, iface: &str, path: &Path) -> Result<(), AttachError> {
     // tcx explicitly: aya would fall back to a netlink filter without a clsact qdisc, and that
     // filter (unlike a link) is not detached by unpinning.
     let id = match prog.attach_with_options(
@@ -248,7 +515,7 @@ fn attach(
         TcAttachOptions::TcxOrder(LinkOrder::default()),
     ) {
         Ok(id) => id,
-        Err(e) if super::tc::is_no_tcx(&e) => return Err(NO_TCX.into()),
+        Err(e) if tc::is_no_tcx(&e) => return Err(AttachError::NoTcx),
         Err(e) => return Err(e.into()),
     };
     let link = FdLink::try_from(prog.take_link(id)?)?;
@@ -260,4 +527,202 @@ fn attach(
     fs::rename(&tmp, path)?;
     drop(pinned);
     Ok(())
+}
+
+/// Our filter among a device's egress filters.
+fn our_filter(filters: &[tc_nl::Filter]) -> Option<&tc_nl::Filter> {
+    filters
+        .iter()
+        .find(|f| f.prio == PRIORITY && f.handle == u32::from(NETNS_HANDLE) && f.kind == "bpf")
+}
+
+/// Makes sure the clsact filter on `iface` (index `index`) runs `prog` and is pinned; in the
+/// calling thread's namespace. Returns `kept`, `replaced` or `attached`.
+fn cover_clsact(
+    prog: &mut SchedClassifier,
+    prog_id: u32,
+    bpffs: &Path,
+    ino: u64,
+    iface: &str,
+    index: u32,
+) -> Result<&'static str, AttachError> {
+    let dir = bpffs.join(CLSACT_DIR);
+    let earlier: Vec<(PathBuf, ClsactPin)> = clsact_pins(bpffs)
+        .into_iter()
+        .filter(|(_, p)| p.netns == ino && p.iface == iface)
+        .collect();
+    let filters = tc_nl::filters(index, tc_nl::EGRESS)?;
+    let existing = our_filter(&filters).cloned();
+    if existing
+        .as_ref()
+        .is_some_and(|f| f.prog_id == Some(prog_id))
+        && !earlier.is_empty()
+    {
+        return Ok("kept");
+    }
+    // The qdisc: added here unless the interface has one; an earlier pin says whether an earlier
+    // run of the agent added it.
+    let added = match qdisc_add_clsact(iface) {
+        Ok(()) => true,
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => false,
+        Err(e) => return Err(e.into()),
+    };
+    let pin = ClsactPin {
+        netns: ino,
+        iface: iface.to_string(),
+        own_qdisc: added || earlier.iter().any(|(_, p)| p.own_qdisc),
+    };
+    // Replace the program of our filter in place when the filter exists (the kernel swaps the
+    // program of one filter: no moment without one), else create it.
+    let (id, how) = if existing.is_some() {
+        let link = SchedClassifierLink::attached(
+            iface,
+            TcAttachType::Egress,
+            PRIORITY,
+            NETNS_HANDLE,
+            None,
+        )?;
+        (prog.attach_to_link(link)?, "replaced")
+    } else {
+        let id = prog.attach_with_options(
+            iface,
+            TcAttachType::Egress,
+            TcAttachOptions::Netlink(NlOptions {
+                priority: PRIORITY,
+                handle: NETNS_HANDLE,
+                classid: None,
+            }),
+        )?;
+        (id, "attached")
+    };
+    // The filter must outlive this process: take it from the program and never detach it (the
+    // link wrapper detaches on drop).
+    std::mem::forget(prog.take_link(id)?);
+    fs::create_dir_all(&dir)?;
+    let path = dir.join(pin.name());
+    let mut tmp = path.file_name().unwrap_or_default().to_os_string();
+    tmp.push("_new");
+    let tmp = path.with_file_name(tmp);
+    let _ = fs::remove_file(&tmp);
+    prog.pin(&tmp)?;
+    fs::rename(&tmp, &path)?;
+    for (p, _) in earlier {
+        if p != path {
+            let _ = fs::remove_file(p);
+        }
+    }
+    Ok(how)
+}
+
+/// Deletes the clsact filter of `pin` (and the qdisc when the agent added it and nothing else is
+/// on it) in its namespace, then the pin. A namespace that cannot be found any more took its
+/// interfaces (and their filters) with it. Returns what was done.
+fn release_clsact(
+    path: &Path,
+    pin: &ClsactPin,
+    held: Option<&fs::File>,
+) -> Result<&'static str, String> {
+    let opened;
+    let ns = if let Some(ns) = held {
+        ns
+    } else if let Some(ns) = open_netns(pin.netns) {
+        opened = ns;
+        &opened
+    } else {
+        let _ = fs::remove_file(path);
+        return Ok("namespace gone");
+    };
+    let what = in_netns(ns, || -> Result<&'static str, String> {
+        let Ok(index) = nix::net::if_::if_nametoindex(pin.iface.as_str()) else {
+            return Ok("interface gone");
+        };
+        let egress = tc_nl::filters(index, tc_nl::EGRESS).map_err(|e| e.to_string())?;
+        let mut what = "filter already gone";
+        if let Some(f) = our_filter(&egress)
+            && f.prog_name
+                .as_deref()
+                .is_none_or(|n| names::PROG_TC_EGRESS.starts_with(n))
+        {
+            tc_nl::delete_filter(index, tc_nl::EGRESS, f).map_err(|e| e.to_string())?;
+            what = "filter deleted";
+        }
+        if pin.own_qdisc {
+            let left = tc_nl::filters(index, tc_nl::EGRESS)
+                .map_err(|e| e.to_string())?
+                .len()
+                + tc_nl::filters(index, tc_nl::INGRESS)
+                    .map_err(|e| e.to_string())?
+                    .len();
+            if left == 0 {
+                tc_nl::delete_clsact(index).map_err(|e| e.to_string())?;
+                what = "filter and qdisc deleted";
+            } else {
+                what = "filter deleted, qdisc kept (other filters on it)";
+            }
+        }
+        Ok(what)
+    })??;
+    fs::remove_file(path).map_err(|e| format!("unpin {}: {e}", path.display()))?;
+    Ok(what)
+}
+
+/// `uninstall`: deletes every per-netns clsact filter (entering each namespace) and its pin;
+/// returns the pins removed. tcx links go with the other links.
+pub fn uninstall(bpffs: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut removed = Vec::new();
+    for (path, pin) in clsact_pins(bpffs) {
+        match release_clsact(&path, &pin, None) {
+            Ok(what) => {
+                info!(netns = pin.netns, iface = %pin.iface, what, "TC backstop (clsact) removed");
+                removed.push(path);
+            }
+            Err(e) => {
+                warn!(netns = pin.netns, iface = %pin.iface, error = %e, "removing the TC backstop's clsact filter failed; pin removed anyway");
+                fs::remove_file(&path)?;
+                removed.push(path);
+            }
+        }
+    }
+    let dir = bpffs.join(CLSACT_DIR);
+    if let Ok(rd) = fs::read_dir(&dir) {
+        for e in rd.filter_map(Result::ok) {
+            fs::remove_file(e.path())?;
+            removed.push(e.path());
+        }
+        fs::remove_dir(&dir)?;
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clsact_pin_names_round_trip() {
+        for (pin, name) in [
+            (
+                ClsactPin {
+                    netns: 4_026_532_001,
+                    iface: "eth0.100".into(),
+                    own_qdisc: true,
+                },
+                "cp_tc_egress@ns4_026_532_001_eth0%100:qdisc",
+            ),
+            (
+                ClsactPin {
+                    netns: 7,
+                    iface: "veth_a-b".into(),
+                    own_qdisc: false,
+                },
+                "cp_tc_egress@ns7_veth_a-b",
+            ),
+        ] {
+            assert_eq!(pin.name(), name);
+            assert_eq!(ClsactPin::parse(name), Some(pin));
+        }
+        assert_eq!(ClsactPin::parse("cp_tc_egress@nsX_eth0"), None);
+        assert_eq!(ClsactPin::parse("cp_tc_egress@ns7_"), None);
+        assert_eq!(ClsactPin::parse("other@ns7_eth0"), None);
+    }
 }

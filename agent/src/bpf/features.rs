@@ -18,8 +18,11 @@ pub struct Features {
     pub bpf_lsm_active: bool,
     /// Our `socket_create` LSM program is attached (and, with `bpf_lsm_active`, runs).
     pub lsm_program_attached: bool,
-    /// How the TC backstop is attached, when `--tc-iface` names interfaces.
+    /// How the TC backstop is attached on the `--tc-iface` interfaces (when there are any; the
+    /// per-netns backstop names its mode per namespace in the identities' `backstop.tc_netns`).
     pub tc: Option<TcMode>,
+    /// `--tc-mode` when given (`None`: tcx where the kernel has it, else clsact).
+    pub tc_mode_forced: Option<TcMode>,
     /// Who refuses or drops packet (AF_PACKET) and other non-IP sockets of identities.
     pub packet_sockets: PacketGuard,
 }
@@ -29,7 +32,8 @@ pub struct Features {
 pub struct PacketGuard {
     /// `lsm` (refused at `socket()`), `tc_backstop` (frames dropped on the listed `--tc-iface`
     /// interfaces) or `tc_backstop_netns` (frames dropped on every interface of each network
-    /// namespace an identity lives in; see `bpf/backstop.rs`).
+    /// namespace an identity lives in, through tcx links or clsact filters; see
+    /// `bpf/backstop.rs`).
     pub by: &'static str,
     /// Interfaces whose TC backstop drops identities' frames (`--tc-iface`).
     pub interfaces: Vec<String>,
@@ -72,6 +76,7 @@ fn release() -> String {
 pub fn detect(
     lsm_program_attached: bool,
     tc: Option<TcMode>,
+    tc_mode_forced: Option<TcMode>,
     tc_ifaces: &[String],
     compat: super::compat::CompatGuard,
 ) -> Features {
@@ -91,7 +96,8 @@ pub fn detect(
         lsm,
         bpf_lsm_active,
         lsm_program_attached,
-        tc,
+        tc: if tc_ifaces.is_empty() { None } else { tc },
+        tc_mode_forced,
         packet_sockets: PacketGuard {
             by,
             interfaces: if by == "lsm" {

@@ -3,7 +3,9 @@
 //! Layout under `--bpffs` (default `/sys/fs/bpf/chokepoint`):
 //! `maps/<MAP>` for every map and `links/<program>` (TC: `links/cp_tc_egress@<iface>`) for every
 //! link; on kernels without tcx (before 6.6) the TC backstop is a clsact filter whose program is
-//! pinned at `tc/cp_tc_egress@<iface>` (see [`tc`]). Pinned links keep enforcing when the daemon exits; only `chokepoint uninstall` removes
+//! pinned at `tc/cp_tc_egress@<iface>` (see [`tc`]); the per-netns backstop pins
+//! `links/cp_tc_egress@ns<INODE>_<IFACE>` (tcx) or `tc_netns/cp_tc_egress@ns<INODE>_<IFACE>`
+//! (clsact; see [`backstop`]). Pinned links keep enforcing when the daemon exits; only `chokepoint uninstall` removes
 //! them. At start the daemon reuses pinned maps (so policy, grants, socket tags and unread
 //! records survive), and for every program either keeps the pinned link (same program) or
 //! attaches the new program first and then replaces the old link's pin (no window without a
@@ -21,6 +23,7 @@ pub mod pins;
 mod slots;
 mod start;
 pub mod tc;
+mod tc_nl;
 
 use std::path::PathBuf;
 

@@ -10,14 +10,15 @@ use std::{
 use aya::programs::links::{FdLink, PinnedLink};
 use chokepoint_common::names;
 
-use super::{pinning::map_path, tc};
+use super::{backstop, pinning::map_path, tc};
 
 /// True when the maps are pinned (enforcement state exists).
 pub fn is_installed(bpffs: &Path) -> bool {
     map_path(bpffs, names::CONFIG).exists()
 }
 
-/// Pinned links present under `bpffs`: (program, target), clsact filters (`tc/`) included.
+/// Pinned links present under `bpffs`: (program, target), clsact filters (`tc/`, and the
+/// per-netns backstop's `tc_netns/`) included.
 pub fn pinned_links(bpffs: &Path) -> Vec<(String, Option<String>)> {
     let mut v: Vec<(String, Option<String>)> = fs::read_dir(bpffs.join("links"))
         .into_iter()
@@ -31,6 +32,11 @@ pub fn pinned_links(bpffs: &Path) -> Vec<(String, Option<String>)> {
         })
         .collect();
     v.extend(tc::pinned(bpffs).into_iter().map(|(p, t)| (p, Some(t))));
+    v.extend(
+        backstop::pinned(bpffs)
+            .into_iter()
+            .map(|(p, t)| (p, Some(t))),
+    );
     v.sort();
     v
 }
@@ -39,6 +45,8 @@ pub fn pinned_links(bpffs: &Path) -> Vec<(String, Option<String>)> {
 pub fn uninstall(bpffs: &Path) -> std::io::Result<Vec<PathBuf>> {
     // The clsact filters (kernels without tcx) first, like links: enforcement stops, then maps.
     let mut removed = tc::uninstall(bpffs)?;
+    // The per-netns backstop's clsact filters, each in its network namespace.
+    removed.extend(backstop::uninstall(bpffs)?);
     // The kernel releases an unpinned link after an RCU grace period and a workqueue run, so
     // enforcement can outlive the unlink by a moment: note the links' ids, then wait for them.
     let link_ids: Vec<u32> = fs::read_dir(bpffs.join("links"))

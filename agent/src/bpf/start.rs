@@ -33,6 +33,8 @@ pub struct StartOptions<'a> {
     pub cgroup_root: &'a Path,
     /// `--tc-iface` interfaces of the TC backstop.
     pub tc_ifaces: &'a [String],
+    /// `--tc-mode` (`None`: tcx where the kernel has it, else clsact).
+    pub tc_mode: Option<tc::TcMode>,
 }
 
 /// Loads the object (reusing pinned maps), fills fresh maps with `fill`, attaches every program
@@ -113,7 +115,7 @@ pub fn start(
     })?;
     let mut attached = Vec::new();
     let mut degraded = Vec::new();
-    let mut tc_mode: Option<tc::TcMode> = None;
+    let mut tc_mode: Option<tc::TcMode> = opts.tc_mode;
     let mut compat_guard = compat::CompatGuard::default();
     let btf_ref = btf.as_ref();
     for name in names::PROGRAMS {
@@ -217,7 +219,7 @@ pub fn start(
             let path = link_path(opts.bpffs, name, target.as_deref());
             if let (Program::SchedClassifier(p), Some(spec)) = (&mut *prog, target.as_deref()) {
                 let old_tag = pinned_program_tag(&path);
-                if old_tag.is_some() && old_tag == new_tag {
+                if old_tag.is_some() && old_tag == new_tag && tc_mode != Some(tc::TcMode::Clsact) {
                     tc_mode.get_or_insert(tc::TcMode::Tcx);
                     attached.push(Attached {
                         program: name.into(),
@@ -231,6 +233,8 @@ pub fn start(
                     match tc::attach(p, opts.bpffs, name, spec, &mut tc_mode).map_err(perr)? {
                         tc::Attach::Tcx(link) => {
                             pin_replace(link, &path)?;
+                            // A clsact filter of an earlier `--tc-mode clsact` run goes.
+                            tc::remove_clsact(opts.bpffs, name, spec);
                             (
                                 path,
                                 if old_tag.is_some() {
@@ -369,6 +373,7 @@ pub fn start(
     let features = features::detect(
         attached.iter().any(|a| a.program == names::PROG_LSM_SOCKET),
         tc_mode,
+        opts.tc_mode,
         opts.tc_ifaces,
         compat_guard,
     );

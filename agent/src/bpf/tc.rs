@@ -195,6 +195,26 @@ pub fn pinned(bpffs: &Path) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Deletes the agent's clsact filter of `spec` (in the calling thread's network namespace).
+fn delete_filter(spec: &str) {
+    let (iface, attach) = parse_spec(spec);
+    if let Ok(link) = SchedClassifierLink::attached(iface, attach, PRIORITY, HANDLE, None)
+        && let Err(e) = link.detach()
+    {
+        tracing::warn!(iface, error = %e, "removing the clsact filter failed");
+    }
+}
+
+/// Deletes the clsact filter of `spec` and its pin when there is one (the target moved to a tcx
+/// link).
+pub fn remove_clsact(bpffs: &Path, prog: &str, spec: &str) {
+    let pin = clsact_pin(bpffs, prog, spec);
+    if pin.exists() {
+        delete_filter(spec);
+        let _ = fs::remove_file(pin);
+    }
+}
+
 /// Deletes every clsact filter the agent installed under `bpffs` and its pin; returns the pins
 /// removed. A filter whose interface is gone went with it.
 pub fn uninstall(bpffs: &Path) -> std::io::Result<Vec<PathBuf>> {
@@ -206,12 +226,7 @@ pub fn uninstall(bpffs: &Path) -> std::io::Result<Vec<PathBuf>> {
     for e in rd.filter_map(Result::ok) {
         let name = e.file_name().to_string_lossy().to_string();
         if let Some((_, spec)) = spec_of_pin(&name) {
-            let (iface, attach) = parse_spec(&spec);
-            if let Ok(link) = SchedClassifierLink::attached(iface, attach, PRIORITY, HANDLE, None)
-                && let Err(e) = link.detach()
-            {
-                tracing::warn!(iface, error = %e, "removing the clsact filter failed");
-            }
+            delete_filter(&spec);
         }
         fs::remove_file(e.path())?;
         removed.push(e.path());

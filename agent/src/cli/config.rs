@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::Context;
 use serde::Deserialize;
 
-use super::{DEFAULT_ATTEST_SOCKET, DEFAULT_SOCKET, DaemonArgs, LogFormat};
+use super::{DEFAULT_ATTEST_SOCKET, DEFAULT_SOCKET, DaemonArgs, LogFormat, TcModeArg};
 use crate::{options::Options, util};
 
 /// `--config` file: the same options as the flags.
@@ -25,6 +25,7 @@ struct ConfigFile {
     audit_stdout: Option<bool>,
     #[serde(default)]
     tc_ifaces: Vec<String>,
+    tc_mode: Option<TcModeArg>,
     log_format: Option<LogFormat>,
     alert_window: Option<String>,
     alert_log: Option<PathBuf>,
@@ -128,6 +129,7 @@ impl DaemonArgs {
                     .max(1),
                 audit_stdout: self.audit_stdout || cfg.audit_stdout.unwrap_or(false),
                 tc_ifaces: tc,
+                tc_mode: self.tc_mode.or(cfg.tc_mode).and_then(TcModeArg::forced),
                 alert_window: util::parse_duration(&window)
                     .map_err(|e| anyhow::anyhow!("--alert-window: {e}"))?,
                 alert_log: self.alert_log.or(cfg.alert_log),

@@ -16,6 +16,30 @@ pub enum LogFormat {
     Json,
 }
 
+/// How the TC programs attach (`--tc-mode`).
+#[derive(Clone, Copy, Debug, ValueEnum, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TcModeArg {
+    /// tcx links where the kernel has them (Linux 6.6+), else a clsact qdisc with a
+    /// direct-action filter.
+    Auto,
+    /// tcx links only: no clsact fallback.
+    Tcx,
+    /// A clsact qdisc with a direct-action filter, also where tcx exists.
+    Clsact,
+}
+
+impl TcModeArg {
+    /// The mode forced (`None`: detected).
+    pub fn forced(self) -> Option<crate::bpf::tc::TcMode> {
+        match self {
+            Self::Auto => None,
+            Self::Tcx => Some(crate::bpf::tc::TcMode::Tcx),
+            Self::Clsact => Some(crate::bpf::tc::TcMode::Clsact),
+        }
+    }
+}
+
 /// `chokepoint daemon`: every flag of the daemon.
 #[derive(Args, Debug)]
 pub struct DaemonArgs {
@@ -61,6 +85,11 @@ pub struct DaemonArgs {
     /// packets arrive before the node routes them).
     #[arg(long = "tc-iface")]
     pub tc_iface: Vec<String>,
+    /// How the TC backstop (`--tc-iface` and the per-netns one) attaches: `auto` (default: tcx
+    /// where the kernel has it, Linux 6.6+, else a clsact qdisc with a direct-action filter),
+    /// `tcx`, or `clsact` (also where tcx exists).
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub tc_mode: Option<TcModeArg>,
     /// Daemon log format.
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormat>,

@@ -17,7 +17,7 @@ pub mod render;
 
 pub use args::{AuditCmd, Cli, Command, Format, OutputArgs, PolicyCmd, QueryArgs, VerdictArg};
 pub use commands::{Exit, Usage, run_client};
-pub use daemon_args::{DaemonArgs, LogFormat};
+pub use daemon_args::{DaemonArgs, LogFormat, TcModeArg};
 
 /// Default local API socket.
 pub const DEFAULT_SOCKET: &str = "/run/chokepoint/chokepoint.sock";

@@ -18,7 +18,7 @@ pub(crate) const PERIOD: Duration = Duration::from_millis(500);
 /// Opens the pinned TC program and starts the thread. A failure to open it is reported in
 /// `status` (no per-netns backstop) and does not stop the daemon.
 pub(crate) fn start(shared: Arc<Shared>) -> std::io::Result<()> {
-    let mut bs = match Backstop::open(&shared.opts.bpffs) {
+    let mut bs = match Backstop::open(&shared.opts.bpffs, shared.opts.tc_mode) {
         Ok(b) => b,
         Err(e) => {
             warn!(error = %e, "per-netns TC backstop unavailable");

@@ -109,6 +109,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             bpffs: &opts.bpffs,
             cgroup_root: &opts.cgroup_root,
             tc_ifaces: &opts.tc_ifaces,
+            tc_mode: opts.tc_mode,
         },
         |maps| maps.apply(&start_policy, &bindings, start_gen).map(|_| ()),
     )?;

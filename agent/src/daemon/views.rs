@@ -102,7 +102,24 @@ impl Shared {
                 self.features.packet_sockets.interfaces.clone(),
             ),
             compat_guard: self.features.packet_sockets.compat.guard,
+            tc_netns: self.backstop_netns(),
         }
+    }
+
+    /// Each namespace the per-netns backstop covers (once, whichever identities live there).
+    fn backstop_netns(&self) -> Vec<(u64, &'static str, usize, usize)> {
+        let mut seen = std::collections::BTreeMap::new();
+        if let Some(covers) = self.backstop.lock().expect("backstop lock").as_ref() {
+            for c in covers.values().flatten() {
+                seen.entry(c.netns).or_insert((
+                    c.netns,
+                    c.mode.map_or("unknown", crate::bpf::tc::TcMode::name),
+                    c.ifaces.len(),
+                    c.failed.len(),
+                ));
+            }
+        }
+        seen.into_values().collect()
     }
 
     /// `chokepoint inventory`.

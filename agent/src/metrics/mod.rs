@@ -95,6 +95,9 @@ pub struct Gauges {
     pub packet_guard: (&'static str, Vec<String>),
     /// The compat syscall guard: `kill`, `not_needed` or `failed` (see `bpf::compat`).
     pub compat_guard: &'static str,
+    /// The per-netns TC backstop: (netns inode, `tcx`/`clsact`, interfaces attached, interfaces
+    /// where attaching failed) per namespace an identity lives in.
+    pub tc_netns: Vec<(u64, &'static str, usize, usize)>,
 }
 
 fn int(v: &AtomicU64) -> Value {
@@ -226,6 +229,21 @@ impl Metrics {
                 Value::Int(1),
             );
         }
+        let mut netns = Family::gauge(
+            "chokepoint_tc_backstop_netns_interfaces",
+            "Interfaces of each network namespace an identity lives in, by how the per-netns TC backstop covers them: mode=\"tcx\" (bpf links, Linux 6.6+) or mode=\"clsact\" (qdisc and direct-action filter); state=\"attached\" or \"failed\".",
+        );
+        for (ino, mode, up, failed) in &g.tc_netns {
+            let ino = ino.to_string();
+            netns.push(
+                l(&[("netns", &ino), ("mode", mode), ("state", "attached")]),
+                Value::Int(*up as u64),
+            );
+            netns.push(
+                l(&[("netns", &ino), ("mode", mode), ("state", "failed")]),
+                Value::Int(*failed as u64),
+            );
+        }
         let mut alerts = Family::counter(
             "chokepoint_alerts_total",
             "Bypass alerts raised, by reason.",
@@ -294,6 +312,7 @@ impl Metrics {
             enforcing,
             inventory,
             guard,
+            netns,
             alerts,
             Family::counter(
                 "chokepoint_webhook_failures_total",
@@ -321,6 +340,7 @@ mod tests {
             inventory: vec![],
             packet_guard: ("lsm", vec![]),
             compat_guard: "kill",
+            tc_netns: vec![(4_026_531_840, "clsact", 2, 0)],
         }
     }
 
@@ -348,6 +368,7 @@ mod tests {
             "chokepoint_enforcing{identity=\"agent\"} 0",
             "chokepoint_packet_socket_guard{by=\"lsm\",iface=\"\"} 1",
             "chokepoint_packet_socket_guard{by=\"compat_syscall_kill\",iface=\"\"} 1",
+            "chokepoint_tc_backstop_netns_interfaces{netns=\"4026531840\",mode=\"clsact\",state=\"attached\"} 2",
             "chokepoint_alerts_total{reason=\"raw_socket\"} 1",
             "chokepoint_attest_lookups_total{result=\"found\"} 0",
             "# TYPE process_cpu_seconds_total counter",
