@@ -632,6 +632,12 @@ fn release_clsact(
         let _ = fs::remove_file(path);
         return Ok("namespace gone");
     };
+    // The program this pin holds is the one our filter runs: a filter at the same place running
+    // another program is not this install's (another daemon's, or a namespace that took over a
+    // gone namespace's inode number), and stays.
+    let pinned = aya::programs::ProgramInfo::from_pin(path)
+        .map(|i| i.id())
+        .map_err(|e| format!("reading the pin {}: {e}", path.display()))?;
     let what = in_netns(ns, || -> Result<&'static str, String> {
         let Ok(index) = nix::net::if_::if_nametoindex(pin.iface.as_str()) else {
             return Ok("interface gone");
@@ -639,9 +645,7 @@ fn release_clsact(
         let egress = tc_nl::filters(index, tc_nl::EGRESS).map_err(|e| e.to_string())?;
         let mut what = "filter already gone";
         if let Some(f) = our_filter(&egress)
-            && f.prog_name
-                .as_deref()
-                .is_none_or(|n| names::PROG_TC_EGRESS.starts_with(n))
+            && f.prog_id == Some(pinned)
         {
             tc_nl::delete_filter(index, tc_nl::EGRESS, f).map_err(|e| e.to_string())?;
             what = "filter deleted";
