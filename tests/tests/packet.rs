@@ -242,7 +242,9 @@ fn netns_ino_of_pid(pid: u32) -> u64 {
 
 /// A resident process of the identity (a pod's long-lived container) in `netns`.
 fn resident(cg: &Path, netns: Option<&Netns>) -> (Proc, u64) {
-    let (p, rec) = spawn_probe(Some(cg), netns, &["idle", "60"]);
+    // 60 s here; longer under software emulation (a test outliving it would see a release).
+    let secs = (60 * time_scale()).to_string();
+    let (p, rec) = spawn_probe(Some(cg), netns, &["idle", &secs]);
     let pid = rec.all()[0]["pid"].as_u64().expect("pid") as u32;
     (p, netns_ino_of_pid(pid))
 }
@@ -434,7 +436,8 @@ fn late_netns_covered_then_released(b: &Bare) {
             let f = backstop_filters(&late.name, iface);
             assert!(
                 f.len() == 1 && f[0].contains("cp_tc_egress") && f[0].contains("direct-action"),
-                "{iface}: the kernel lists no backstop filter: {f:?}"
+                "{iface}: the kernel lists no backstop filter: {f:?}\n{}",
+                b.daemon.log_text()
             );
         }
     }
@@ -523,7 +526,12 @@ fn the_clsact_fallback_drops_survives_a_restart_and_uninstall_removes_it() {
     );
     // The daemon stops: the filter keeps enforcing.
     b.daemon.kill(libc::SIGTERM);
-    assert_eq!(backstop_filters(&pod, "eth0"), before);
+    assert_eq!(
+        backstop_filters(&pod, "eth0"),
+        before,
+        "the filter went with the daemon:\n{}",
+        b.daemon.log_text()
+    );
     let p = payload("pkt-clsact-stopped");
     let r = packet_send(Some(&b.cg.path), Some(&b.sb.pod), &args, &p, &[]);
     assert!(r["pid"].as_u64().is_some(), "the attempt did not run: {r}");

@@ -711,7 +711,7 @@ mod tests {
                     iface: "eth0.100".into(),
                     own_qdisc: true,
                 },
-                "cp_tc_egress@ns4_026_532_001_eth0%100:qdisc",
+                "cp_tc_egress@ns4026532001_eth0%100:qdisc",
             ),
             (
                 ClsactPin {
