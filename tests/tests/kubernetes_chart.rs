@@ -244,6 +244,7 @@ fn kube_helm_chart_installs_upgrades_uninstalls_and_renders_the_plain_manifests(
     let values = json!({
         "policy": {"spec": spec},
         "tcInterfaces": ["eth0"],
+        "tcMode": "clsact",
         "metrics": {"expose": true, "serviceMonitor": {"enabled": true}},
     });
     let rel = cluster
@@ -262,6 +263,7 @@ fn kube_helm_chart_installs_upgrades_uninstalls_and_renders_the_plain_manifests(
     let cfg = config_of(&cluster);
     assert_eq!(cfg["metricsAddr"], "0.0.0.0:9477", "{cfg}");
     assert_eq!(cfg["tcIfaces"], json!(["eth0"]), "{cfg}");
+    assert_eq!(cfg["tcMode"], "clsact", "{cfg}");
     assert!(
         exists(
             &cluster,
@@ -288,6 +290,13 @@ fn kube_helm_chart_installs_upgrades_uninstalls_and_renders_the_plain_manifests(
         .helm(&["upgrade", "chokepoint", chart], Some(&bad))
         .expect_err("a ServiceMonitor without exposed metrics was accepted");
     assert!(e.contains("metrics.expose"), "{e}");
+    let e = cluster
+        .helm(
+            &["upgrade", "chokepoint", chart],
+            Some(&json!({"tcMode": "qdisc"})),
+        )
+        .expect_err("tcMode qdisc was accepted");
+    assert!(e.contains("tcMode"), "{e}");
     let st = cluster
         .helm(&["status", "chokepoint"], None)
         .expect("status");

@@ -111,6 +111,65 @@ fn apply_rollback_restart() {
     );
 }
 
+/// The same document as JSON (YAML's JSON subset: the daemon reads it with its JSON parser).
+fn as_json(yaml: &str) -> String {
+    let v: serde_json::Value = serde_saphyr::from_str(yaml).expect("YAML");
+    serde_json::to_string_pretty(&v).expect("JSON")
+}
+
+/// Each apply after the second patches the slot that held the generation before last (only
+/// what differs is written): a prefix added, its value changed, removed again, and documents
+/// in YAML and JSON alike. Every generation enforces exactly its own rules.
+#[test]
+fn patched_generations_enforce_exactly_their_rules() {
+    let fx = Fixture::new("enforce");
+    let base = fx.sb.policy(&[("agent", &fx.cg.rel, "enforce")]);
+    let allowed = with_forbidden_allowed(&fx);
+    // The forbidden host allowed on another port: same prefix, a different value.
+    let other_port = allowed.replace(
+        &format!("ports: [\"{OTHER_TCP}/tcp\"]"),
+        &format!("ports: [\"{}/tcp\"]", OTHER_TCP + 1),
+    );
+    assert_ne!(other_port, allowed);
+    let steps: [(&str, String, bool); 7] = [
+        ("allowed, YAML", allowed.clone(), true),
+        ("base, JSON", as_json(&base), false),
+        ("allowed, JSON", as_json(&allowed), true),
+        ("other port, JSON", as_json(&other_port), false),
+        ("allowed, YAML", allowed.clone(), true),
+        ("base, YAML", base.clone(), false),
+        ("allowed after base, JSON", as_json(&allowed), true),
+    ];
+    for (i, (what, doc, allows)) in steps.iter().enumerate() {
+        let r = fx.daemon.apply(doc);
+        assert_eq!(r["generation"], i as u64 + 2, "{what}: {r}");
+        let p = payload(&format!("step{i}"));
+        let out = fx.attempt(false, &["tcp", &forbidden(&fx)], &p);
+        if *allows {
+            fx.assert_allowed(what, &out, &p);
+        } else {
+            assert!(
+                eperm(&out),
+                "{what}: the forbidden host was reachable: {out:?}"
+            );
+        }
+        let p = payload(&format!("gw{i}"));
+        let out = fx.attempt(false, &["tcp", &gw(&fx)], &p);
+        fx.assert_allowed(&format!("{what}: gateway"), &out, &p);
+        // The other port is a prefix value the patch wrote: allowed there (nothing listens, so
+        // refused by the host, not EPERM by policy), denied everywhere else.
+        let other = SocketAddr::new(fx.sb.forbidden4(), OTHER_TCP + 1).to_string();
+        let out = fx.attempt(false, &["tcp", &other], "x");
+        let other_allowed = what.starts_with("other port");
+        assert_eq!(
+            eperm(&out),
+            !other_allowed,
+            "{what}: port {}: {out:?}",
+            OTHER_TCP + 1
+        );
+    }
+}
+
 #[test]
 fn switch_under_continuous_traffic_is_atomic() {
     let fx = Fixture::new("enforce");

@@ -63,9 +63,9 @@ pub struct PolicyMaps {
     /// Keys this process wrote into each slot; `None` until known (after an adoption the slot is
     /// cleared by walking the maps once).
     pub written: [Option<SlotKeys>; 2],
-    /// The configuration the last apply switched to, while its retired slot still holds the
-    /// previous generation ([`PolicyMaps::clear_retired`] empties it).
-    pub retired: Option<Config>,
+    /// The compiled policy whose rules each slot holds exactly (`None`: not known or empty); the
+    /// next apply into that slot writes only what differs.
+    pub holds: [Option<std::sync::Arc<crate::policy::CompiledPolicy>>; 2],
 }
 
 /// One cgroup an identity covers in a generation.

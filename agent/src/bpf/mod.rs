@@ -20,6 +20,7 @@ pub mod fqdn;
 pub mod maps;
 mod pinning;
 pub mod pins;
+mod slot_contents;
 mod slots;
 mod start;
 pub mod tc;

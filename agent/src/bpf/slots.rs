@@ -1,15 +1,19 @@
 //! Policy slots: a generation is built in the inactive slot of the identity and rules maps (batch
-//! writes, off to the side), then enforced by one write of the configuration word; the retired
-//! slot is emptied after the switch, off the apply's critical path.
+//! writes, off to the side), then enforced by one write of the configuration word. The retired
+//! slot keeps the generation it held, so the next apply writes into it only what differs between
+//! that generation and the new one (a change of a few rules of a 100k-rule policy writes a few
+//! entries); where this process does not know what a slot holds (adopted from an earlier
+//! process, or after a failed write) the slot is cleared and the whole generation written.
+
+use std::{collections::HashSet, sync::Arc};
 
 use aya::maps::{MapError, lpm_trie::Key};
-use chokepoint_common::{
-    Config, IdentKey, IdentVal, LPM_DATA_LEN, LpmKey, PROTO_ANY, PortEntry, RuleVal, kind,
-};
+use chokepoint_common::{Config, IdentKey, IdentVal, LPM_DATA_LEN, RuleVal};
 
 use super::{
     batch::{self, BatchError},
-    maps::{IdentBinding, MapsError, PolicyMaps, lpm, m},
+    maps::{IdentBinding, MapsError, PolicyMaps, m},
+    slot_contents::{ident_entries, rules_diff, slot_rules},
 };
 use crate::policy::CompiledPolicy;
 
@@ -57,82 +61,87 @@ impl PolicyMaps {
                     .collect(),
             ),
         };
-        use aya::maps::IterableMap;
-        match batch::delete(IterableMap::map(&self.ident), &ident_keys) {
-            Ok(()) => {}
-            Err(BatchError::Unsupported) => {
-                for k in &ident_keys {
-                    match self.ident.remove(k) {
-                        Ok(()) | Err(MapError::KeyNotFound) => {}
-                        Err(e) => return Err(m("CP_IDENT")(e)),
-                    }
-                }
-            }
-            Err(e) => return Err(batch_err("CP_IDENT", e)),
-        }
-        match batch::delete(IterableMap::map(&self.rules), &rule_keys) {
-            Ok(()) => {}
-            Err(BatchError::Unsupported) => {
-                for k in &rule_keys {
-                    match self.rules.remove(k) {
-                        Ok(()) | Err(MapError::KeyNotFound) => {}
-                        Err(e) => return Err(m("CP_RULES")(e)),
-                    }
-                }
-            }
-            Err(e) => return Err(batch_err("CP_RULES", e)),
-        }
+        self.delete_ident(&ident_keys)?;
+        self.delete_rules(&rule_keys)?;
         self.written[slot as usize] = Some(SlotKeys::default());
         Ok(())
     }
 
     /// Writes `policy` into the inactive slot, then switches to it in one word write. On any error
     /// the inactive slot is cleared again and the active generation is untouched. The retired
-    /// slot keeps the previous generation until [`PolicyMaps::clear_retired`] (or the next apply).
+    /// slot keeps the previous generation: the next apply patches it.
     pub fn apply(
         &mut self,
-        policy: &CompiledPolicy,
+        policy: &Arc<CompiledPolicy>,
         bindings: &[IdentBinding],
         generation: u32,
     ) -> Result<Config, MapsError> {
         let cur = self.config()?;
         let next = 1 - cur.slot();
-        if !self.written[next as usize]
-            .as_ref()
-            .is_some_and(SlotKeys::is_empty)
-        {
-            self.clear_slot(next)?;
-        }
-        if let Err(e) = self.fill_slot(next, policy, bindings) {
+        let written = match self.holds[next as usize].take() {
+            Some(old) if self.written[next as usize].is_some() => {
+                self.patch_slot(next, &old, policy, bindings)
+            }
+            _ => {
+                if !self.written[next as usize]
+                    .as_ref()
+                    .is_some_and(SlotKeys::is_empty)
+                {
+                    self.clear_slot(next)?;
+                }
+                self.fill_slot(next, policy, bindings)
+            }
+        };
+        if let Err(e) = written {
             let _ = self.clear_slot(next);
             return Err(e);
         }
+        self.holds[next as usize] = Some(policy.clone());
         let cfg = Config::new(next, generation, cur.epoch().wrapping_add(1).max(1));
         self.set_config(cfg)?;
-        self.retired = Some(cfg);
         Ok(cfg)
     }
 
-    /// Empties the slot the last apply retired, if that apply's configuration is still active
-    /// (else a later apply cleared it). Called a moment after the switch (the housekeeping tick):
-    /// a decision that read the old configuration word just before it finishes its lookups in
-    /// microseconds.
-    pub fn clear_retired(&mut self) -> Result<(), MapsError> {
-        let Some(switched) = self.retired.take() else {
-            return Ok(());
-        };
-        let cur = self.config()?;
-        if cur.slot() != switched.slot() || cur.generation() != switched.generation() {
-            return Ok(());
+    /// Turns `slot`, which holds exactly `old`'s rules, into `new`'s: removes the keys `new` does
+    /// not have, writes the keys whose value differs or is new. Bindings (a few thousand at most)
+    /// are all written again, stale ones removed.
+    fn patch_slot(
+        &mut self,
+        slot: u32,
+        old: &CompiledPolicy,
+        new: &CompiledPolicy,
+        bindings: &[IdentBinding],
+    ) -> Result<(), MapsError> {
+        let mut keys = self.written[slot as usize].take().unwrap_or_default();
+        let (new_ident, ident_vals) = ident_entries(slot, bindings);
+        let bound: HashSet<u64> = bindings.iter().map(|b| b.cgroup_id).collect();
+        let stale_ident: Vec<IdentKey> = keys
+            .ident
+            .iter()
+            .filter(|k| !bound.contains(&k.cgroup_id))
+            .copied()
+            .collect();
+        let diff = rules_diff(slot, old, new);
+        let new_rules: Vec<Key<[u8; LPM_DATA_LEN]>> =
+            slot_rules(slot, new).map(|(k, _)| k).collect();
+        // Stale keys go first: the trie's capacity is two generations, not three.
+        let result = self
+            .delete_ident(&stale_ident)
+            .and_then(|()| self.put_ident(&new_ident, &ident_vals))
+            .and_then(|()| self.delete_rules(&diff.stale))
+            .and_then(|()| self.put_rules(&diff.put, &diff.vals));
+        if result.is_ok() {
+            keys = SlotKeys {
+                ident: new_ident,
+                rules: new_rules,
+            };
+        } else {
+            // Old and new keys alike may be in the slot now: the caller clears them all.
+            keys.ident.extend(new_ident);
+            keys.rules.extend(new_rules);
         }
-        let old = 1 - cur.slot();
-        if self.written[old as usize]
-            .as_ref()
-            .is_some_and(SlotKeys::is_empty)
-        {
-            return Ok(());
-        }
-        self.clear_slot(old)
+        self.written[slot as usize] = Some(keys);
+        result
     }
 
     fn fill_slot(
@@ -142,83 +151,86 @@ impl PolicyMaps {
         bindings: &[IdentBinding],
     ) -> Result<(), MapsError> {
         let mut keys = self.written[slot as usize].take().unwrap_or_default();
-        let mut ident_vals = Vec::with_capacity(bindings.len());
-        for b in bindings {
-            keys.ident.push(IdentKey {
-                cgroup_id: b.cgroup_id,
-                slot,
-                _pad: 0,
-            });
-            ident_vals.push(IdentVal {
-                ident: b.ident,
-                mode: b.mode,
-                _pad: [0; 3],
-            });
-        }
+        let (ident_keys, ident_vals) = ident_entries(slot, bindings);
+        keys.ident.extend_from_slice(&ident_keys);
+        let first = keys.rules.len();
         let mut rule_vals = Vec::with_capacity(policy.prefix_count());
-        for id in &policy.identities {
-            for (cidr, entries) in &id.entries {
-                let mut v = RuleVal::default();
-                for (i, e) in entries.iter().enumerate() {
-                    v.entries[i] = *e;
-                }
-                keys.rules.push(lpm(slot as u8, id.id, cidr));
-                rule_vals.push(v);
-            }
-            for (i, cidr) in id.ingress_prefixes().iter().enumerate() {
-                let mut v = RuleVal::default();
-                v.entries[0] = PortEntry {
-                    port_lo: 0,
-                    port_hi: u16::MAX,
-                    proto: PROTO_ANY,
-                    kind: kind::INGRESS,
-                    _pad: 0,
-                    rule: i as u32,
-                };
-                let k = LpmKey::new(
-                    slot as u8,
-                    cidr.family(),
-                    id.id,
-                    &cidr.bytes(),
-                    u32::from(cidr.bits),
-                )
-                .ingress();
-                keys.rules.push(Key::new(k.prefix_len, k.data));
-                rule_vals.push(v);
-            }
+        for (k, v) in slot_rules(slot, policy) {
+            keys.rules.push(k);
+            rule_vals.push(v.rule_val());
         }
         // Every key is recorded before the first write, so a failure part-way clears them all.
-        let result = self.write_slot(&keys, &ident_vals, &rule_vals);
+        let result = self
+            .put_ident(&ident_keys, &ident_vals)
+            .and_then(|()| self.put_rules(&keys.rules[first..], &rule_vals));
         self.written[slot as usize] = Some(keys);
         result
     }
 
-    fn write_slot(
-        &mut self,
-        keys: &SlotKeys,
-        ident_vals: &[IdentVal],
-        rule_vals: &[RuleVal],
-    ) -> Result<(), MapsError> {
+    fn put_ident(&mut self, keys: &[IdentKey], vals: &[IdentVal]) -> Result<(), MapsError> {
         use aya::maps::IterableMap;
-        match batch::update(IterableMap::map(&self.ident), &keys.ident, ident_vals) {
-            Ok(()) => {}
+        match batch::update(IterableMap::map(&self.ident), keys, vals) {
+            Ok(()) => Ok(()),
             Err(BatchError::Unsupported) => {
-                for (k, v) in keys.ident.iter().zip(ident_vals) {
+                for (k, v) in keys.iter().zip(vals) {
                     self.ident.insert(*k, *v, 0).map_err(m("CP_IDENT"))?;
                 }
+                Ok(())
             }
-            Err(e) => return Err(batch_err("CP_IDENT", e)),
+            Err(e) => Err(batch_err("CP_IDENT", e)),
         }
-        match batch::update(IterableMap::map(&self.rules), &keys.rules, rule_vals) {
-            Ok(()) => {}
+    }
+
+    fn put_rules(
+        &mut self,
+        keys: &[Key<[u8; LPM_DATA_LEN]>],
+        vals: &[RuleVal],
+    ) -> Result<(), MapsError> {
+        use aya::maps::IterableMap;
+        match batch::update(IterableMap::map(&self.rules), keys, vals) {
+            Ok(()) => Ok(()),
             Err(BatchError::Unsupported) => {
-                for (k, v) in keys.rules.iter().zip(rule_vals) {
+                for (k, v) in keys.iter().zip(vals) {
                     self.rules.insert(k, *v, 0).map_err(m("CP_RULES"))?;
                 }
+                Ok(())
             }
-            Err(e) => return Err(batch_err("CP_RULES", e)),
+            Err(e) => Err(batch_err("CP_RULES", e)),
         }
-        Ok(())
+    }
+
+    fn delete_ident(&mut self, keys: &[IdentKey]) -> Result<(), MapsError> {
+        use aya::maps::IterableMap;
+        match batch::delete(IterableMap::map(&self.ident), keys) {
+            Ok(()) => Ok(()),
+            Err(BatchError::Unsupported) => {
+                for k in keys {
+                    match self.ident.remove(k) {
+                        Ok(()) | Err(MapError::KeyNotFound) => {}
+                        Err(e) => return Err(m("CP_IDENT")(e)),
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(batch_err("CP_IDENT", e)),
+        }
+    }
+
+    fn delete_rules(&mut self, keys: &[Key<[u8; LPM_DATA_LEN]>]) -> Result<(), MapsError> {
+        use aya::maps::IterableMap;
+        match batch::delete(IterableMap::map(&self.rules), keys) {
+            Ok(()) => Ok(()),
+            Err(BatchError::Unsupported) => {
+                for k in keys {
+                    match self.rules.remove(k) {
+                        Ok(()) | Err(MapError::KeyNotFound) => {}
+                        Err(e) => return Err(m("CP_RULES")(e)),
+                    }
+                }
+                Ok(())
+            }
+            Err(e) => Err(batch_err("CP_RULES", e)),
+        }
     }
 
     /// Changes the identity bindings of the active generation in place (a selected cgroup

@@ -86,7 +86,7 @@ pub fn start(
         rules: take(&mut bpf, names::RULES, LpmTrie::try_from)?,
         grants: take(&mut bpf, names::GRANTS, LpmTrie::try_from)?,
         written: [None, None],
-        retired: None,
+        holds: [None, None],
     };
     if !adopted {
         fill(&mut policy)?;

@@ -1,12 +1,10 @@
 //! Housekeeping every 500 ms: kernel loss counters become `lost` records, cgroups are reconciled,
-//! gateway names re-resolved, expired grants pruned, the retired policy slot emptied.
+//! gateway names re-resolved, expired grants pruned.
 
 use std::{
     sync::{Arc, atomic::Ordering},
     time::{Duration, Instant},
 };
-
-use tracing::warn;
 
 use super::Shared;
 use crate::{
@@ -30,17 +28,6 @@ pub(crate) async fn housekeeping(shared: Arc<Shared>, baseline_lost: u64) {
     let mut last_inventory = Instant::now();
     loop {
         tick.tick().await;
-        // The slot the last policy switch retired is emptied here, off the apply's path.
-        if shared.maps.lock().expect("maps lock").retired.is_some() {
-            let s = shared.clone();
-            let r = tokio::task::spawn_blocking(move || {
-                s.maps.lock().expect("maps lock").clear_retired()
-            })
-            .await;
-            if let Ok(Err(e)) = r {
-                warn!(error = %e, "clearing the retired policy slot failed (the next apply retries)");
-            }
-        }
         // Records after the last checkpoint are signed once the log is quiet for a moment.
         let (open, quiet) = shared.audit.open_span();
         if open > 0 && quiet >= IDLE_CHECKPOINT {

@@ -13,24 +13,23 @@ pub(super) type RawEntries = BTreeMap<Cidr, BTreeSet<(PortSpec, u8, u32)>>;
 /// match alone finds everything allowed for an address.
 pub(super) fn merge_ancestors(raw: &RawEntries) -> BTreeMap<Cidr, Vec<PortEntry>> {
     let lengths: BTreeSet<(u8, u8)> = raw.keys().map(|c| (c.family(), c.bits)).collect();
-    let mut out = BTreeMap::new();
-    for (cidr, own) in raw {
-        let mut all: BTreeSet<(PortSpec, u8, u32)> = own.clone();
-        for &(fam, bits) in &lengths {
-            if fam != cidr.family() || bits >= cidr.bits {
-                continue;
+    raw.iter()
+        .map(|(cidr, own)| {
+            let mut all: Vec<(PortSpec, u8, u32)> = own.iter().copied().collect();
+            for &(fam, bits) in &lengths {
+                if fam != cidr.family() || bits >= cidr.bits {
+                    continue;
+                }
+                if let Some(parent) = raw.get(&cidr.truncate(bits)) {
+                    all.extend(parent.iter().copied());
+                }
             }
-            if let Some(parent) = raw.get(&cidr.truncate(bits)) {
-                all.extend(parent.iter().copied());
-            }
-        }
-        // Gateways first, then rules; within each by port.
-        let mut v: Vec<(PortSpec, u8, u32)> = all.into_iter().collect();
-        v.sort_by_key(|(p, k, r)| (*k, *r, *p));
-        v.dedup_by_key(|(p, k, _)| (*p, *k));
-        out.insert(
-            *cidr,
-            v.into_iter()
+            // Gateways first, then rules; within each by port. Sorting by (kind, rule, port)
+            // makes equal entries adjacent, so the dedup by (port, kind) also drops them.
+            all.sort_unstable_by_key(|(p, k, r)| (*k, *r, *p));
+            all.dedup_by_key(|(p, k, _)| (*p, *k));
+            let entries = all
+                .into_iter()
                 .map(|(p, k, r)| PortEntry {
                     port_lo: p.lo,
                     port_hi: p.hi,
@@ -39,17 +38,19 @@ pub(super) fn merge_ancestors(raw: &RawEntries) -> BTreeMap<Cidr, Vec<PortEntry>
                     _pad: 0,
                     rule: r,
                 })
-                .collect(),
-        );
-    }
-    out
+                .collect();
+            (*cidr, entries)
+        })
+        .collect()
 }
 
 /// The entries kept for the kernel: at most [`MAX_PORT_ENTRIES`] per prefix (more is reported
 /// as a problem before this).
-pub(super) fn capped(entries: BTreeMap<Cidr, Vec<PortEntry>>) -> BTreeMap<Cidr, Vec<PortEntry>> {
+pub(super) fn capped(
+    mut entries: BTreeMap<Cidr, Vec<PortEntry>>,
+) -> BTreeMap<Cidr, Vec<PortEntry>> {
+    for v in entries.values_mut() {
+        v.truncate(MAX_PORT_ENTRIES);
+    }
     entries
-        .into_iter()
-        .map(|(c, v)| (c, v.into_iter().take(MAX_PORT_ENTRIES).collect()))
-        .collect()
 }

@@ -5,7 +5,10 @@
 //! [`identity`](super::identity) with its [`selector`](super::selector), the
 //! [`address sets`](super::address_set) and [`spec.defaults`](super::defaults).
 
-use std::collections::BTreeMap;
+use std::{
+    cell::RefCell,
+    collections::{BTreeMap, HashMap},
+};
 
 use sha2::{Digest, Sha256};
 
@@ -76,25 +79,52 @@ pub fn compile_source_with(
     if text.trim().is_empty() {
         return Err(fail(1, 1, "document", "the document is empty".into()));
     }
+    // A JSON document (YAML's JSON subset: what generators and the API write) is read by
+    // serde_json first, an order of magnitude faster than the YAML parser; it carries no
+    // positions, so a document with a problem is read again by the YAML parser, whose line and
+    // column the problems then name. Anything serde_json refuses goes to the YAML parser.
+    // Each gateway name is resolved once even when the document is lowered twice.
+    let answers = RefCell::new(HashMap::new());
+    let resolve_once = |host: &str, port: u16| {
+        answers
+            .borrow_mut()
+            .entry((host.to_string(), port))
+            .or_insert_with(|| resolve(host, port))
+            .clone()
+    };
+    if looks_like_json(text)
+        && let Ok(doc) = serde_json::from_str::<PolicyDoc>(text)
+        && let Ok(policy) = compile_doc(file, doc, text, &resolve_once)
+    {
+        return Ok(policy);
+    }
+    let doc = parse_yaml(text).map_err(|(line, col, msg)| fail(line, col, "document", msg))?;
+    compile_doc(file, doc, text, &resolve_once)
+}
+
+/// True when the first character that is not white space opens a JSON object.
+fn looks_like_json(text: &str) -> bool {
+    text.trim_start().starts_with('{')
+}
+
+/// The YAML parser, with every value's position: (line, column, first line of the message) on
+/// a syntax or shape error.
+fn parse_yaml(text: &str) -> Result<PolicyDoc, (u32, u32, String)> {
     // The parser's default budget (250k nodes) is below what MAX_PREFIXES rules need; the
-    // document size cap above bounds the work instead.
+    // document size cap bounds the work instead.
     let mut budget = serde_saphyr::Budget::default();
     budget.max_nodes = 4_000_000;
     budget.max_events = 8_000_000;
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
-    let doc: PolicyDoc = match serde_saphyr::from_str_with_options(text, options) {
-        Ok(d) => d,
-        Err(e) => {
-            let (line, col) = e
-                .location()
-                .map_or((1, 1), |l| (l.line() as u32, l.column() as u32));
-            let msg = e.to_string();
-            let first = msg.lines().next().unwrap_or("invalid document").to_string();
-            return Err(fail(line, col, "document", first));
-        }
-    };
-    compile_doc(file, doc, text, resolve)
+    serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+        let (line, col) = e
+            .location()
+            .map_or((1, 1), |l| (l.line() as u32, l.column() as u32));
+        let msg = e.to_string();
+        let first = msg.lines().next().unwrap_or("invalid document").to_string();
+        (line, col, first)
+    })
 }
 
 fn compile_doc(

@@ -120,27 +120,28 @@ pub(super) fn lower(
     let mut resolvers = Vec::new();
     for (ri, rs) in id.egress.allow.iter().enumerate() {
         let r = &rs.value;
-        let rf = format!("{field}.egress.allow[{ri}]");
+        // The field path is only written out for a problem.
+        let rf = || format!("{field}.egress.allow[{ri}]");
         let mut pattern = None;
         let cidr = match (&r.to, &r.to_fqdn) {
             (Some(to), None) => match parse_cidr(&to.value) {
                 Ok(c) => Some(c),
                 Err(m) => {
-                    cx.at(to, format!("{rf}.to"), m);
+                    cx.at(to, format!("{}.to", rf()), m);
                     None
                 }
             },
             (None, Some(f)) => {
                 match parse_pattern(&f.value) {
                     Ok(p) => pattern = Some(p),
-                    Err(m) => cx.at(f, format!("{rf}.toFQDN"), m),
+                    Err(m) => cx.at(f, format!("{}.toFQDN", rf()), m),
                 }
                 None
             }
             (Some(to), Some(_)) => {
                 cx.at(
                     to,
-                    rf.clone(),
+                    rf(),
                     "give either `to` (an address or CIDR) or `toFQDN` (a DNS name), not both",
                 );
                 None
@@ -148,7 +149,7 @@ pub(super) fn lower(
             (None, None) => {
                 cx.at(
                     rs,
-                    rf.clone(),
+                    rf(),
                     "a rule needs `to` (an address or CIDR) or `toFQDN` (a DNS name)",
                 );
                 None
@@ -161,7 +162,7 @@ pub(super) fn lower(
         for (pi, p) in r.ports.iter().enumerate() {
             match parse_ports(&p.value) {
                 Ok(v) => specs.extend(v),
-                Err(m) => cx.at(p, format!("{rf}.ports[{pi}]"), m),
+                Err(m) => cx.at(p, format!("{}.ports[{pi}]", rf()), m),
             }
         }
         let what = pattern

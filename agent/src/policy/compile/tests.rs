@@ -226,3 +226,80 @@ fn unresolved_pods_default_per_value() {
     let p = compile_source("p.yaml", GOOD.as_bytes()).unwrap();
     assert!(p.unresolved_identity().is_none());
 }
+
+/// `GOOD` as pretty-printed JSON (YAML's JSON subset).
+fn good_as_json() -> String {
+    let v: serde_json::Value = serde_saphyr::from_str(GOOD).unwrap();
+    serde_json::to_string_pretty(&v).unwrap()
+}
+
+/// A JSON document takes the JSON parser and compiles to exactly what its YAML form does.
+#[test]
+fn a_json_document_compiles_as_its_yaml_form() {
+    let json = good_as_json();
+    let from_json = compile_source("p.json", json.as_bytes()).unwrap();
+    let from_yaml = compile_source("p.yaml", GOOD.as_bytes()).unwrap();
+    assert_eq!(
+        serde_json::to_value(&from_json.identities).unwrap(),
+        serde_json::to_value(&from_yaml.identities).unwrap()
+    );
+    assert_eq!(from_json.name, from_yaml.name);
+    assert_eq!(from_json.gateways, from_yaml.gateways);
+    assert_eq!(from_json.source, json);
+}
+
+/// A problem in a JSON document is named at its line and column, as in YAML; JSON that the
+/// JSON parser refuses is reported by the YAML parser, with its position.
+#[test]
+fn a_json_documents_problems_are_positioned() {
+    let json = good_as_json().replace("10.77.0.53/32", "10.77.0.53/40");
+    let line = json
+        .lines()
+        .position(|l| l.contains("10.77.0.53/40"))
+        .unwrap() as u32
+        + 1;
+    let col = json
+        .lines()
+        .nth(line as usize - 1)
+        .unwrap()
+        .find("\"10.77")
+        .unwrap() as u32
+        + 1;
+    let e = compile_source("p.json", json.as_bytes()).unwrap_err();
+    assert_eq!(e.problems.len(), 1, "{e}");
+    assert_eq!(e.problems[0].field, "spec.identities[0].egress.allow[0].to");
+    assert_eq!(
+        (e.problems[0].line, e.problems[0].column),
+        (line, col),
+        "{e}"
+    );
+
+    let e = compile_source(
+        "p.json",
+        b"{\"apiVersion\": \"chokepoint.dev/v1alpha1\",\n \"kind\": [}",
+    )
+    .unwrap_err();
+    assert_eq!(e.problems[0].line, 2, "{e}");
+    let e = compile_source(
+        "p.json",
+        json.replace("\"tenant\"", "\"colour\"").as_bytes(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("colour"), "{e}");
+}
+
+/// Each gateway host name is resolved once, even when a JSON document with a problem is
+/// lowered a second time for positions.
+#[test]
+fn a_gateway_name_is_resolved_once() {
+    let doc = good_as_json()
+        .replace("10.77.0.1:8080/tcp", "gw.example:8080/tcp")
+        .replace("10.77.0.53/32", "10.77.0.53/40");
+    let calls = std::cell::Cell::new(0);
+    let resolve = |_: &str, _: u16| {
+        calls.set(calls.get() + 1);
+        Ok(vec!["10.77.0.1".parse().unwrap()])
+    };
+    assert!(compile_source_with("p.json", doc.as_bytes(), &resolve).is_err());
+    assert_eq!(calls.get(), 1);
+}

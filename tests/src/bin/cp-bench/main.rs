@@ -17,6 +17,7 @@
 //! the network namespaces and cgroups removed, bpf_stats switched off.
 
 mod bed;
+mod change;
 mod floor;
 mod interrupt;
 mod probe;
@@ -38,6 +39,7 @@ use serde_json::{Value, json};
 
 use self::{
     bed::{Bed, nft_ruleset, padding, policy},
+    change::{Changes, as_json},
     interrupt::{BpfStats, catch_signals, check, nap},
     probe::{chrono_stamp, cpu_ticks, daemon_pid, machine, rss_kib, syscall_rate},
     progs::{PROG_WINDOWS, policy_identities, prog_cost_windows, prog_table, prog_workload},
@@ -266,8 +268,7 @@ fn bench(rest: &[String]) -> anyhow::Result<()> {
         })?;
         // Change-to-enforcement: apply a policy that allows a new destination; the CLI returns once
         // the kernel switched; the next connect decides under the new generation.
-        let mut change_ms = Vec::new();
-        let (mut enforced_ms, mut switch_ms, mut compile_ms) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut yaml_changes, mut json_changes) = (Changes::default(), Changes::default());
         let changes = if progs_only {
             0
         } else if quick {
@@ -280,23 +281,14 @@ fn bench(rest: &[String]) -> anyhow::Result<()> {
                 "ports: [\"7000/udp\"]",
                 &format!("ports: [\"7000/udp\", \"{}/tcp\"]", 7100 + i),
             );
-            let f = d.dir.join("change.yaml");
-            std::fs::write(&f, &extra)?;
-            let t = Instant::now();
-            let (ok, out, err) =
-                d.try_cli(&["policy", "apply", f.to_str().expect("utf8"), "-o", "json"]);
-            if !ok {
-                bail!("apply failed: {err}");
-            }
-            change_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-            // The daemon's own account: request to kernel switch, and its two parts.
-            let r: Value = serde_json::from_str(&out).unwrap_or(Value::Null);
-            let ms = |k: &str| r["timing_ms"][k].as_f64();
-            if let (Some(e), Some(sw), Some(c)) = (ms("enforced"), ms("switch"), ms("compile")) {
-                enforced_ms.push(e);
-                switch_ms.push(sw);
-                compile_ms.push(c);
-            }
+            // The same change as YAML and as JSON, interleaved; the JSON one allows one port
+            // more, so each apply is a real change.
+            yaml_changes.apply(&d, "change.yaml", &extra)?;
+            let json_doc = as_json(&extra.replace(
+                "\"7000/udp\", ",
+                &format!("\"7000/udp\", \"{}/tcp\", ", 7200 + i),
+            ))?;
+            json_changes.apply(&d, "change.json", &json_doc)?;
         }
         // Records delivered per second: a burst of denials, all accounted.
         let flood = if progs_only {
@@ -335,10 +327,8 @@ fn bench(rest: &[String]) -> anyhow::Result<()> {
             "prog_cost": per_prog,
             "prog_cost_denied_connect": deny_cost,
             "daemon": {"rss_idle_kib": rss, "rss_after_flood_kib": rss_load, "idle_cpu_pct": idle_cpu_pct, "start_and_apply_s": stats(&apply_s)},
-            "policy_change_ms": stats(&change_ms),
-            "policy_enforced_ms": stats(&enforced_ms),
-            "policy_switch_ms": stats(&switch_ms),
-            "policy_compile_ms": stats(&compile_ms),
+            "policy_change_yaml": yaml_changes.json(),
+            "policy_change_json": json_changes.json(),
             "nft_load_s": nft_load,
             "compat_guard": compat,
             "records": {"flood": flood, "emitted": emitted, "delivered": delivered, "lost": lost, "accounted": delivered + lost == emitted, "records_per_s": delivered as f64 / flood_s},
