@@ -109,15 +109,19 @@ fn looks_like_json(text: &str) -> bool {
 
 /// The YAML parser, with every value's position: (line, column, first line of the message) on
 /// a syntax or shape error.
-fn parse_yaml(text: &str) -> Result<PolicyDoc, (u32, u32, String)> {
-    // The parser's default budget (250k nodes) is below what MAX_PREFIXES rules need; the
-    // document size cap bounds the work instead.
+/// The YAML parser's options for policy documents. Its default budget (250k nodes) is below
+/// what `MAX_PREFIXES` rules need; the document size cap bounds the work instead.
+pub fn yaml_options() -> serde_saphyr::Options {
     let mut budget = serde_saphyr::Budget::default();
     budget.max_nodes = 4_000_000;
     budget.max_events = 8_000_000;
     let mut options = serde_saphyr::Options::default();
     options.budget = Some(budget);
-    serde_saphyr::from_str_with_options(text, options).map_err(|e| {
+    options
+}
+
+fn parse_yaml(text: &str) -> Result<PolicyDoc, (u32, u32, String)> {
+    serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
         let (line, col) = e
             .location()
             .map_or((1, 1), |l| (l.line() as u32, l.column() as u32));

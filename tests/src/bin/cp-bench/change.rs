@@ -4,6 +4,7 @@
 //! with its JSON parser).
 
 use anyhow::bail;
+use chokepoint_agent::policy::compile::yaml_options;
 use chokepoint_tests::Daemon;
 use serde_json::{Value, json};
 
@@ -51,8 +52,9 @@ impl Changes {
     }
 }
 
-/// The same document as JSON.
+/// The same document as JSON (parsed with the daemon's limits: a 100k-rule document is over the
+/// parser's default budget).
 pub(super) fn as_json(yaml: &str) -> anyhow::Result<String> {
-    let v: Value = serde_saphyr::from_str(yaml)?;
+    let v: Value = serde_saphyr::from_str_with_options(yaml, yaml_options())?;
     Ok(serde_json::to_string(&v)?)
 }
