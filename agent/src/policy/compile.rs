@@ -107,8 +107,6 @@ fn looks_like_json(text: &str) -> bool {
     text.trim_start().starts_with('{')
 }
 
-/// The YAML parser, with every value's position: (line, column, first line of the message) on
-/// a syntax or shape error.
 /// The YAML parser's options for policy documents. Its default budget (250k nodes) is below
 /// what `MAX_PREFIXES` rules need; the document size cap bounds the work instead.
 pub fn yaml_options() -> serde_saphyr::Options {
@@ -120,6 +118,8 @@ pub fn yaml_options() -> serde_saphyr::Options {
     options
 }
 
+/// The YAML parser, with every value's position: (line, column, first line of the message) on
+/// a syntax or shape error.
 fn parse_yaml(text: &str) -> Result<PolicyDoc, (u32, u32, String)> {
     serde_saphyr::from_str_with_options(text, yaml_options()).map_err(|e| {
         let (line, col) = e
