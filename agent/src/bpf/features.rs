@@ -33,7 +33,7 @@ pub struct PacketGuard {
     /// `lsm` (refused at `socket()`), `tc_backstop` (frames dropped on the listed `--tc-iface`
     /// interfaces) or `tc_backstop_netns` (frames dropped on every interface of each network
     /// namespace an identity lives in, through tcx links or clsact filters; see
-    /// `bpf/backstop.rs`).
+    /// `bpf/backstop/`).
     pub by: &'static str,
     /// Interfaces whose TC backstop drops identities' frames (`--tc-iface`).
     pub interfaces: Vec<String>,
